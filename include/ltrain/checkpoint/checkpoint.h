@@ -1,0 +1,43 @@
+// Checkpoints: RUN_DIR/checkpoints/step_NNNNNNNN/ holding
+//   meta.json       format, version, step, the full run config, the data loader's position, and
+//                   for every tensor its name, shape, dtype, file, byte offset and CRC-32;
+//   model_00000.bin the weights in fp32, in the order meta.json lists them;
+//   optim_00000.bin the AdamW moments (exp_avg then exp_avg_sq for each tensor), fp32;
+//   tokenizer.model a copy of the run's tokenizer, so eval and generate need nothing else.
+// The `_00000` suffix is the shard index: a single-process run writes one shard; meta.json lists
+// the files, which leaves room for per-rank shards.
+// A checkpoint is written into `step_NNNNNNNN.tmp` and renamed when complete; RUN_DIR/checkpoints/
+// latest (a one-line file) is replaced last. An interrupted save never damages an older one.
+#pragma once
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "ltrain/config/config.h"
+#include "ltrain/model/llama.h"
+#include "ltrain/optim/adamw.h"
+
+namespace ltrain {
+
+struct CheckpointInfo {
+  std::string dir;
+  int step = 0;
+  Config config;
+  nlohmann::json meta;
+};
+
+// Returns the checkpoint directory written.
+std::string save_checkpoint(const std::string& run_dir, int step, const Config& cfg,
+                            LlamaModel& model, AdamW* optimizer, const nlohmann::json& data_state,
+                            const std::string& tokenizer_path);
+
+// `path` is a checkpoint directory (with meta.json) or a run directory (its latest checkpoint).
+// Validates meta.json; UserError naming the file otherwise.
+CheckpointInfo open_checkpoint(const std::string& path);
+
+// Loads weights (and moments) into a model built from info.config.model. Checks every shape and
+// checksum; UserError naming the file and tensor on any mismatch.
+void load_checkpoint_weights(const CheckpointInfo& info, LlamaModel& model);
+void load_checkpoint_optimizer(const CheckpointInfo& info, LlamaModel& model, AdamW& optimizer);
+
+}  // namespace ltrain

@@ -1,0 +1,139 @@
+// The run configuration: one struct per component, every key listed once in visit_config(), which
+// drives parsing, type checks, unknown-key errors, printing and the config reference.
+// Model keys use the Hugging Face LlamaConfig names.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace ltrain {
+
+struct ModelConfig {
+  int hidden_size = 256;               // C
+  int intermediate_size = 0;           // FF; 0 = derived from multiple_of and ffn_dim_multiplier
+  int multiple_of = 256;
+  double ffn_dim_multiplier = 1.0;
+  int num_hidden_layers = 4;           // L
+  int num_attention_heads = 4;         // H
+  int num_key_value_heads = 0;         // KV; 0 = num_attention_heads
+  double rope_theta = 10000.0;
+  double rms_norm_eps = 1e-5;
+  int vocab_size = 32000;              // V
+  int max_position_embeddings = 2048;
+  bool tie_word_embeddings = false;
+  double initializer_range = 0.02;
+
+  int head_dim() const { return hidden_size / num_attention_heads; }
+  int kv_heads() const { return num_key_value_heads ? num_key_value_heads : num_attention_heads; }
+  int ffn_dim() const;
+  int64_t num_params() const;
+  // Parameters in the matrix products (what the FLOP count uses): everything but the norms and
+  // the input embedding.
+  int64_t num_matmul_params() const;
+};
+
+struct OptimConfig {
+  double lr = 3e-4;             // peak learning rate
+  double min_lr_ratio = 0.1;    // cosine decays to min_lr_ratio * lr
+  int warmup_steps = 2000;
+  int decay_steps = 0;          // end of the cosine; 0 = train.steps
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-5;
+  double weight_decay = 0.1;
+  double grad_clip = 1.0;       // global norm; 0 disables clipping
+};
+
+struct TrainConfig {
+  int steps = 1000;                   // optimizer steps
+  int seq_len = 2048;                 // T
+  int micro_batch_size = 1;           // B, sequences per rank per forward/backward
+  int64_t global_batch_tokens = 4194304;  // tokens per optimizer step over all ranks
+  uint64_t seed = 1234;
+  std::string run_dir = "runs/default";
+  int log_every = 1;
+  int val_every = 100;                // 0 disables periodic validation
+  int val_batches = 20;               // micro-batches per validation; 0 = the whole val split
+  int save_every = 0;                 // 0 = only at the end
+  std::string recompute = "none";     // none | selective | full
+};
+
+struct DataConfig {
+  std::string path;         // a directory written by `ltrain prepare`
+  bool shuffle = true;
+  bool verify = true;       // check shard checksums when opening
+};
+
+struct Config {
+  std::string device = "auto";  // auto | cpu | cuda
+  ModelConfig model;
+  OptimConfig optim;
+  TrainConfig train;
+  DataConfig data;
+
+  // Derived: micro-batches per optimizer step for `dp_world` data-parallel ranks.
+  int grad_accum_steps(int dp_world = 1) const;
+};
+
+// Calls v(key, field, help) for every key. `Config` may be const or not.
+template <class C, class V>
+void visit_config(C& c, V&& v) {
+  v("device", c.device, "compute backend: auto (CUDA when a GPU is present), cpu, cuda");
+  v("model.hidden_size", c.model.hidden_size, "model width C");
+  v("model.intermediate_size", c.model.intermediate_size,
+    "SwiGLU hidden size FF; 0 derives it as LLaMA does: multiple_of * ceil(ffn_dim_multiplier * 8C/3 / multiple_of)");
+  v("model.multiple_of", c.model.multiple_of, "rounding of the derived intermediate size");
+  v("model.ffn_dim_multiplier", c.model.ffn_dim_multiplier, "scale of the derived intermediate size");
+  v("model.num_hidden_layers", c.model.num_hidden_layers, "number of transformer layers L");
+  v("model.num_attention_heads", c.model.num_attention_heads, "query heads H; must divide hidden_size");
+  v("model.num_key_value_heads", c.model.num_key_value_heads,
+    "key/value heads KV for grouped-query attention; must divide num_attention_heads; 0 = H");
+  v("model.rope_theta", c.model.rope_theta, "RoPE base");
+  v("model.rms_norm_eps", c.model.rms_norm_eps, "RMSNorm epsilon");
+  v("model.vocab_size", c.model.vocab_size, "vocabulary size V; must be >= the tokenizer's");
+  v("model.max_position_embeddings", c.model.max_position_embeddings, "longest sequence the model is built for");
+  v("model.tie_word_embeddings", c.model.tie_word_embeddings, "share the input embedding and the output projection");
+  v("model.initializer_range", c.model.initializer_range,
+    "std of the normal init of weight matrices (output projections are scaled by 1/sqrt(2L))");
+  v("optim.lr", c.optim.lr, "peak learning rate");
+  v("optim.min_lr_ratio", c.optim.min_lr_ratio, "the cosine decays to this fraction of the peak");
+  v("optim.warmup_steps", c.optim.warmup_steps, "linear warmup steps");
+  v("optim.decay_steps", c.optim.decay_steps, "step at which the cosine reaches its minimum; 0 = train.steps");
+  v("optim.beta1", c.optim.beta1, "AdamW beta1");
+  v("optim.beta2", c.optim.beta2, "AdamW beta2");
+  v("optim.eps", c.optim.eps, "AdamW epsilon");
+  v("optim.weight_decay", c.optim.weight_decay, "decoupled weight decay on weight matrices (not on norms)");
+  v("optim.grad_clip", c.optim.grad_clip, "clip gradients to this global L2 norm; 0 disables");
+  v("train.steps", c.train.steps, "optimizer steps");
+  v("train.seq_len", c.train.seq_len, "sequence length T of each training window");
+  v("train.micro_batch_size", c.train.micro_batch_size, "sequences per rank per forward/backward pass");
+  v("train.global_batch_tokens", c.train.global_batch_tokens,
+    "tokens per optimizer step; a multiple of micro_batch_size * seq_len * data-parallel ranks");
+  v("train.seed", c.train.seed, "seed for initialization and data order");
+  v("train.run_dir", c.train.run_dir, "directory for everything the run writes");
+  v("train.log_every", c.train.log_every, "print and log every N steps");
+  v("train.val_every", c.train.val_every, "validate every N steps; 0 = only at the end");
+  v("train.val_batches", c.train.val_batches, "micro-batches per validation; 0 = the whole val split");
+  v("train.save_every", c.train.save_every, "checkpoint every N steps; 0 = only at the end");
+  v("train.recompute", c.train.recompute,
+    "activation recomputation: none, selective (recompute norms and SwiGLU), full (recompute each layer)");
+  v("data.path", c.data.path, "data directory written by `ltrain prepare`");
+  v("data.shuffle", c.data.shuffle, "shuffle training windows (deterministic from train.seed)");
+  v("data.verify", c.data.verify, "verify shard checksums when opening the data");
+}
+
+// Loads a YAML or JSON file, applies `key=value` overrides, checks keys and types.
+// Every mistake is a UserError naming the key (and file) and what would be right.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+Config config_from_json(const nlohmann::json& j, const std::string& origin);
+nlohmann::json config_to_json(const Config& c);
+std::string config_to_text(const Config& c);  // "key: value" lines, for the console
+// Consistency checks (sizes, divisibility, ranges). dp_world: data-parallel ranks.
+void validate_config(const Config& c, int dp_world = 1);
+// The config reference in Markdown (docs/config.md is generated from it).
+std::string config_reference_markdown();
+
+}  // namespace ltrain

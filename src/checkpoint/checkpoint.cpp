@@ -1,0 +1,186 @@
+#include "ltrain/checkpoint/checkpoint.h"
+
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "ltrain/core/check.h"
+#include "ltrain/core/io.h"
+
+namespace ltrain {
+
+namespace {
+
+constexpr const char* kFormat = "ltrain-checkpoint";
+constexpr int kVersion = 1;
+
+std::string step_dir_name(int step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step_%08d", step);
+  return buf;
+}
+
+nlohmann::json shape_json(const Shape& s) {
+  nlohmann::json j = nlohmann::json::array();
+  for (int i = 0; i < s.ndim; ++i) j.push_back(s.dims[i]);
+  return j;
+}
+
+// Serializes tensors as fp32 into one file; returns the meta.json entries.
+nlohmann::json write_tensors(Backend& be, const std::string& path, const std::string& file,
+                             const std::vector<std::pair<std::string, Tensor>>& tensors) {
+  nlohmann::json entries = nlohmann::json::array();
+  std::vector<float> all, host;
+  for (const auto& [name, t] : tensors) {
+    host.resize(size_t(t.numel()));
+    be.to_host(host.data(), DType::kF32, t);
+    const uint64_t offset = all.size() * sizeof(float);
+    all.insert(all.end(), host.begin(), host.end());
+    entries.push_back({{"name", name},
+                       {"shape", shape_json(t.shape)},
+                       {"dtype", "f32"},
+                       {"file", file},
+                       {"offset", offset},
+                       {"bytes", host.size() * sizeof(float)},
+                       {"crc32", crc32(host.data(), host.size() * sizeof(float))}});
+  }
+  write_file_atomic(path, all.data(), all.size() * sizeof(float));
+  return entries;
+}
+
+// Reads the tensors listed in `entries` into `targets` (matched by name).
+void read_tensors(Backend& be, const std::string& dir, const nlohmann::json& entries,
+                  const std::vector<std::pair<std::string, Tensor>>& targets) {
+  std::map<std::string, const nlohmann::json*> by_name;
+  for (const auto& e : entries) by_name[e.at("name").get<std::string>()] = &e;
+  std::map<std::string, std::string> file_cache;
+  std::vector<float> host;
+  for (const auto& [name, t] : targets) {
+    auto it = by_name.find(name);
+    if (it == by_name.end()) user_error(path_join(dir, "meta.json"), ": tensor '", name, "' is missing");
+    const auto& e = *it->second;
+    std::vector<int64_t> shape = e.at("shape").get<std::vector<int64_t>>();
+    Shape want = t.shape;
+    bool same = int(shape.size()) == want.ndim;
+    for (int i = 0; same && i < want.ndim; ++i) same = shape[i] == want.dims[i];
+    if (!same)
+      user_error(path_join(dir, "meta.json"), ": tensor '", name, "' has shape ",
+                 nlohmann::json(shape).dump(), " but the model needs ", want.str());
+    const std::string file = path_join(dir, e.at("file").get<std::string>());
+    auto fc = file_cache.find(file);
+    if (fc == file_cache.end()) fc = file_cache.emplace(file, read_text_file(file)).first;
+    const std::string& data = fc->second;
+    const uint64_t offset = e.at("offset").get<uint64_t>(), bytes = e.at("bytes").get<uint64_t>();
+    if (bytes != uint64_t(t.numel()) * 4 || offset + bytes > data.size())
+      user_error(file, ": truncated or inconsistent (tensor '", name, "' needs bytes ", offset, "..",
+                 offset + bytes, ", file has ", data.size(), ")");
+    if (crc32(data.data() + offset, bytes) != e.at("crc32").get<uint32_t>())
+      user_error(file, ": corrupt: checksum mismatch in tensor '", name, "'");
+    host.resize(size_t(t.numel()));
+    std::memcpy(host.data(), data.data() + offset, bytes);
+    be.from_host(t, host.data(), DType::kF32);
+  }
+}
+
+std::vector<std::pair<std::string, Tensor>> moment_tensors(LlamaModel& model, AdamW& opt) {
+  // The moments share the parameter buffer's layout.
+  std::vector<std::pair<std::string, Tensor>> out;
+  const Tensor base = model.param_buffer();
+  for (const char* which : {"exp_avg", "exp_avg_sq"}) {
+    Tensor buf = std::string(which) == "exp_avg" ? opt.exp_avg() : opt.exp_avg_sq();
+    for (const auto& p : model.params()) {
+      int64_t off = (static_cast<const char*>(p.tensor.data) - static_cast<const char*>(base.data)) /
+                    int64_t(dtype_size(base.dtype));
+      Tensor t = buf;
+      t.data = static_cast<char*>(buf.data) + off * int64_t(dtype_size(buf.dtype));
+      t.shape = p.tensor.shape;
+      out.push_back({p.name + "." + which, t});
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string save_checkpoint(const std::string& run_dir, int step, const Config& cfg,
+                            LlamaModel& model, AdamW* optimizer, const nlohmann::json& data_state,
+                            const std::string& tokenizer_path) {
+  const std::string root = path_join(run_dir, "checkpoints");
+  make_dirs(root);
+  const std::string final_dir = path_join(root, step_dir_name(step));
+  const std::string tmp_dir = final_dir + ".tmp";
+  remove_tree(tmp_dir);
+  make_dirs(tmp_dir);
+  Backend& be = model.backend();
+
+  std::vector<std::pair<std::string, Tensor>> weights;
+  for (const auto& p : model.params()) weights.push_back({p.name, p.tensor});
+  nlohmann::json meta;
+  meta["format"] = kFormat;
+  meta["version"] = kVersion;
+  meta["step"] = step;
+  meta["config"] = config_to_json(cfg);
+  meta["num_params"] = model.num_params();
+  meta["shards"] = 1;
+  meta["data"] = data_state;
+  meta["tensors"] = write_tensors(be, path_join(tmp_dir, "model_00000.bin"), "model_00000.bin", weights);
+  if (optimizer)
+    meta["optimizer"] = write_tensors(be, path_join(tmp_dir, "optim_00000.bin"), "optim_00000.bin",
+                                      moment_tensors(model, *optimizer));
+  if (!tokenizer_path.empty() && file_exists(tokenizer_path)) {
+    std::string tok = read_text_file(tokenizer_path);
+    write_file_atomic(path_join(tmp_dir, "tokenizer.model"), tok.data(), tok.size());
+    meta["tokenizer"] = "tokenizer.model";
+  }
+  write_text_file_atomic(path_join(tmp_dir, "meta.json"), meta.dump(2) + "\n");
+  replace_directory(tmp_dir, final_dir);
+  write_text_file_atomic(path_join(root, "latest"), step_dir_name(step) + "\n");
+  return final_dir;
+}
+
+CheckpointInfo open_checkpoint(const std::string& path) {
+  CheckpointInfo info;
+  info.dir = path;
+  if (!is_directory(path)) user_error("checkpoint not found: '", path, "' is not a directory");
+  if (!file_exists(path_join(path, "meta.json"))) {
+    const std::string latest = path_join(path_join(path, "checkpoints"), "latest");
+    if (!file_exists(latest))
+      user_error("'", path, "' is neither a checkpoint (no meta.json) nor a run directory (no checkpoints/latest)");
+    std::string name = read_text_file(latest);
+    while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+    info.dir = path_join(path_join(path, "checkpoints"), name);
+    if (!file_exists(path_join(info.dir, "meta.json")))
+      user_error(latest, " names '", name, "', which has no meta.json");
+  }
+  const std::string meta_path = path_join(info.dir, "meta.json");
+  try {
+    info.meta = nlohmann::json::parse(read_text_file(meta_path));
+  } catch (const nlohmann::json::exception& e) {
+    user_error(meta_path, ": not valid JSON (", e.what(), ")");
+  }
+  if (!info.meta.is_object() || info.meta.value("format", "") != kFormat)
+    user_error(meta_path, ": not an ltrain checkpoint (format field is not '", kFormat, "')");
+  if (info.meta.value("version", 0) != kVersion)
+    user_error(meta_path, ": checkpoint version ", info.meta.value("version", 0),
+               " is not supported (this build reads version ", kVersion, ")");
+  if (!info.meta.contains("config") || !info.meta.contains("tensors") || !info.meta.contains("step"))
+    user_error(meta_path, ": incomplete (needs config, tensors and step)");
+  info.config = config_from_json(info.meta["config"], meta_path);
+  info.step = info.meta["step"].get<int>();
+  return info;
+}
+
+void load_checkpoint_weights(const CheckpointInfo& info, LlamaModel& model) {
+  std::vector<std::pair<std::string, Tensor>> targets;
+  for (const auto& p : model.params()) targets.push_back({p.name, p.tensor});
+  read_tensors(model.backend(), info.dir, info.meta["tensors"], targets);
+}
+
+void load_checkpoint_optimizer(const CheckpointInfo& info, LlamaModel& model, AdamW& optimizer) {
+  if (!info.meta.contains("optimizer"))
+    user_error(path_join(info.dir, "meta.json"), ": has no optimizer state to resume from");
+  read_tensors(model.backend(), info.dir, info.meta["optimizer"], moment_tensors(model, optimizer));
+  optimizer.sync_master_from_model();
+}
+
+}  // namespace ltrain

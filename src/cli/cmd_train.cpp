@@ -1,0 +1,26 @@
+// ltrain train --config FILE [key=value ...]
+#include "cli/commands.h"
+#include "ltrain/config/config.h"
+#include "ltrain/core/args.h"
+#include "ltrain/train/trainer.h"
+
+#include <cstdio>
+
+namespace ltrain {
+
+int cmd_train(int argc, char** argv) {
+  ArgParser args("train");
+  args.add_flag("config", "YAML or JSON run config (see configs/ and docs/config.md)");
+  args.parse(argc, argv);
+  if (args.help_requested()) {
+    std::printf("%s  key=value ...           config overrides, e.g. optim.lr=1e-3 train.steps=200\n",
+                args.usage().c_str());
+    return 0;
+  }
+  Config cfg = load_config(args.get("config"), args.positionals());
+  validate_config(cfg);
+  run_training(cfg);
+  return 0;
+}
+
+}  // namespace ltrain

@@ -1,0 +1,282 @@
+// Config loading: the file (YAML; JSON is read by the same parser) is flattened into dotted keys,
+// `key=value` overrides replace entries, then each known key is converted to its field's type.
+// A key left over is unknown and is reported with the closest known key.
+#include "ltrain/config/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <set>
+#include <sstream>
+
+#include "ltrain/core/check.h"
+#include "ltrain/core/io.h"
+
+namespace ltrain {
+
+int ModelConfig::ffn_dim() const {
+  if (intermediate_size > 0) return intermediate_size;
+  // LLaMA's rule: 2/3 of 4C, scaled, rounded up to a multiple of multiple_of.
+  int64_t h = int64_t(2 * (4 * int64_t(hidden_size)) / 3);
+  h = int64_t(ffn_dim_multiplier * double(h));
+  return int((h + multiple_of - 1) / multiple_of * multiple_of);
+}
+
+int64_t ModelConfig::num_matmul_params() const {
+  const int64_t C = hidden_size, HD = head_dim(), H = num_attention_heads, KV = kv_heads();
+  const int64_t FF = ffn_dim(), V = vocab_size, L = num_hidden_layers;
+  return L * (C * (H + 2 * KV) * HD + H * HD * C + 3 * C * FF) + V * C;
+}
+
+int64_t ModelConfig::num_params() const {
+  const int64_t C = hidden_size, V = vocab_size, L = num_hidden_layers;
+  int64_t embed = tie_word_embeddings ? 0 : V * C;  // the input table, when not shared
+  return num_matmul_params() + embed + L * 2 * C + C;
+}
+
+int Config::grad_accum_steps(int dp_world) const {
+  int64_t per_micro = int64_t(train.micro_batch_size) * train.seq_len * dp_world;
+  return per_micro > 0 ? int(train.global_batch_tokens / per_micro) : 0;
+}
+
+namespace {
+
+using FlatMap = std::map<std::string, std::string>;
+
+void flatten(const YAML::Node& node, const std::string& prefix, FlatMap& out,
+             const std::string& origin) {
+  if (node.IsMap()) {
+    for (const auto& kv : node) {
+      std::string key = kv.first.as<std::string>();
+      flatten(kv.second, prefix.empty() ? key : prefix + "." + key, out, origin);
+    }
+  } else if (node.IsScalar()) {
+    out[prefix] = node.as<std::string>();
+  } else if (node.IsNull()) {
+    out[prefix] = "";
+  } else {
+    user_error(origin, ": config key '", prefix, "' must be a single value, not a list");
+  }
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1])});
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+std::string closest_key(const std::string& key) {
+  std::string best;
+  size_t best_d = SIZE_MAX;
+  Config c;
+  visit_config(c, [&](const char* k, auto&, const char*) {
+    std::string known = k;
+    // Compare whole keys and also the last component, so `hiden_size` finds `model.hidden_size`.
+    size_t d = edit_distance(key, known);
+    auto dot = known.rfind('.');
+    if (dot != std::string::npos) d = std::min(d, edit_distance(key, known.substr(dot + 1)) + 1);
+    if (d < best_d) best_d = d, best = known;
+  });
+  return best_d <= std::max<size_t>(3, key.size() / 3) ? best : "";
+}
+
+template <class T>
+const char* type_name() {
+  if constexpr (std::is_same_v<T, bool>) return "true or false";
+  else if constexpr (std::is_integral_v<T>) return "an integer";
+  else if constexpr (std::is_floating_point_v<T>) return "a number";
+  else return "a string";
+}
+
+template <class T>
+bool parse_value(const std::string& s, T& out) {
+  if constexpr (std::is_same_v<T, bool>) {
+    if (s == "true" || s == "True" || s == "1" || s == "yes") return out = true, true;
+    if (s == "false" || s == "False" || s == "0" || s == "no") return out = false, true;
+    return false;
+  } else if constexpr (std::is_integral_v<T>) {
+    // Accept 4194304, 4_194_304 and 4e6-style integers written as whole numbers.
+    std::string t;
+    for (char ch : s)
+      if (ch != '_') t += ch;
+    if (t.empty()) return false;
+    char* end = nullptr;
+    long long v = std::strtoll(t.c_str(), &end, 10);
+    if (*end != '\0') {
+      double d = std::strtod(t.c_str(), &end);
+      if (*end != '\0' || d != std::floor(d) || std::fabs(d) > 9.2e18) return false;
+      v = static_cast<long long>(d);
+    }
+    if (std::is_unsigned_v<T> && v < 0) return false;
+    out = static_cast<T>(v);
+    return true;
+  } else if constexpr (std::is_floating_point_v<T>) {
+    if (s.empty()) return false;
+    char* end = nullptr;
+    double v = std::strtod(s.c_str(), &end);
+    if (*end != '\0') return false;
+    out = static_cast<T>(v);
+    return true;
+  } else {
+    out = s;
+    return true;
+  }
+}
+
+Config config_from_flat(FlatMap flat, const std::string& origin) {
+  Config c;
+  visit_config(c, [&](const char* key, auto& field, const char*) {
+    auto it = flat.find(key);
+    if (it == flat.end()) return;
+    using T = std::decay_t<decltype(field)>;
+    if (!parse_value(it->second, field))
+      user_error(origin, ": config key '", key, "' expects ", type_name<T>(), ", got '", it->second, "'");
+    flat.erase(it);
+  });
+  if (!flat.empty()) {
+    const std::string& key = flat.begin()->first;
+    std::string hint = closest_key(key);
+    user_error(origin, ": unknown config key '", key, "'",
+               hint.empty() ? std::string(" (see docs/config.md for the keys)")
+                            : " (did you mean '" + hint + "'?)");
+  }
+  return c;
+}
+
+}  // namespace
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  if (!file_exists(path)) user_error("config file not found: '", path, "'");
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::Exception& e) {
+    user_error(path, ": not valid YAML or JSON: ", e.what());
+  }
+  FlatMap flat;
+  if (!root.IsNull()) {
+    if (!root.IsMap()) user_error(path, ": the config must be a mapping of keys to values");
+    flatten(root, "", flat, path);
+  }
+  for (const auto& ov : overrides) {
+    auto eq = ov.find('=');
+    if (eq == std::string::npos || eq == 0)
+      user_error("override '", ov, "' must look like key=value (for example optim.lr=1e-3)");
+    flat[ov.substr(0, eq)] = ov.substr(eq + 1);
+  }
+  return config_from_flat(std::move(flat), overrides.empty() ? path : path + " (with overrides)");
+}
+
+nlohmann::json config_to_json(const Config& c) {
+  nlohmann::json j = nlohmann::json::object();
+  visit_config(c, [&](const char* key, const auto& field, const char*) {
+    std::string k = key;
+    auto dot = k.find('.');
+    if (dot == std::string::npos) j[k] = field;
+    else j[k.substr(0, dot)][k.substr(dot + 1)] = field;
+  });
+  return j;
+}
+
+Config config_from_json(const nlohmann::json& j, const std::string& origin) {
+  FlatMap flat;
+  for (const auto& [k, v] : j.items()) {
+    if (v.is_object()) {
+      for (const auto& [k2, v2] : v.items())
+        flat[k + "." + k2] = v2.is_string() ? v2.get<std::string>() : v2.dump();
+    } else {
+      flat[k] = v.is_string() ? v.get<std::string>() : v.dump();
+    }
+  }
+  return config_from_flat(std::move(flat), origin);
+}
+
+std::string config_to_text(const Config& c) {
+  std::ostringstream os;
+  visit_config(c, [&](const char* key, const auto& field, const char*) {
+    os << "  " << key << ": " << nlohmann::json(field).dump() << "\n";
+  });
+  return os.str();
+}
+
+void validate_config(const Config& c, int dp_world) {
+  const auto& m = c.model;
+  auto positive = [](const char* key, double v) {
+    if (!(v > 0)) user_error("config key '", key, "' must be positive, got ", v);
+  };
+  positive("model.hidden_size", m.hidden_size);
+  positive("model.num_hidden_layers", m.num_hidden_layers);
+  positive("model.num_attention_heads", m.num_attention_heads);
+  positive("model.vocab_size", m.vocab_size);
+  positive("model.max_position_embeddings", m.max_position_embeddings);
+  positive("model.rope_theta", m.rope_theta);
+  positive("model.rms_norm_eps", m.rms_norm_eps);
+  positive("model.multiple_of", m.multiple_of);
+  positive("model.ffn_dim_multiplier", m.ffn_dim_multiplier);
+  positive("model.initializer_range", m.initializer_range);
+  if (m.intermediate_size < 0) user_error("config key 'model.intermediate_size' must be >= 0 (0 derives it)");
+  if (m.num_key_value_heads < 0) user_error("config key 'model.num_key_value_heads' must be >= 0 (0 means num_attention_heads)");
+  if (m.hidden_size % m.num_attention_heads != 0)
+    user_error("model.hidden_size (", m.hidden_size, ") must be divisible by model.num_attention_heads (",
+               m.num_attention_heads, ")");
+  if (m.num_attention_heads % m.kv_heads() != 0)
+    user_error("model.num_attention_heads (", m.num_attention_heads,
+               ") must be divisible by model.num_key_value_heads (", m.kv_heads(), ")");
+  if (m.head_dim() % 2 != 0)
+    user_error("head dim hidden_size/num_attention_heads = ", m.head_dim(), " must be even for RoPE");
+  if (c.device != "auto" && c.device != "cpu" && c.device != "cuda")
+    user_error("config key 'device' must be auto, cpu or cuda, got '", c.device, "'");
+
+  const auto& o = c.optim;
+  positive("optim.lr", o.lr);
+  if (o.min_lr_ratio < 0 || o.min_lr_ratio > 1)
+    user_error("config key 'optim.min_lr_ratio' must be in [0, 1], got ", o.min_lr_ratio);
+  if (o.warmup_steps < 0) user_error("config key 'optim.warmup_steps' must be >= 0");
+  if (o.decay_steps < 0) user_error("config key 'optim.decay_steps' must be >= 0 (0 = train.steps)");
+  if (o.beta1 < 0 || o.beta1 >= 1) user_error("config key 'optim.beta1' must be in [0, 1), got ", o.beta1);
+  if (o.beta2 < 0 || o.beta2 >= 1) user_error("config key 'optim.beta2' must be in [0, 1), got ", o.beta2);
+  positive("optim.eps", o.eps);
+  if (o.weight_decay < 0) user_error("config key 'optim.weight_decay' must be >= 0");
+  if (o.grad_clip < 0) user_error("config key 'optim.grad_clip' must be >= 0 (0 disables clipping)");
+
+  const auto& t = c.train;
+  positive("train.steps", t.steps);
+  positive("train.seq_len", t.seq_len);
+  positive("train.micro_batch_size", t.micro_batch_size);
+  positive("train.global_batch_tokens", double(t.global_batch_tokens));
+  positive("train.log_every", t.log_every);
+  if (t.val_every < 0 || t.val_batches < 0 || t.save_every < 0)
+    user_error("config keys train.val_every, train.val_batches and train.save_every must be >= 0");
+  if (t.run_dir.empty()) user_error("config key 'train.run_dir' must name a directory");
+  if (t.recompute != "none" && t.recompute != "selective" && t.recompute != "full")
+    user_error("config key 'train.recompute' must be none, selective or full, got '", t.recompute, "'");
+  if (t.seq_len > m.max_position_embeddings)
+    user_error("train.seq_len (", t.seq_len, ") exceeds model.max_position_embeddings (",
+               m.max_position_embeddings, ")");
+  const int64_t per_micro = int64_t(t.micro_batch_size) * t.seq_len * dp_world;
+  if (t.global_batch_tokens % per_micro != 0)
+    user_error("train.global_batch_tokens (", t.global_batch_tokens,
+               ") must be a multiple of micro_batch_size * seq_len * data-parallel ranks = ",
+               t.micro_batch_size, " * ", t.seq_len, " * ", dp_world, " = ", per_micro,
+               " (nearest: ", std::max<int64_t>(1, t.global_batch_tokens / per_micro) * per_micro, ")");
+}
+
+std::string config_reference_markdown() {
+  std::ostringstream os;
+  Config defaults;
+  os << "| key | default | meaning |\n|---|---|---|\n";
+  visit_config(defaults, [&](const char* key, const auto& field, const char* help) {
+    os << "| `" << key << "` | `" << nlohmann::json(field).dump() << "` | " << help << " |\n";
+  });
+  return os.str();
+}
+
+}  // namespace ltrain

@@ -1,0 +1,22 @@
+#include "ltrain/core/check.h"
+
+#include <cstdio>
+#include <cstdlib>
+
+namespace ltrain {
+
+static int g_error_rank = 0;
+
+void set_error_rank(int rank) { g_error_rank = rank; }
+
+void fatal_error(const char* file, int line, const char* func, const char* expr,
+                 const std::string& msg) {
+  std::fprintf(stderr, "[rank %d] ltrain internal error at %s:%d in %s: check '%s' failed%s%s\n",
+               g_error_rank, file, line, func, expr, msg.empty() ? "" : ": ", msg.c_str());
+  std::fflush(stderr);
+  // abort() rather than exit(): under mpirun it brings every rank down instead of leaving the
+  // others waiting in a collective.
+  std::abort();
+}
+
+}  // namespace ltrain

@@ -1,0 +1,245 @@
+// The CPU backend: host memory, the templated ops of src/cpu/ops.h, BLAS for matrix products.
+// One class serves fp32 (training) and fp64 (the oracle); compute and master dtypes are equal, so
+// the optimizer updates the weights the model computes with, and no copy is needed.
+#include <cblas.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "cpu/ops.h"
+#include "ltrain/core/backend.h"
+#include "ltrain/core/check.h"
+
+namespace ltrain {
+
+namespace cpu {
+
+void gemm(float* out, const float* a, const float* b, int M, int N, int K, bool trans_a,
+          bool trans_b, float alpha, float beta) {
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+              M, N, K, alpha, a, trans_a ? M : K, b, trans_b ? K : N, beta, out, N);
+}
+
+void gemm(double* out, const double* a, const double* b, int M, int N, int K, bool trans_a,
+          bool trans_b, double alpha, double beta) {
+  cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+              M, N, K, alpha, a, trans_a ? M : K, b, trans_b ? K : N, beta, out, N);
+}
+
+}  // namespace cpu
+
+namespace {
+
+template <class T>
+constexpr DType dtype_of();
+template <>
+constexpr DType dtype_of<float>() { return DType::kF32; }
+template <>
+constexpr DType dtype_of<double>() { return DType::kF64; }
+
+// Host-side conversion between the dtypes a host buffer may hold.
+double load_as_double(const void* p, DType t, int64_t i) {
+  switch (t) {
+    case DType::kF32: return static_cast<const float*>(p)[i];
+    case DType::kF64: return static_cast<const double*>(p)[i];
+    case DType::kI32: return static_cast<const int32_t*>(p)[i];
+    case DType::kBF16: {
+      uint32_t bits = uint32_t(static_cast<const uint16_t*>(p)[i]) << 16;
+      float f;
+      std::memcpy(&f, &bits, 4);
+      return f;
+    }
+  }
+  return 0;
+}
+
+void store_from_double(void* p, DType t, int64_t i, double x) {
+  switch (t) {
+    case DType::kF32: static_cast<float*>(p)[i] = float(x); return;
+    case DType::kF64: static_cast<double*>(p)[i] = x; return;
+    case DType::kI32: static_cast<int32_t*>(p)[i] = int32_t(x); return;
+    case DType::kBF16: {
+      float f = float(x);
+      uint32_t bits;
+      std::memcpy(&bits, &f, 4);
+      bits += 0x7FFF + ((bits >> 16) & 1);  // round to nearest even
+      static_cast<uint16_t*>(p)[i] = uint16_t(bits >> 16);
+      return;
+    }
+  }
+}
+
+void convert(void* dst, DType dst_t, const void* src, DType src_t, int64_t n) {
+  if (dst_t == src_t) {
+    std::memcpy(dst, src, size_t(n) * dtype_size(dst_t));
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) store_from_double(dst, dst_t, i, load_as_double(src, src_t, i));
+}
+
+template <class T>
+class CpuBackend final : public Backend {
+ public:
+  std::string name() const override { return dtype_of<T>() == DType::kF32 ? "cpu" : "cpu-f64"; }
+  DType compute_dtype() const override { return dtype_of<T>(); }
+  DType master_dtype() const override { return dtype_of<T>(); }
+
+  Tensor alloc(Shape shape, DType dtype) override {
+    Tensor t;
+    t.dtype = dtype;
+    t.shape = shape;
+    size_t bytes = std::max<size_t>(t.bytes(), 1);
+    bytes = (bytes + 63) / 64 * 64;
+    t.data = std::aligned_alloc(64, bytes);
+    LTRAIN_CHECK(t.data, "out of host memory allocating " << bytes << " bytes");
+    std::memset(t.data, 0, bytes);
+    allocated_ += t.bytes();
+    return t;
+  }
+  void free(Tensor& t) override {
+    if (!t.data) return;
+    allocated_ -= t.bytes();
+    std::free(t.data);
+    t.data = nullptr;
+  }
+  void from_host(Tensor dst, const void* src, DType src_dtype) override {
+    convert(dst.data, dst.dtype, src, src_dtype, dst.numel());
+  }
+  void to_host(void* dst, DType dst_dtype, const Tensor& src) override {
+    convert(dst, dst_dtype, src.data, src.dtype, src.numel());
+  }
+  void copy(Tensor dst, const Tensor& src) override {
+    LTRAIN_CHECK(dst.numel() == src.numel(), "copy " << dst.shape.str() << " vs " << src.shape.str());
+    if (dst.data != src.data) convert(dst.data, dst.dtype, src.data, src.dtype, dst.numel());
+  }
+  void zero(Tensor t) override { std::memset(t.data, 0, t.bytes()); }
+  size_t bytes_allocated() const override { return allocated_; }
+
+  void matmul(Tensor out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
+              float alpha, float beta) override {
+    check_dtype({&out, &a, &b});
+    LTRAIN_CHECK(out.shape.ndim == 2 && a.shape.ndim == 2 && b.shape.ndim == 2);
+    const int64_t M = trans_a ? a.shape.dims[1] : a.shape.dims[0];
+    const int64_t K = trans_a ? a.shape.dims[0] : a.shape.dims[1];
+    const int64_t Kb = trans_b ? b.shape.dims[1] : b.shape.dims[0];
+    const int64_t N = trans_b ? b.shape.dims[0] : b.shape.dims[1];
+    LTRAIN_CHECK(K == Kb && out.shape.dims[0] == M && out.shape.dims[1] == N,
+                 "matmul shapes: out " << out.shape.str() << " a " << a.shape.str() << (trans_a ? "^T" : "")
+                                       << " b " << b.shape.str() << (trans_b ? "^T" : ""));
+    cpu::gemm(out.as<T>(), a.as<T>(), b.as<T>(), int(M), int(N), int(K), trans_a, trans_b, T(alpha),
+              T(beta));
+  }
+
+  void embedding_forward(Tensor out, const Tensor& tokens, const Tensor& wte) override {
+    check_dtype({&out, &wte});
+    cpu::embedding_forward(out.as<T>(), tokens.as<int32_t>(), wte.as<T>(), int(tokens.numel()),
+                           int(wte.shape.dims[1]));
+  }
+  void embedding_backward(Tensor dwte, const Tensor& dout, const Tensor& tokens) override {
+    check_dtype({&dwte, &dout});
+    cpu::embedding_backward(dwte.as<T>(), dout.as<T>(), tokens.as<int32_t>(), int(tokens.numel()),
+                            int(dwte.shape.dims[1]));
+  }
+
+  void rmsnorm_forward(Tensor out, Tensor rstd, const Tensor& inp, const Tensor& weight,
+                       float eps) override {
+    check_dtype({&out, &rstd, &inp, &weight});
+    const int C = int(weight.numel());
+    cpu::rmsnorm_forward(out.as<T>(), rstd.as<T>(), inp.as<T>(), weight.as<T>(),
+                         int(inp.numel() / C), C, eps);
+  }
+  void rmsnorm_backward(Tensor dinp, Tensor dweight, const Tensor& dout, const Tensor& inp,
+                        const Tensor& weight, const Tensor& rstd) override {
+    check_dtype({&dinp, &dweight, &dout, &inp, &weight, &rstd});
+    const int C = int(weight.numel());
+    cpu::rmsnorm_backward(dinp.as<T>(), dweight.as<T>(), dout.as<T>(), inp.as<T>(), weight.as<T>(),
+                          rstd.as<T>(), int(inp.numel() / C), C);
+  }
+
+  void rope_forward(Tensor out, const Tensor& inp, const Tensor& freqs) override {
+    rope(out, inp, freqs, +1);
+  }
+  void rope_backward(Tensor dinp, const Tensor& dout, const Tensor& freqs) override {
+    rope(dinp, dout, freqs, -1);
+  }
+
+  void attention_forward(Tensor out, Tensor lse, const Tensor& q, const Tensor& k,
+                         const Tensor& v) override {
+    check_dtype({&out, &lse, &q, &k, &v});
+    const auto& s = q.shape;
+    LTRAIN_CHECK(s.ndim == 4 && k.shape.ndim == 4 && s.dims[2] % k.shape.dims[2] == 0);
+    cpu::attention_forward(out.as<T>(), lse.as<T>(), q.as<T>(), k.as<T>(), v.as<T>(), int(s.dims[0]),
+                           int(s.dims[1]), int(s.dims[2]), int(k.shape.dims[2]), int(s.dims[3]));
+  }
+  void attention_backward(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Tensor& q,
+                          const Tensor& k, const Tensor& v, const Tensor& out,
+                          const Tensor& lse) override {
+    check_dtype({&dq, &dk, &dv, &dout, &q, &k, &v, &out, &lse});
+    const auto& s = q.shape;
+    cpu::attention_backward(dq.as<T>(), dk.as<T>(), dv.as<T>(), dout.as<T>(), q.as<T>(), k.as<T>(),
+                            v.as<T>(), out.as<T>(), lse.as<T>(), int(s.dims[0]), int(s.dims[1]),
+                            int(s.dims[2]), int(k.shape.dims[2]), int(s.dims[3]));
+  }
+
+  void swiglu_forward(Tensor out, const Tensor& gate, const Tensor& up) override {
+    check_dtype({&out, &gate, &up});
+    cpu::swiglu_forward(out.as<T>(), gate.as<T>(), up.as<T>(), out.numel());
+  }
+  void swiglu_backward(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate,
+                       const Tensor& up) override {
+    check_dtype({&dgate, &dup, &dout, &gate, &up});
+    cpu::swiglu_backward(dgate.as<T>(), dup.as<T>(), dout.as<T>(), gate.as<T>(), up.as<T>(),
+                         dout.numel());
+  }
+  void add(Tensor out, const Tensor& a, const Tensor& b) override {
+    check_dtype({&out, &a, &b});
+    LTRAIN_CHECK(a.numel() == out.numel() && b.numel() == out.numel());
+    cpu::add(out.as<T>(), a.as<T>(), b.as<T>(), out.numel());
+  }
+
+  void cross_entropy(Tensor losses, Tensor dlogits, const Tensor& logits, const Tensor& targets,
+                     float dloss) override {
+    check_dtype({&losses, &logits});
+    const int V = int(logits.shape.dims[logits.shape.ndim - 1]);
+    cpu::cross_entropy(losses.as<T>(), dlogits.defined() ? dlogits.as<T>() : nullptr,
+                       logits.as<T>(), targets.as<int32_t>(), int(targets.numel()), V, dloss);
+  }
+
+  double sum_squares(const std::vector<Tensor>& tensors) override {
+    double s = 0;
+    for (const auto& t : tensors) s += cpu::sum_squares(t.as<T>(), t.numel());
+    return s;
+  }
+  void adamw_update(Tensor param, const Tensor& grad, Tensor m, Tensor v,
+                    const AdamWStep& s) override {
+    check_dtype({&param, &grad, &m, &v});
+    cpu::adamw_update(param.as<T>(), grad.as<T>(), m.as<T>(), v.as<T>(), param.numel(), s.lr,
+                      s.beta1, s.beta2, s.eps, s.weight_decay, s.grad_scale, s.step);
+  }
+
+ private:
+  void rope(Tensor out, const Tensor& inp, const Tensor& freqs, int sign) {
+    check_dtype({&out, &inp, &freqs});
+    const auto& s = inp.shape;
+    LTRAIN_CHECK(s.ndim == 4 && freqs.shape.dims[0] >= s.dims[1]);
+    cpu::rope_rotate(out.as<T>(), inp.as<T>(), freqs.as<T>(), int(s.dims[0]), int(s.dims[1]),
+                     int(s.dims[2]), int(s.dims[3]), sign);
+  }
+  static void check_dtype(std::initializer_list<const Tensor*> ts) {
+    for (const Tensor* t : ts)
+      LTRAIN_CHECK(t->dtype == dtype_of<T>(), "cpu backend got a " << dtype_name(t->dtype)
+                                                                   << " tensor " << t->shape.str());
+  }
+  size_t allocated_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(DType dtype) {
+  if (dtype == DType::kF64) return std::make_unique<CpuBackend<double>>();
+  LTRAIN_CHECK(dtype == DType::kF32, "the CPU backend computes in f32 or f64");
+  return std::make_unique<CpuBackend<float>>();
+}
+
+}  // namespace ltrain

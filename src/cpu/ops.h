@@ -1,0 +1,335 @@
+// CPU implementations of every op, templated on the float type: float is the CPU backend, double is
+// the oracle the tests compare everything against (finite differences, CUDA kernels).
+//
+// Conventions (the same as include/ltrain/core/backend.h): raw row-major pointers with shape
+// comments; activation gradients use `=`, parameter gradients and the residual gradient of
+// rmsnorm_backward use `+=`. Loops are parallelized with OpenMP over independent rows or heads;
+// where several rows write the same parameter gradient, the work is split by columns instead, so
+// no two threads write the same element and results do not depend on the thread count.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include <omp.h>
+
+namespace ltrain::cpu {
+
+// out (M, N) = alpha * op(a) @ op(b) + beta * out, through BLAS; a is (M, K) or (K, M) if trans_a.
+void gemm(float* out, const float* a, const float* b, int M, int N, int K, bool trans_a,
+          bool trans_b, float alpha, float beta);
+void gemm(double* out, const double* a, const double* b, int M, int N, int K, bool trans_a,
+          bool trans_b, double alpha, double beta);
+
+// Splits [0, n) into contiguous chunks, one per OpenMP thread, and calls f(begin, end).
+template <class F>
+void parallel_chunks(int64_t n, F f) {
+#pragma omp parallel
+  {
+    const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+    int64_t begin = n * tid / nt, end = n * (tid + 1) / nt;
+    if (begin < end) f(begin, end);
+  }
+}
+
+// ---- embedding ---------------------------------------------------------------------------------
+
+template <class T>
+void embedding_forward(T* out,               // (N, C)
+                       const int32_t* tokens,  // (N)
+                       const T* wte,           // (V, C)
+                       int N, int C) {
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; ++n) std::copy_n(wte + int64_t(tokens[n]) * C, C, out + int64_t(n) * C);
+}
+
+template <class T>
+void embedding_backward(T* dwte,              // (V, C) +=
+                        const T* dout,        // (N, C)
+                        const int32_t* tokens,  // (N)
+                        int N, int C) {
+  // Split by columns: rows with the same token would race.
+  parallel_chunks(C, [&](int64_t c0, int64_t c1) {
+    for (int n = 0; n < N; ++n) {
+      T* dst = dwte + int64_t(tokens[n]) * C;
+      const T* src = dout + int64_t(n) * C;
+      for (int64_t c = c0; c < c1; ++c) dst[c] += src[c];
+    }
+  });
+}
+
+// ---- rmsnorm -----------------------------------------------------------------------------------
+
+template <class T, class S>
+void rmsnorm_forward(T* out,          // (N, C)
+                     S* rstd,         // (N)
+                     const T* inp,    // (N, C)
+                     const T* weight, // (C)
+                     int N, int C, double eps) {
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; ++n) {
+    const T* x = inp + int64_t(n) * C;
+    T* y = out + int64_t(n) * C;
+    double ss = 0;
+    for (int c = 0; c < C; ++c) ss += double(x[c]) * x[c];
+    T r = T(1.0 / std::sqrt(ss / C + eps));
+    rstd[n] = S(r);
+    for (int c = 0; c < C; ++c) y[c] = x[c] * r * weight[c];
+  }
+}
+
+template <class T, class S>
+void rmsnorm_backward(T* dinp,          // (N, C) +=
+                      T* dweight,       // (C) +=
+                      const T* dout,    // (N, C)
+                      const T* inp,     // (N, C)
+                      const T* weight,  // (C)
+                      const S* rstd,    // (N)
+                      int N, int C) {
+  // y = x * r * w with r = (mean(x^2) + eps)^-1/2. With g = dy * w:
+  // dx = r * g - x * r^3 * mean(g * x).
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; ++n) {
+    const T* x = inp + int64_t(n) * C;
+    const T* dy = dout + int64_t(n) * C;
+    T* dx = dinp + int64_t(n) * C;
+    T r = T(rstd[n]);
+    double dot = 0;
+    for (int c = 0; c < C; ++c) dot += double(dy[c]) * weight[c] * x[c];
+    T k = T(dot / C) * r * r * r;
+    for (int c = 0; c < C; ++c) dx[c] += r * dy[c] * weight[c] - x[c] * k;
+  }
+  parallel_chunks(C, [&](int64_t c0, int64_t c1) {
+    for (int n = 0; n < N; ++n) {
+      const T* x = inp + int64_t(n) * C;
+      const T* dy = dout + int64_t(n) * C;
+      T r = T(rstd[n]);
+      for (int64_t c = c0; c < c1; ++c) dweight[c] += dy[c] * x[c] * r;
+    }
+  });
+}
+
+// ---- rope --------------------------------------------------------------------------------------
+
+// sign = +1 rotates forward; -1 applies the inverse rotation (the backward pass: the rotation is
+// orthogonal, so its Jacobian transpose is the rotation by -angle).
+template <class T, class F>
+void rope_rotate(T* out,           // (B, T, NH, HD)
+                 const T* inp,     // (B, T, NH, HD)
+                 const F* freqs,   // (T, HD/2, 2) cos, sin
+                 int B, int Tn, int NH, int HD, int sign) {
+  const int64_t rows = int64_t(B) * Tn;
+#pragma omp parallel for schedule(static)
+  for (int64_t bt = 0; bt < rows; ++bt) {
+    int t = int(bt % Tn);
+    const F* f = freqs + int64_t(t) * HD;
+    for (int h = 0; h < NH; ++h) {
+      const T* x = inp + (bt * NH + h) * HD;
+      T* y = out + (bt * NH + h) * HD;
+      for (int i = 0; i < HD / 2; ++i) {
+        T c = T(f[2 * i]), s = T(sign * f[2 * i + 1]);
+        T x0 = x[2 * i], x1 = x[2 * i + 1];
+        y[2 * i] = x0 * c - x1 * s;
+        y[2 * i + 1] = x0 * s + x1 * c;
+      }
+    }
+  }
+}
+
+// ---- attention ---------------------------------------------------------------------------------
+
+template <class T, class S>
+void attention_forward(T* out,        // (B, T, H, HD)
+                       S* lse,        // (B, H, T)
+                       const T* q,    // (B, T, H, HD)
+                       const T* k,    // (B, T, KV, HD)
+                       const T* v,    // (B, T, KV, HD)
+                       int B, int Tn, int H, int KV, int HD) {
+  const int group = H / KV;
+  const T scale = T(1.0 / std::sqrt(double(HD)));
+#pragma omp parallel
+  {
+    std::vector<T> p(Tn);
+    std::vector<T> acc(HD);
+#pragma omp for schedule(dynamic) collapse(2)
+    for (int b = 0; b < B; ++b)
+      for (int h = 0; h < H; ++h) {
+        const int kvh = h / group;
+        for (int t = 0; t < Tn; ++t) {
+          const T* qt = q + ((int64_t(b) * Tn + t) * H + h) * HD;
+          T m = -INFINITY;
+          for (int j = 0; j <= t; ++j) {  // the causal mask: keys after t are never touched
+            const T* kj = k + ((int64_t(b) * Tn + j) * KV + kvh) * HD;
+            T s = 0;
+            for (int d = 0; d < HD; ++d) s += qt[d] * kj[d];
+            p[j] = s * scale;
+            m = std::max(m, p[j]);
+          }
+          T l = 0;
+          std::fill(acc.begin(), acc.end(), T(0));
+          for (int j = 0; j <= t; ++j) {
+            p[j] = std::exp(p[j] - m);
+            l += p[j];
+            const T* vj = v + ((int64_t(b) * Tn + j) * KV + kvh) * HD;
+            for (int d = 0; d < HD; ++d) acc[d] += p[j] * vj[d];
+          }
+          T* ot = out + ((int64_t(b) * Tn + t) * H + h) * HD;
+          for (int d = 0; d < HD; ++d) ot[d] = acc[d] / l;
+          lse[(int64_t(b) * H + h) * Tn + t] = S(m + std::log(l));
+        }
+      }
+  }
+}
+
+template <class T, class S>
+void attention_backward(T* dq,          // (B, T, H, HD)
+                        T* dk,          // (B, T, KV, HD)
+                        T* dv,          // (B, T, KV, HD)
+                        const T* dout,  // (B, T, H, HD)
+                        const T* q, const T* k, const T* v,
+                        const T* out,   // (B, T, H, HD)
+                        const S* lse,   // (B, H, T)
+                        int B, int Tn, int H, int KV, int HD) {
+  // One task per (b, kv head): the query heads of a group all write the same dk/dv rows, so they
+  // are handled by one thread in a fixed order.
+  const int group = H / KV;
+  const T scale = T(1.0 / std::sqrt(double(HD)));
+#pragma omp parallel
+  {
+    std::vector<T> ds(Tn);
+#pragma omp for schedule(dynamic) collapse(2)
+    for (int b = 0; b < B; ++b)
+      for (int kvh = 0; kvh < KV; ++kvh) {
+        for (int t = 0; t < Tn; ++t) {
+          std::fill_n(dk + ((int64_t(b) * Tn + t) * KV + kvh) * HD, HD, T(0));
+          std::fill_n(dv + ((int64_t(b) * Tn + t) * KV + kvh) * HD, HD, T(0));
+        }
+        for (int h = kvh * group; h < (kvh + 1) * group; ++h) {
+          for (int t = 0; t < Tn; ++t) {
+            const int64_t row = (int64_t(b) * Tn + t) * H + h;
+            const T* qt = q + row * HD;
+            const T* dot_ = dout + row * HD;
+            const T* ot = out + row * HD;
+            const T L = T(lse[(int64_t(b) * H + h) * Tn + t]);
+            T D = 0;  // rowsum(dO * O) = sum_j P_j dP_j
+            for (int d = 0; d < HD; ++d) D += dot_[d] * ot[d];
+            for (int j = 0; j <= t; ++j) {
+              const T* kj = k + ((int64_t(b) * Tn + j) * KV + kvh) * HD;
+              const T* vj = v + ((int64_t(b) * Tn + j) * KV + kvh) * HD;
+              T s = 0, dp = 0;
+              for (int d = 0; d < HD; ++d) {
+                s += qt[d] * kj[d];
+                dp += dot_[d] * vj[d];
+              }
+              T pj = std::exp(s * scale - L);
+              ds[j] = pj * (dp - D);
+              T* dvj = dv + ((int64_t(b) * Tn + j) * KV + kvh) * HD;
+              for (int d = 0; d < HD; ++d) dvj[d] += pj * dot_[d];
+            }
+            T* dqt = dq + row * HD;
+            std::fill_n(dqt, HD, T(0));
+            for (int j = 0; j <= t; ++j) {
+              const T* kj = k + ((int64_t(b) * Tn + j) * KV + kvh) * HD;
+              T* dkj = dk + ((int64_t(b) * Tn + j) * KV + kvh) * HD;
+              const T g = ds[j] * scale;
+              for (int d = 0; d < HD; ++d) {
+                dqt[d] += g * kj[d];
+                dkj[d] += g * qt[d];
+              }
+            }
+          }
+        }
+      }
+  }
+}
+
+// ---- swiglu ------------------------------------------------------------------------------------
+
+template <class T>
+void swiglu_forward(T* out, const T* gate, const T* up, int64_t n) {  // all (N, FF)
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    T g = gate[i];
+    T sig = T(1) / (T(1) + std::exp(-g));
+    out[i] = g * sig * up[i];
+  }
+}
+
+template <class T>
+void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    T g = gate[i];
+    T sig = T(1) / (T(1) + std::exp(-g));
+    T silu = g * sig;
+    T dsilu = sig * (T(1) + g * (T(1) - sig));
+    T u = up[i], dy = dout[i];
+    dgate[i] = dy * u * dsilu;
+    dup[i] = dy * silu;
+  }
+}
+
+template <class T>
+void add(T* out, const T* a, const T* b, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
+// ---- cross-entropy -----------------------------------------------------------------------------
+
+template <class T, class S>
+void cross_entropy(S* losses,              // (N)
+                   T* dlogits,             // (N, V) or nullptr; may alias logits
+                   const T* logits,        // (N, V)
+                   const int32_t* targets, // (N), negative = ignored
+                   int N, int V, double dloss) {
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; ++n) {
+    const T* x = logits + int64_t(n) * V;
+    const int tgt = targets[n];
+    double m = -INFINITY;
+    for (int i = 0; i < V; ++i) m = std::max(m, double(x[i]));
+    double sum = 0;
+    for (int i = 0; i < V; ++i) sum += std::exp(double(x[i]) - m);
+    const double lse = m + std::log(sum);
+    losses[n] = tgt < 0 ? S(0) : S(lse - double(x[tgt]));
+    if (!dlogits) continue;
+    T* dx = dlogits + int64_t(n) * V;
+    if (tgt < 0) {
+      std::fill_n(dx, V, T(0));
+      continue;
+    }
+    for (int i = 0; i < V; ++i) {
+      double p = std::exp(double(x[i]) - lse);
+      dx[i] = T((p - (i == tgt ? 1.0 : 0.0)) * dloss);
+    }
+  }
+}
+
+// ---- optimizer ---------------------------------------------------------------------------------
+
+template <class T>
+double sum_squares(const T* x, int64_t n) {
+  double s = 0;
+#pragma omp parallel for reduction(+ : s) schedule(static)
+  for (int64_t i = 0; i < n; ++i) s += double(x[i]) * double(x[i]);
+  return s;
+}
+
+// Decoupled weight decay as in PyTorch's AdamW: p -= lr * (wd * p + mhat / (sqrt(vhat) + eps)).
+template <class T>
+void adamw_update(T* param, const T* grad, T* m, T* v, int64_t n, double lr, double beta1,
+                  double beta2, double eps, double weight_decay, double grad_scale, int step) {
+  const double bc1 = 1.0 - std::pow(beta1, step), bc2 = 1.0 - std::pow(beta2, step);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    T g = T(grad[i] * grad_scale);
+    m[i] = T(beta1 * m[i] + (1 - beta1) * g);
+    v[i] = T(beta2 * v[i] + (1 - beta2) * g * g);
+    T mhat = T(m[i] / bc1), vhat = T(v[i] / bc2);
+    param[i] -= T(lr * (weight_decay * param[i] + mhat / (std::sqrt(vhat) + eps)));
+  }
+}
+
+}  // namespace ltrain::cpu

@@ -1,0 +1,322 @@
+// `ltrain prepare`: stream documents out of the inputs, encode them in parallel, and write token
+// shards. Documents are read and numbered on one thread and encoded in chunks by all cores; the
+// output depends only on the inputs and options, never on the thread count.
+#include "ltrain/data/prepare.h"
+
+#include <cmath>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <exception>
+#include <regex>
+#include <sstream>
+
+#include "ltrain/core/check.h"
+#include "ltrain/core/io.h"
+#include "ltrain/data/dataset.h"
+#include "ltrain/data/shard.h"
+#include "ltrain/data/tokenizer.h"
+
+namespace ltrain {
+
+using nlohmann::json;
+
+DocBoundary parse_doc_boundary(const std::string& name) {
+  if (name == "paragraph") return DocBoundary::kParagraph;
+  if (name == "line") return DocBoundary::kLine;
+  if (name == "file") return DocBoundary::kFile;
+  user_error("--doc-boundary '", name, "' is not one of paragraph, line, file");
+}
+
+const char* doc_boundary_name(DocBoundary b) {
+  switch (b) {
+    case DocBoundary::kParagraph: return "paragraph";
+    case DocBoundary::kLine: return "line";
+    case DocBoundary::kFile: return "file";
+  }
+  return "?";
+}
+
+bool is_blank(const std::string& s) {
+  for (char c : s)
+    if (c != ' ' && c != '\t' && c != '\n' && c != '\r' && c != '\v' && c != '\f') return false;
+  return true;
+}
+
+static bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// ---- DocumentReader -----------------------------------------------------------------------------
+
+DocumentReader::DocumentReader(std::vector<std::string> files, DocBoundary boundary)
+    : files_(std::move(files)), boundary_(boundary) {
+  for (const auto& f : files_) {
+    if (!file_exists(f)) user_error("input file not found: '", f, "'");
+    if (is_directory(f)) user_error("input '", f, "' is a directory; pass the text files in it");
+    total_bytes_ += file_size(f);
+  }
+}
+
+DocumentReader::~DocumentReader() = default;
+
+bool DocumentReader::open_next_file() {
+  if (file_index_ >= files_.size()) return false;
+  const std::string& f = files_[file_index_++];
+  in_ = std::make_unique<std::ifstream>(f, std::ios::binary);
+  if (!*in_) user_error("cannot read input file '", f, "'");
+  jsonl_ = ends_with(f, ".jsonl");
+  line_no_ = 0;
+  bytes_in_file_ = 0;
+  return true;
+}
+
+bool DocumentReader::next(std::string* doc) {
+  while (true) {
+    if (in_ && next_in_file(doc)) return true;
+    if (in_) {  // this file is done
+      in_.reset();
+      bytes_done_ += file_size(files_[file_index_ - 1]);
+      bytes_in_file_ = 0;
+    }
+    if (!open_next_file()) return false;
+  }
+}
+
+bool DocumentReader::next_in_file(std::string* doc) {
+  const std::string& file = files_[file_index_ - 1];
+  doc->clear();
+  if (jsonl_) {
+    while (std::getline(*in_, line_)) {
+      ++line_no_;
+      bytes_in_file_ += line_.size() + 1;
+      if (is_blank(line_)) continue;
+      json j;
+      try {
+        j = json::parse(line_);
+      } catch (const json::exception&) {
+        user_error(file, ":", line_no_, ": not valid JSON (each .jsonl line must be an object with a \"text\" string)");
+      }
+      auto it = j.is_object() ? j.find("text") : j.end();
+      if (!j.is_object() || it == j.end() || !it->is_string())
+        user_error(file, ":", line_no_, ": no string field \"text\" (each .jsonl line must be an object with a \"text\" string)");
+      if (is_blank(it->get_ref<const std::string&>())) continue;
+      *doc = it->get<std::string>();
+      return true;
+    }
+    return false;
+  }
+  switch (boundary_) {
+    case DocBoundary::kFile: {
+      if (in_->peek() == EOF) return false;
+      std::ostringstream ss;
+      ss << in_->rdbuf();
+      *doc = ss.str();
+      bytes_in_file_ = doc->size();
+      if (is_blank(*doc)) return false;
+      return true;
+    }
+    case DocBoundary::kLine:
+      while (std::getline(*in_, line_)) {
+        bytes_in_file_ += line_.size() + 1;
+        if (!is_blank(line_)) {
+          *doc = line_;
+          return true;
+        }
+      }
+      return false;
+    case DocBoundary::kParagraph:
+      while (std::getline(*in_, line_)) {
+        bytes_in_file_ += line_.size() + 1;
+        if (is_blank(line_)) {
+          if (!doc->empty()) return true;
+          continue;
+        }
+        if (!doc->empty()) *doc += '\n';
+        *doc += line_;
+      }
+      return !doc->empty();
+  }
+  return false;
+}
+
+// ---- prepare ------------------------------------------------------------------------------------
+
+namespace {
+
+// Collects whole documents for one split and writes a shard once it reaches the target size.
+struct ShardBuilder {
+  ShardBuilder(std::string dir_, std::string prefix_, uint32_t vocab, uint64_t target,
+               std::vector<std::string>* written_)
+      : dir(std::move(dir_)), prefix(std::move(prefix_)), vocab_size(vocab), target_tokens(target),
+        written(written_) {}
+  std::string dir, prefix;
+  uint32_t vocab_size;
+  uint64_t target_tokens;
+  std::vector<std::string>* written;
+  std::vector<uint32_t> tokens;
+  std::vector<uint64_t> starts;
+  json entries = json::array();
+  uint64_t total_tokens = 0, total_docs = 0;
+
+  void add(const std::vector<int>& ids) {
+    starts.push_back(tokens.size());
+    tokens.insert(tokens.end(), ids.begin(), ids.end());
+    if (tokens.size() >= target_tokens) flush();
+  }
+  void flush() {
+    if (tokens.empty()) return;
+    char name[64];
+    std::snprintf(name, sizeof name, "%s_%05d.bin", prefix.c_str(), static_cast<int>(entries.size()));
+    std::string path = path_join(dir, name);
+    written->push_back(path);
+    write_shard(path, tokens, starts, vocab_size);
+    entries.push_back({{"file", name}, {"tokens", tokens.size()}, {"docs", starts.size()}});
+    total_tokens += tokens.size();
+    total_docs += starts.size();
+    tokens.clear();
+    starts.clear();
+  }
+  json to_json() const { return {{"tokens", total_tokens}, {"docs", total_docs}, {"shards", entries}}; }
+};
+
+// Removes what a failed prepare wrote, so a half-written directory never lingers.
+struct CleanupOnFailure {
+  std::vector<std::string> files;
+  std::string created_dir;
+  bool done = false;
+  ~CleanupOnFailure() {
+    if (done) return;
+    for (const auto& f : files) std::remove(f.c_str());
+    if (!created_dir.empty()) remove_tree(created_dir);
+  }
+};
+
+// Progress draws its final "100%" line when destroyed. After a failure that line would follow
+// (and bury) the one-line error, so while an exception unwinds the bar is abandoned, not
+// destroyed: a small leak on a path that ends the command anyway.
+template <class T>
+struct QuietOnFailure {
+  T* p = nullptr;
+  ~QuietOnFailure() {
+    if (std::uncaught_exceptions() == 0) delete p;
+  }
+};
+
+bool is_shard_name(const std::string& name) {
+  static const std::regex re("(train|val)_[0-9]{5}\\.bin(\\.tmp\\.[0-9]+)?");
+  return std::regex_match(name, re);
+}
+
+}  // namespace
+
+PrepareSummary prepare_dataset(const PrepareOptions& opt) {
+  const double t0 = wall_time_seconds();
+  if (opt.inputs.empty()) user_error("ltrain prepare: no input files (pass --input FILE...)");
+  if (opt.out_dir.empty()) user_error("ltrain prepare: --out DIR is empty");
+  if (!(opt.val_fraction >= 0.0 && opt.val_fraction < 1.0))
+    user_error("--val-fraction ", opt.val_fraction, " must be in [0, 1)");
+  if (opt.shard_tokens == 0) user_error("--shard-tokens must be positive");
+
+  Tokenizer tok = Tokenizer::load(opt.tokenizer_path);
+  DocumentReader reader(opt.inputs, opt.boundary);
+  const std::string& out = opt.out_dir;
+  const std::string meta_path = path_join(out, "meta.json");
+  if (file_exists(out) && !is_directory(out)) user_error("--out '", out, "' exists and is not a directory");
+  if (file_exists(meta_path) && !opt.force)
+    user_error("output directory '", out, "' already holds a prepared dataset (meta.json); pass --force to overwrite it");
+
+  CleanupOnFailure cleanup;
+  if (!is_directory(out)) {
+    make_dirs(out);
+    cleanup.created_dir = out;
+  }
+  // Old meta.json goes first: from here until the new one is written the directory is visibly
+  // incomplete. Leftover shards (from the old dataset or an interrupted run) go too, so no stale
+  // file sits next to the new ones.
+  std::remove(meta_path.c_str());
+  for (const auto& name : list_directory(out))
+    if (is_shard_name(name)) std::remove(path_join(out, name).c_str());
+
+  const uint32_t vocab = static_cast<uint32_t>(tok.vocab_size());
+  ShardBuilder train{out, "train", vocab, opt.shard_tokens, &cleanup.files};
+  ShardBuilder val{out, "val", vocab, opt.shard_tokens, &cleanup.files};
+
+  PrepareSummary sum;
+  QuietOnFailure<Progress> progress;
+  if (opt.progress) progress.p = new Progress("prepare", reader.total_bytes(), "B");
+  // Chunks bound memory and keep all cores busy; the chunk size does not affect the output.
+  const size_t kChunkBytes = size_t(8) << 20, kChunkDocs = 1 << 16;
+  std::vector<std::string> docs;
+  std::vector<std::vector<int>> encoded;
+  std::string doc;
+  while (true) {
+    docs.clear();
+    size_t chunk_bytes = 0;
+    while (chunk_bytes < kChunkBytes && docs.size() < kChunkDocs && reader.next(&doc)) {
+      chunk_bytes += doc.size();
+      docs.push_back(std::move(doc));
+    }
+    if (docs.empty()) break;
+    encoded.assign(docs.size(), {});
+    const long n = static_cast<long>(docs.size());
+#pragma omp parallel for schedule(dynamic, 16)
+    for (long i = 0; i < n; ++i) encoded[i] = tok.encode(docs[i], /*add_bos=*/true, /*add_eos=*/true);
+    for (size_t i = 0; i < docs.size(); ++i) {
+      const uint64_t d = sum.docs++;
+      // Spreads val documents evenly through the corpus: every 1/F-th document.
+      const double f = opt.val_fraction;
+      const bool is_val = std::floor((d + 1) * f) > std::floor(d * f);
+      (is_val ? val : train).add(encoded[i]);
+      sum.bytes += docs[i].size();
+    }
+    if (progress.p && reader.bytes_read() < reader.total_bytes()) progress.p->update(reader.bytes_read());
+  }
+  if (sum.docs == 0) {
+    std::string list;
+    for (const auto& f : opt.inputs) list += (list.empty() ? "'" : ", '") + f + "'";
+    user_error("empty corpus: no documents with text in ", list);
+  }
+  if (progress.p) progress.p->finish();
+  train.flush();
+  val.flush();
+
+  const std::string tok_dst = path_join(out, "tokenizer.model");
+  cleanup.files.push_back(tok_dst);
+  std::string tok_bytes = read_text_file(opt.tokenizer_path);
+  write_file_atomic(tok_dst, tok_bytes.data(), tok_bytes.size());
+
+  json sources = json::array();
+  for (const auto& f : opt.inputs) sources.push_back({{"path", f}, {"bytes", file_size(f)}});
+  json meta = {
+      {"format", "ltrain-dataset"},
+      {"version", kDatasetFormatVersion},
+      {"vocab_size", vocab},
+      {"bos_id", tok.bos_id()},
+      {"eos_id", tok.eos_id()},
+      {"dtype", shard_bytes_per_token(vocab) == 2 ? "uint16" : "uint32"},
+      {"bytes_per_token", shard_bytes_per_token(vocab)},
+      {"tokenizer", "tokenizer.model"},
+      {"tokenizer_source", opt.tokenizer_path},
+      {"doc_boundary", doc_boundary_name(opt.boundary)},
+      {"val_fraction", opt.val_fraction},
+      {"shard_tokens", opt.shard_tokens},
+      {"docs", sum.docs},
+      {"train", train.to_json()},
+      {"val", val.to_json()},
+      {"sources", sources},
+      {"created_by", "ltrain prepare"},
+  };
+  write_text_file_atomic(meta_path, meta.dump(2) + "\n");
+  cleanup.done = true;
+
+  sum.train_docs = train.total_docs;
+  sum.val_docs = val.total_docs;
+  sum.train_tokens = train.total_tokens;
+  sum.val_tokens = val.total_tokens;
+  sum.train_shards = static_cast<int>(train.entries.size());
+  sum.val_shards = static_cast<int>(val.entries.size());
+  sum.seconds = wall_time_seconds() - t0;
+  return sum;
+}
+
+}  // namespace ltrain

@@ -1,0 +1,129 @@
+#include "ltrain/train/trainer.h"
+
+#include <cmath>
+#include <cstdarg>
+#include <cstdio>
+#include <vector>
+
+#include "ltrain/checkpoint/checkpoint.h"
+#include "ltrain/core/backend_factory.h"
+#include "ltrain/core/check.h"
+#include "ltrain/core/io.h"
+#include "ltrain/metrics/logger.h"
+#include "ltrain/optim/adamw.h"
+
+namespace ltrain {
+
+void check_data_matches_model(const DatasetMeta& meta, const ModelConfig& model) {
+  if (meta.vocab_size > model.vocab_size)
+    user_error("data '", meta.dir, "' was tokenized with a vocabulary of ", meta.vocab_size,
+               " tokens, more than model.vocab_size = ", model.vocab_size,
+               "; set model.vocab_size >= ", meta.vocab_size);
+}
+
+double evaluate(LlamaModel& model, DataLoader& loader, int B, int T, int max_batches) {
+  loader.reset();
+  const uint64_t avail = loader.batches_per_epoch();
+  const uint64_t n = max_batches > 0 ? std::min<uint64_t>(avail, uint64_t(max_batches)) : avail;
+  std::vector<int32_t> in(size_t(B) * T), tg(size_t(B) * T);
+  double sum = 0;
+  for (uint64_t i = 0; i < n; ++i) {
+    loader.next_batch(in.data(), tg.data());
+    sum += model.forward_loss(in.data(), tg.data(), B, T);
+  }
+  return n ? sum / double(n) : NAN;
+}
+
+namespace {
+
+std::string fmt(const char* f, ...) __attribute__((format(printf, 1, 2)));
+std::string fmt(const char* f, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, f);
+  std::vsnprintf(buf, sizeof buf, f, ap);
+  va_end(ap);
+  return buf;
+}
+
+}  // namespace
+
+double run_training(const Config& cfg) {
+  const auto& tc = cfg.train;
+  if (cfg.data.path.empty())
+    user_error("config key 'data.path' is required: a directory written by `ltrain prepare`");
+  const DatasetMeta meta = load_dataset_meta(cfg.data.path);
+  check_data_matches_model(meta, cfg.model);
+  const int B = tc.micro_batch_size, T = tc.seq_len;
+  DataLoader train_data(meta, Split::kTrain, B, T, cfg.data.shuffle, tc.seed);
+  DataLoader val_data(meta, Split::kVal, B, T, false, tc.seed);
+
+  make_dirs(tc.run_dir);
+  write_text_file_atomic(path_join(tc.run_dir, "config.json"), config_to_json(cfg).dump(2) + "\n");
+  MetricsLogger log(tc.run_dir, true);
+  log.info("ltrain train: resolved config (saved to " + path_join(tc.run_dir, "config.json") + ")");
+  log.info(config_to_text(cfg));
+
+  auto backend = make_backend(cfg.device);
+  LlamaModel model(cfg.model, *backend, B, T, parse_recompute(tc.recompute));
+  model.init_weights(tc.seed);
+  AdamW opt(cfg.optim, model);
+  const int accum = cfg.grad_accum_steps();
+  log.info(fmt("model: %.2fM parameters, %d layers, hidden %d, heads %d/%d kv, ffn %d, vocab %d | "
+               "backend %s | activations %.1f MiB",
+               model.num_params() / 1e6, cfg.model.num_hidden_layers, cfg.model.hidden_size,
+               cfg.model.num_attention_heads, cfg.model.kv_heads(), cfg.model.ffn_dim(),
+               cfg.model.vocab_size, backend->name().c_str(), model.activation_bytes() / 1048576.0));
+  log.info(fmt("batch: %lld tokens/step = %d micro-batches x %d seqs x %d tokens | data: %llu train "
+               "windows, %llu val windows",
+               (long long)tc.global_batch_tokens, accum, B, T,
+               (unsigned long long)train_data.num_windows(), (unsigned long long)val_data.num_windows()));
+
+  auto validate = [&](int step) {
+    double t0 = wall_time_seconds();
+    double vl = evaluate(model, val_data, B, T, tc.val_batches);
+    log.info(fmt("step %6d | val_loss %.4f | val_ppl %.2f | %.1fs", step, vl, std::exp(vl),
+                 wall_time_seconds() - t0));
+    log.record({{"step", step}, {"val_loss", vl}, {"val_ppl", std::exp(vl)}});
+    return vl;
+  };
+  auto save = [&](int step) {
+    double t0 = wall_time_seconds();
+    std::string dir = save_checkpoint(tc.run_dir, step, cfg, model, &opt,
+                                      {{"train", train_data.state().to_json()}}, meta.tokenizer_path);
+    log.info(fmt("step %6d | saved %s (%.1fs)", step, dir.c_str(), wall_time_seconds() - t0));
+  };
+
+  std::vector<int32_t> in(size_t(B) * T), tg(size_t(B) * T);
+  double last_val = validate(0);
+  for (int step = 1; step <= tc.steps; ++step) {
+    const double t0 = wall_time_seconds();
+    model.zero_grads();
+    double loss = 0;
+    for (int micro = 0; micro < accum; ++micro) {
+      train_data.next_batch(in.data(), tg.data());
+      loss += model.forward_backward(in.data(), tg.data(), B, T, 1.0 / (double(accum) * B * T));
+    }
+    loss /= accum;
+    const double lr = lr_at(cfg.optim, tc.steps, step);
+    const StepStats st = opt.step(step, lr);
+    backend->synchronize();
+    const double dt = wall_time_seconds() - t0;
+    const double tok_s = double(tc.global_batch_tokens) / dt;
+    if (!std::isfinite(loss))
+      user_error("training diverged: loss is ", loss, " at step ", step,
+                 "; lower optim.lr or raise optim.warmup_steps");
+    if (step % tc.log_every == 0 || step == 1 || step == tc.steps) {
+      log.info(fmt("step %6d/%d | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s | %.1f ms", step,
+                   tc.steps, loss, lr, st.grad_norm, tok_s, dt * 1e3));
+      log.record({{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", st.grad_norm},
+                  {"tokens_per_sec", tok_s}, {"ms_per_step", dt * 1e3},
+                  {"tokens", int64_t(step) * tc.global_batch_tokens}});
+    }
+    if ((tc.val_every > 0 && step % tc.val_every == 0) || step == tc.steps) last_val = validate(step);
+    if ((tc.save_every > 0 && step % tc.save_every == 0) || step == tc.steps) save(step);
+  }
+  return last_val;
+}
+
+}  // namespace ltrain

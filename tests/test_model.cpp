@@ -1,0 +1,178 @@
+// The whole model: gradients against finite differences in double, recomputation modes against
+// each other, and tied embeddings.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "ltrain/model/llama.h"
+#include "test_util.h"
+
+namespace ltrain {
+namespace {
+
+// Odd sizes, GQA (3 query heads on 1 KV head), and an intermediate size that is not a multiple
+// of anything in particular.
+ModelConfig tiny_config() {
+  ModelConfig m;
+  m.hidden_size = 12;
+  m.num_attention_heads = 3;
+  m.num_key_value_heads = 1;
+  m.intermediate_size = 19;
+  m.num_hidden_layers = 2;
+  m.vocab_size = 11;
+  m.max_position_embeddings = 16;
+  m.rope_theta = 100.0;  // large angles at short positions, so RoPE matters in the check
+  return m;
+}
+
+struct Batch {
+  int B = 2, T = 5;
+  std::vector<int32_t> tokens, targets;
+  explicit Batch(int V, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    for (int i = 0; i < B * T; ++i) {
+      tokens.push_back(int32_t(rng() % V));
+      targets.push_back(int32_t(rng() % V));
+    }
+  }
+};
+
+// Weights with some spread so that every path carries a visible gradient.
+void randomize(LlamaModel& m, uint64_t seed) {
+  m.init_weights(seed);
+  for (const auto& p : m.params()) {
+    std::vector<double> host(size_t(p.tensor.numel()));
+    m.backend().to_host(host.data(), DType::kF64, p.tensor);
+    auto noise = test::random_vector(host.size(), seed + host.size(), -0.3, 0.3);
+    for (size_t i = 0; i < host.size(); ++i) host[i] = p.decay ? host[i] * 10 + noise[i] : 1 + noise[i];
+    m.backend().from_host(p.tensor, host.data(), DType::kF64);
+  }
+}
+
+std::vector<double> get(Backend& be, const Tensor& t) {
+  std::vector<double> v(size_t(t.numel()));
+  be.to_host(v.data(), DType::kF64, t);
+  return v;
+}
+
+void check_model_gradients(const ModelConfig& cfg) {
+  auto be = make_cpu_backend(DType::kF64);
+  Batch batch(cfg.vocab_size, 7);
+  LlamaModel model(cfg, *be, batch.B, batch.T);
+  randomize(model, 3);
+  model.zero_grads();
+  const int N = batch.B * batch.T;
+  model.forward_backward(batch.tokens.data(), batch.targets.data(), batch.B, batch.T, 1.0 / N);
+  auto loss = [&] { return model.forward_loss(batch.tokens.data(), batch.targets.data(), batch.B, batch.T); };
+  const double h = 1e-5;
+  std::mt19937_64 rng(11);
+  for (size_t pi = 0; pi < model.params().size(); ++pi) {
+    const auto& p = model.params()[pi];
+    std::vector<double> w = get(*be, p.tensor), g = get(*be, model.grads()[pi].tensor);
+    double gnorm = 0;
+    for (double x : g) gnorm += x * x;
+    EXPECT_GT(gnorm, 0) << p.name << " has an all-zero gradient";
+    // Every element of small tensors, a random sample of larger ones.
+    std::vector<size_t> idx;
+    for (size_t i = 0; i < w.size(); ++i) idx.push_back(i);
+    if (idx.size() > 24) {
+      std::shuffle(idx.begin(), idx.end(), rng);
+      idx.resize(24);
+    }
+    std::vector<double> num, ana;
+    for (size_t i : idx) {
+      const double old = w[i];
+      w[i] = old + h;
+      be->from_host(p.tensor, w.data(), DType::kF64);
+      const double lp = loss();
+      w[i] = old - h;
+      be->from_host(p.tensor, w.data(), DType::kF64);
+      const double lm = loss();
+      w[i] = old;
+      be->from_host(p.tensor, w.data(), DType::kF64);
+      num.push_back((lp - lm) / (2 * h));
+      ana.push_back(g[i]);
+    }
+    // The norm check above covers all-zero gradients; here a sampled zero reference is fine.
+    std::string err = test::compare(ana.data(), num.data(), ana.size(), 1e-8, 1e-5);
+    if (err.rfind("reference is all zeros", 0) == 0) err.clear();
+    EXPECT_TRUE(err.empty()) << p.name << ": " << err;
+  }
+}
+
+TEST(ModelGradient, MatchesFiniteDifferencesGQA) { check_model_gradients(tiny_config()); }
+
+TEST(ModelGradient, MatchesFiniteDifferencesTiedMHA) {
+  ModelConfig cfg = tiny_config();
+  cfg.num_key_value_heads = 3;
+  cfg.tie_word_embeddings = true;
+  check_model_gradients(cfg);
+}
+
+TEST(ModelGradient, TiedEmbeddingsShareOneTensor) {
+  ModelConfig cfg = tiny_config();
+  cfg.tie_word_embeddings = true;
+  auto be = make_cpu_backend(DType::kF64);
+  LlamaModel model(cfg, *be, 1, 4);
+  for (const auto& p : model.params()) EXPECT_NE(p.name, "lm_head.weight");
+  EXPECT_EQ(model.num_params(), cfg.num_params());
+  cfg.tie_word_embeddings = false;
+  LlamaModel untied(cfg, *be, 1, 4);
+  EXPECT_EQ(untied.num_params(), cfg.num_params());
+  EXPECT_EQ(untied.num_params() - model.num_params(), int64_t(cfg.vocab_size) * cfg.hidden_size);
+}
+
+TEST(ModelRecompute, SelectiveAndFullGiveTheSameGradients) {
+  ModelConfig cfg = tiny_config();
+  cfg.num_hidden_layers = 3;
+  auto be = make_cpu_backend(DType::kF64);
+  Batch batch(cfg.vocab_size, 9);
+  std::vector<std::vector<double>> grads;
+  std::vector<double> losses;
+  for (Recompute r : {Recompute::kNone, Recompute::kSelective, Recompute::kFull}) {
+    LlamaModel model(cfg, *be, batch.B, batch.T, r);
+    randomize(model, 5);
+    model.zero_grads();
+    losses.push_back(model.forward_backward(batch.tokens.data(), batch.targets.data(), batch.B, batch.T, 0.1));
+    grads.push_back(get(*be, model.grad_buffer()));
+  }
+  for (int i = 1; i < 3; ++i) {
+    EXPECT_EQ(losses[i], losses[0]);
+    EXPECT_EQ(test::compare(grads[i].data(), grads[0].data(), grads[0].size(), 0, 1e-12), "");
+  }
+}
+
+TEST(ModelGradient, AccumulationOverMicroBatchesEqualsOneBigBatch) {
+  // Two micro-batches of B=1 with dloss 1/(2T) == one batch of B=2 with dloss 1/(2T).
+  ModelConfig cfg = tiny_config();
+  auto be = make_cpu_backend(DType::kF64);
+  Batch batch(cfg.vocab_size, 13);
+  const int T = batch.T;
+  LlamaModel model(cfg, *be, 2, T);
+  randomize(model, 8);
+  model.zero_grads();
+  model.forward_backward(batch.tokens.data(), batch.targets.data(), 2, T, 1.0 / (2 * T));
+  auto big = get(*be, model.grad_buffer());
+  model.zero_grads();
+  for (int b = 0; b < 2; ++b)
+    model.forward_backward(batch.tokens.data() + b * T, batch.targets.data() + b * T, 1, T, 1.0 / (2 * T));
+  auto acc = get(*be, model.grad_buffer());
+  EXPECT_EQ(test::compare(acc.data(), big.data(), big.size(), 1e-14, 1e-11), "");
+}
+
+TEST(ModelForward, LossAtInitIsNearLogV) {
+  // Small init gives near-uniform predictions: loss ~ ln(V).
+  ModelConfig cfg = tiny_config();
+  cfg.vocab_size = 97;
+  cfg.initializer_range = 0.002;
+  auto be = make_cpu_backend(DType::kF32);
+  Batch batch(cfg.vocab_size, 1);
+  LlamaModel model(cfg, *be, batch.B, batch.T);
+  model.init_weights(1);
+  double loss = model.forward_loss(batch.tokens.data(), batch.targets.data(), batch.B, batch.T);
+  EXPECT_NEAR(loss, std::log(97.0), 0.01);
+}
+
+}  // namespace
+}  // namespace ltrain

@@ -1,0 +1,40 @@
+// Helpers shared by the tests: scratch directories, running the ltrain binary, and comparisons
+// that report max abs/rel error, fail on NaN, and refuse an all-zero reference.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ltrain::test {
+
+// A fresh directory under the test's working directory, removed when the object dies.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& tag);
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+struct CommandResult {
+  int exit_code;
+  std::string output;  // stdout and stderr together
+};
+// Runs `ltrain ARGS` (the binary built with the tests) through the shell.
+CommandResult run_ltrain(const std::string& args);
+CommandResult run_shell(const std::string& command);
+
+std::string test_data(const std::string& name);  // tests/data/NAME
+
+// Deterministic random numbers for test inputs (never zeros).
+std::vector<double> random_vector(size_t n, uint64_t seed, double lo = -1.0, double hi = 1.0);
+
+// Per-element |got - ref| <= atol + rtol*|ref|. Returns an empty string when all pass, otherwise a
+// description of the worst element and max abs/rel errors. NaN in `got` fails; so does a
+// reference whose norm is zero.
+std::string compare(const double* got, const double* ref, size_t n, double atol, double rtol);
+
+}  // namespace ltrain::test
