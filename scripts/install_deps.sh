@@ -5,7 +5,7 @@ set -euo pipefail
 
 pkgs=(
   build-essential cmake pkg-config
-  libopenblas-dev              # BLAS for the CPU backend's matrix products
+  libopenblas-openmp-dev       # BLAS for the CPU backend (OpenMP build: one thread pool with ours)
   libsentencepiece-dev sentencepiece
   nlohmann-json3-dev libyaml-cpp-dev
   libgtest-dev

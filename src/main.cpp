@@ -18,6 +18,7 @@ const char* kUsage =
     "  train             train a model from a YAML/JSON config: ltrain train --config FILE [key=value ...]\n"
     "  eval              validation loss and perplexity of a checkpoint\n"
     "  generate          sample a continuation of a prompt from a checkpoint\n"
+    "  config            show a resolved config, or the reference of every key\n"
     "\n"
     "`ltrain <command> --help` lists a command's flags.\n";
 
@@ -37,7 +38,8 @@ int main(int argc, char** argv) {
     if (cmd == "train") return ltrain::cmd_train(sub_argc, sub_argv);
     if (cmd == "eval") return ltrain::cmd_eval(sub_argc, sub_argv);
     if (cmd == "generate") return ltrain::cmd_generate(sub_argc, sub_argv);
-    std::fprintf(stderr, "ltrain: error: unknown command '%s' (commands: tokenizer, prepare, train, eval, generate)\n",
+    if (cmd == "config") return ltrain::cmd_config(sub_argc, sub_argv);
+    std::fprintf(stderr, "ltrain: error: unknown command '%s' (commands: tokenizer, prepare, train, eval, generate, config)\n",
                  cmd.c_str());
     return 2;
   } catch (const ltrain::UserError& e) {

@@ -187,7 +187,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, AttentionFD,
                          ::testing::Values(AttnShape{2, 7, 2, 2, 4},    // MHA (ratio 1)
                                            AttnShape{1, 9, 4, 1, 6},    // all heads on one KV
                                            AttnShape{2, 5, 8, 2, 4},    // ratio 4
-                                           AttnShape{1, 2, 2, 1, 2}));  // the shortest sequence with a gradient on q
+                                           AttnShape{1, 2, 2, 1, 2},    // the shortest sequence with a gradient on q
+                                           AttnShape{1, 131, 2, 1, 4}));  // crosses a query block
 
 TEST(OpsFiniteDiff, SwiGLU) {
   const int n = 37;

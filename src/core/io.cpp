@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <exception>
 #include <mutex>
 #include <sstream>
 
@@ -147,7 +148,10 @@ Progress::Progress(std::string label, uint64_t total, std::string unit)
     : label_(std::move(label)), unit_(std::move(unit)), total_(total), start_(wall_time_seconds()),
       tty_(::isatty(STDERR_FILENO)) {}
 
-Progress::~Progress() { finish(); }
+Progress::~Progress() {
+  // While an exception unwinds, a final "100%" line would follow and bury the one-line error.
+  if (std::uncaught_exceptions() == 0) finish();
+}
 
 void Progress::update(uint64_t done) {
   std::lock_guard<std::mutex> lock(g_progress_mutex);

@@ -14,16 +14,18 @@ namespace ltrain {
 
 namespace cpu {
 
-void gemm(float* out, const float* a, const float* b, int M, int N, int K, bool trans_a,
-          bool trans_b, float alpha, float beta) {
+// OpenBLAS is the OpenMP build where available (CMakeLists.txt), so BLAS and the ops below share
+// one thread pool; with the pthread build both pools spin on the same cores.
+void gemm_ld(float* out, int ldo, const float* a, int lda, const float* b, int ldb, int M, int N,
+             int K, bool trans_a, bool trans_b, float alpha, float beta) {
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-              M, N, K, alpha, a, trans_a ? M : K, b, trans_b ? K : N, beta, out, N);
+              M, N, K, alpha, a, lda, b, ldb, beta, out, ldo);
 }
 
-void gemm(double* out, const double* a, const double* b, int M, int N, int K, bool trans_a,
-          bool trans_b, double alpha, double beta) {
+void gemm_ld(double* out, int ldo, const double* a, int lda, const double* b, int ldb, int M, int N,
+             int K, bool trans_a, bool trans_b, double alpha, double beta) {
   cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-              M, N, K, alpha, a, trans_a ? M : K, b, trans_b ? K : N, beta, out, N);
+              M, N, K, alpha, a, lda, b, ldb, beta, out, ldo);
 }
 
 }  // namespace cpu
@@ -127,8 +129,8 @@ class CpuBackend final : public Backend {
     LTRAIN_CHECK(K == Kb && out.shape.dims[0] == M && out.shape.dims[1] == N,
                  "matmul shapes: out " << out.shape.str() << " a " << a.shape.str() << (trans_a ? "^T" : "")
                                        << " b " << b.shape.str() << (trans_b ? "^T" : ""));
-    cpu::gemm(out.as<T>(), a.as<T>(), b.as<T>(), int(M), int(N), int(K), trans_a, trans_b, T(alpha),
-              T(beta));
+    cpu::gemm<T>(out.as<T>(), a.as<T>(), b.as<T>(), int(M), int(N), int(K), trans_a, trans_b, T(alpha),
+                 T(beta));
   }
 
   void embedding_forward(Tensor out, const Tensor& tokens, const Tensor& wte) override {

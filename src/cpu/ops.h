@@ -17,10 +17,16 @@
 namespace ltrain::cpu {
 
 // out (M, N) = alpha * op(a) @ op(b) + beta * out, through BLAS; a is (M, K) or (K, M) if trans_a.
-void gemm(float* out, const float* a, const float* b, int M, int N, int K, bool trans_a,
-          bool trans_b, float alpha, float beta);
-void gemm(double* out, const double* a, const double* b, int M, int N, int K, bool trans_a,
-          bool trans_b, double alpha, double beta);
+// The _ld form takes the row strides of out, a and b as stored (for slices of larger tensors).
+void gemm_ld(float* out, int ldo, const float* a, int lda, const float* b, int ldb, int M, int N,
+             int K, bool trans_a, bool trans_b, float alpha, float beta);
+void gemm_ld(double* out, int ldo, const double* a, int lda, const double* b, int ldb, int M, int N,
+             int K, bool trans_a, bool trans_b, double alpha, double beta);
+template <class T>
+void gemm(T* out, const T* a, const T* b, int M, int N, int K, bool trans_a, bool trans_b, T alpha,
+          T beta) {
+  gemm_ld(out, N, a, trans_a ? M : K, b, trans_b ? K : N, M, N, K, trans_a, trans_b, alpha, beta);
+}
 
 // Splits [0, n) into contiguous chunks, one per OpenMP thread, and calls f(begin, end).
 template <class F>
@@ -138,6 +144,11 @@ void rope_rotate(T* out,           // (B, T, NH, HD)
 }
 
 // ---- attention ---------------------------------------------------------------------------------
+// Blocked over queries and computed with BLAS per (batch, head): a block of kAttnBlock queries
+// needs only the keys up to its last query, so the causal mask costs at most one block of wasted
+// work per row block. Scratch is (kAttnBlock, T) per thread; no (T, T) matrix exists.
+
+constexpr int kAttnBlock = 128;
 
 template <class T, class S>
 void attention_forward(T* out,        // (B, T, H, HD)
@@ -147,36 +158,36 @@ void attention_forward(T* out,        // (B, T, H, HD)
                        const T* v,    // (B, T, KV, HD)
                        int B, int Tn, int H, int KV, int HD) {
   const int group = H / KV;
+  const int ldq = H * HD, ldk = KV * HD;  // row strides of one head's (T, HD) slice
   const T scale = T(1.0 / std::sqrt(double(HD)));
 #pragma omp parallel
   {
-    std::vector<T> p(Tn);
-    std::vector<T> acc(HD);
+    std::vector<T> p(size_t(kAttnBlock) * Tn);
 #pragma omp for schedule(dynamic) collapse(2)
     for (int b = 0; b < B; ++b)
       for (int h = 0; h < H; ++h) {
-        const int kvh = h / group;
-        for (int t = 0; t < Tn; ++t) {
-          const T* qt = q + ((int64_t(b) * Tn + t) * H + h) * HD;
-          T m = -INFINITY;
-          for (int j = 0; j <= t; ++j) {  // the causal mask: keys after t are never touched
-            const T* kj = k + ((int64_t(b) * Tn + j) * KV + kvh) * HD;
-            T s = 0;
-            for (int d = 0; d < HD; ++d) s += qt[d] * kj[d];
-            p[j] = s * scale;
-            m = std::max(m, p[j]);
+        const T* Q = q + int64_t(b) * Tn * ldq + int64_t(h) * HD;
+        const T* K = k + int64_t(b) * Tn * ldk + int64_t(h / group) * HD;
+        const T* V = v + int64_t(b) * Tn * ldk + int64_t(h / group) * HD;
+        T* O = out + int64_t(b) * Tn * ldq + int64_t(h) * HD;
+        for (int t0 = 0; t0 < Tn; t0 += kAttnBlock) {
+          const int tq = std::min(kAttnBlock, Tn - t0), tk = t0 + tq;  // keys 0..tk-1
+          // p (tq, tk) = scale * Q[t0:t0+tq] @ K[0:tk]^T
+          gemm_ld(p.data(), tk, Q + int64_t(t0) * ldq, ldq, K, ldk, tq, tk, HD, false, true, scale, T(0));
+          for (int i = 0; i < tq; ++i) {
+            const int t = t0 + i;
+            T* row = p.data() + int64_t(i) * tk;
+            T m = -INFINITY;
+            for (int j = 0; j <= t; ++j) m = std::max(m, row[j]);
+            T l = 0;
+            for (int j = 0; j <= t; ++j) l += row[j] = std::exp(row[j] - m);
+            const T inv = T(1) / l;
+            for (int j = 0; j <= t; ++j) row[j] *= inv;
+            for (int j = t + 1; j < tk; ++j) row[j] = 0;  // the causal mask
+            lse[(int64_t(b) * H + h) * Tn + t] = S(m + std::log(l));
           }
-          T l = 0;
-          std::fill(acc.begin(), acc.end(), T(0));
-          for (int j = 0; j <= t; ++j) {
-            p[j] = std::exp(p[j] - m);
-            l += p[j];
-            const T* vj = v + ((int64_t(b) * Tn + j) * KV + kvh) * HD;
-            for (int d = 0; d < HD; ++d) acc[d] += p[j] * vj[d];
-          }
-          T* ot = out + ((int64_t(b) * Tn + t) * H + h) * HD;
-          for (int d = 0; d < HD; ++d) ot[d] = acc[d] / l;
-          lse[(int64_t(b) * H + h) * Tn + t] = S(m + std::log(l));
+          // O[t0:t0+tq] = p @ V[0:tk]
+          gemm_ld(O + int64_t(t0) * ldq, ldq, p.data(), tk, V, ldk, tq, HD, tk, false, false, T(1), T(0));
         }
       }
   }
@@ -191,53 +202,57 @@ void attention_backward(T* dq,          // (B, T, H, HD)
                         const T* out,   // (B, T, H, HD)
                         const S* lse,   // (B, H, T)
                         int B, int Tn, int H, int KV, int HD) {
-  // One task per (b, kv head): the query heads of a group all write the same dk/dv rows, so they
-  // are handled by one thread in a fixed order.
+  // One task per (b, kv head): the query heads of a group all accumulate into the same dk/dv
+  // rows, so one thread handles them in a fixed order.
+  // With P = softmax rows recomputed from lse, dP = dO V^T, D = rowsum(dO * O):
+  //   dS = P * (dP - D);  dQ = scale dS K;  dK += scale dS^T Q;  dV += P^T dO.
   const int group = H / KV;
+  const int ldq = H * HD, ldk = KV * HD;
   const T scale = T(1.0 / std::sqrt(double(HD)));
 #pragma omp parallel
   {
-    std::vector<T> ds(Tn);
+    std::vector<T> p(size_t(kAttnBlock) * Tn), dp(size_t(kAttnBlock) * Tn);
 #pragma omp for schedule(dynamic) collapse(2)
     for (int b = 0; b < B; ++b)
       for (int kvh = 0; kvh < KV; ++kvh) {
+        const T* K = k + int64_t(b) * Tn * ldk + int64_t(kvh) * HD;
+        const T* V = v + int64_t(b) * Tn * ldk + int64_t(kvh) * HD;
+        T* dK = dk + int64_t(b) * Tn * ldk + int64_t(kvh) * HD;
+        T* dV = dv + int64_t(b) * Tn * ldk + int64_t(kvh) * HD;
         for (int t = 0; t < Tn; ++t) {
-          std::fill_n(dk + ((int64_t(b) * Tn + t) * KV + kvh) * HD, HD, T(0));
-          std::fill_n(dv + ((int64_t(b) * Tn + t) * KV + kvh) * HD, HD, T(0));
+          std::fill_n(dK + int64_t(t) * ldk, HD, T(0));
+          std::fill_n(dV + int64_t(t) * ldk, HD, T(0));
         }
         for (int h = kvh * group; h < (kvh + 1) * group; ++h) {
-          for (int t = 0; t < Tn; ++t) {
-            const int64_t row = (int64_t(b) * Tn + t) * H + h;
-            const T* qt = q + row * HD;
-            const T* dot_ = dout + row * HD;
-            const T* ot = out + row * HD;
-            const T L = T(lse[(int64_t(b) * H + h) * Tn + t]);
-            T D = 0;  // rowsum(dO * O) = sum_j P_j dP_j
-            for (int d = 0; d < HD; ++d) D += dot_[d] * ot[d];
-            for (int j = 0; j <= t; ++j) {
-              const T* kj = k + ((int64_t(b) * Tn + j) * KV + kvh) * HD;
-              const T* vj = v + ((int64_t(b) * Tn + j) * KV + kvh) * HD;
-              T s = 0, dp = 0;
-              for (int d = 0; d < HD; ++d) {
-                s += qt[d] * kj[d];
-                dp += dot_[d] * vj[d];
+          const int64_t head = int64_t(b) * Tn * ldq + int64_t(h) * HD;
+          const T *Q = q + head, *O = out + head, *dO = dout + head;
+          T* dQ = dq + head;
+          const S* L = lse + (int64_t(b) * H + h) * Tn;
+          for (int t0 = 0; t0 < Tn; t0 += kAttnBlock) {
+            const int tq = std::min(kAttnBlock, Tn - t0), tk = t0 + tq;
+            const int64_t r0 = int64_t(t0) * ldq;
+            gemm_ld(p.data(), tk, Q + r0, ldq, K, ldk, tq, tk, HD, false, true, scale, T(0));
+            gemm_ld(dp.data(), tk, dO + r0, ldq, V, ldk, tq, tk, HD, false, true, T(1), T(0));
+            for (int i = 0; i < tq; ++i) {
+              const int t = t0 + i;
+              T* prow = p.data() + int64_t(i) * tk;
+              T* dsrow = dp.data() + int64_t(i) * tk;
+              const T* o = O + int64_t(t) * ldq;
+              const T* g = dO + int64_t(t) * ldq;
+              T D = 0;
+#pragma omp simd reduction(+ : D)
+              for (int d = 0; d < HD; ++d) D += g[d] * o[d];
+              const T Lt = T(L[t]);
+              for (int j = 0; j <= t; ++j) {
+                prow[j] = std::exp(prow[j] - Lt);
+                dsrow[j] = prow[j] * (dsrow[j] - D);
               }
-              T pj = std::exp(s * scale - L);
-              ds[j] = pj * (dp - D);
-              T* dvj = dv + ((int64_t(b) * Tn + j) * KV + kvh) * HD;
-              for (int d = 0; d < HD; ++d) dvj[d] += pj * dot_[d];
+              for (int j = t + 1; j < tk; ++j) prow[j] = dsrow[j] = 0;
             }
-            T* dqt = dq + row * HD;
-            std::fill_n(dqt, HD, T(0));
-            for (int j = 0; j <= t; ++j) {
-              const T* kj = k + ((int64_t(b) * Tn + j) * KV + kvh) * HD;
-              T* dkj = dk + ((int64_t(b) * Tn + j) * KV + kvh) * HD;
-              const T g = ds[j] * scale;
-              for (int d = 0; d < HD; ++d) {
-                dqt[d] += g * kj[d];
-                dkj[d] += g * qt[d];
-              }
-            }
+            // dQ[t0:] = scale * dS @ K[0:tk];  dK[0:tk] += scale * dS^T @ Q[t0:];  dV[0:tk] += P^T @ dO[t0:]
+            gemm_ld(dQ + r0, ldq, dp.data(), tk, K, ldk, tq, HD, tk, false, false, scale, T(0));
+            gemm_ld(dK, ldk, dp.data(), tk, Q + r0, ldq, tk, HD, tq, true, false, scale, T(1));
+            gemm_ld(dV, ldk, p.data(), tk, dO + r0, ldq, tk, HD, tq, true, false, T(1), T(1));
           }
         }
       }

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <exception>
+#include <optional>
 #include <regex>
 #include <sstream>
 
@@ -191,17 +192,6 @@ struct CleanupOnFailure {
   }
 };
 
-// Progress draws its final "100%" line when destroyed. After a failure that line would follow
-// (and bury) the one-line error, so while an exception unwinds the bar is abandoned, not
-// destroyed: a small leak on a path that ends the command anyway.
-template <class T>
-struct QuietOnFailure {
-  T* p = nullptr;
-  ~QuietOnFailure() {
-    if (std::uncaught_exceptions() == 0) delete p;
-  }
-};
-
 bool is_shard_name(const std::string& name) {
   static const std::regex re("(train|val)_[0-9]{5}\\.bin(\\.tmp\\.[0-9]+)?");
   return std::regex_match(name, re);
@@ -242,8 +232,8 @@ PrepareSummary prepare_dataset(const PrepareOptions& opt) {
   ShardBuilder val{out, "val", vocab, opt.shard_tokens, &cleanup.files};
 
   PrepareSummary sum;
-  QuietOnFailure<Progress> progress;
-  if (opt.progress) progress.p = new Progress("prepare", reader.total_bytes(), "B");
+  std::optional<Progress> progress;
+  if (opt.progress) progress.emplace("prepare", reader.total_bytes(), "B");
   // Chunks bound memory and keep all cores busy; the chunk size does not affect the output.
   const size_t kChunkBytes = size_t(8) << 20, kChunkDocs = 1 << 16;
   std::vector<std::string> docs;
@@ -269,14 +259,14 @@ PrepareSummary prepare_dataset(const PrepareOptions& opt) {
       (is_val ? val : train).add(encoded[i]);
       sum.bytes += docs[i].size();
     }
-    if (progress.p && reader.bytes_read() < reader.total_bytes()) progress.p->update(reader.bytes_read());
+    if (progress && reader.bytes_read() < reader.total_bytes()) progress->update(reader.bytes_read());
   }
   if (sum.docs == 0) {
     std::string list;
     for (const auto& f : opt.inputs) list += (list.empty() ? "'" : ", '") + f + "'";
     user_error("empty corpus: no documents with text in ", list);
   }
-  if (progress.p) progress.p->finish();
+  if (progress) progress->finish();
   train.flush();
   val.flush();
 

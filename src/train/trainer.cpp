@@ -58,6 +58,11 @@ double run_training(const Config& cfg) {
   DataLoader train_data(meta, Split::kTrain, B, T, cfg.data.shuffle, tc.seed);
   DataLoader val_data(meta, Split::kVal, B, T, false, tc.seed);
 
+  // A run directory that already holds checkpoints belongs to another run: refuse rather than mix
+  // its logs and checkpoints with this one's.
+  if (file_exists(path_join(tc.run_dir, "checkpoints/latest")))
+    user_error("train.run_dir '", tc.run_dir, "' already holds a run (checkpoints/latest); choose another "
+               "train.run_dir or remove the old run");
   make_dirs(tc.run_dir);
   write_text_file_atomic(path_join(tc.run_dir, "config.json"), config_to_json(cfg).dump(2) + "\n");
   MetricsLogger log(tc.run_dir, true);

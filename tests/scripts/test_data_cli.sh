@@ -8,55 +8,7 @@ set -uo pipefail  # no -e: failing commands are the point here; every check is e
 LTRAIN=${1:?usage: test_data_cli.sh /path/to/ltrain WORKDIR}
 WORK=${2:?usage: test_data_cli.sh /path/to/ltrain WORKDIR}
 CORPUS="$(cd "$(dirname "$0")/../data" && pwd)/tinyshakespeare.txt"
-failures=0
-
-fail() {
-  echo "FAIL: $*"
-  failures=$((failures + 1))
-}
-
-# run_ok DESCRIPTION ARGS...: must exit 0.
-run_ok() {
-  local what=$1
-  shift
-  local out rc
-  out=$("$LTRAIN" "$@" 2>&1)
-  rc=$?
-  if [ $rc -ne 0 ]; then
-    fail "$what: exit $rc (expected 0): ltrain $*"
-    echo "$out" | sed 's/^/    /'
-  else
-    echo "ok: $what"
-    echo "$out" | sed 's/^/    /'
-  fi
-}
-
-# run_bad DESCRIPTION NEEDLE ARGS...: must exit 1..127 with one output line containing NEEDLE.
-run_bad() {
-  local what=$1 needle=$2
-  shift 2
-  local out rc lines
-  out=$("$LTRAIN" "$@" 2>&1)
-  rc=$?
-  lines=$(printf '%s\n' "$out" | grep -c .)
-  if [ $rc -eq 0 ]; then
-    fail "$what: succeeded but should have failed: ltrain $*"
-  elif [ $rc -ge 128 ]; then
-    fail "$what: crashed (exit $rc): ltrain $*"
-  elif [ "$lines" -ne 1 ]; then
-    fail "$what: expected one line of output, got $lines"
-  elif [[ "$out" != *"$needle"* ]]; then
-    fail "$what: the message does not mention '$needle'"
-  else
-    echo "ok: $what (exit $rc): $out"
-    return
-  fi
-  echo "$out" | sed 's/^/    /'
-}
-
-expect_file() {
-  [ -s "$1" ] || fail "expected file '$1' to exist and be non-empty"
-}
+source "$(dirname "$0")/cli_lib.sh"
 
 if [ ! -x "$LTRAIN" ]; then
   echo "FAIL: ltrain binary '$LTRAIN' not found or not executable"
@@ -132,8 +84,4 @@ run_bad "prepare: unknown flag" "--shards" \
 # The dataset from before is untouched by the refused overwrite.
 expect_file data/meta.json
 
-if [ $failures -ne 0 ]; then
-  echo "$failures check(s) failed"
-  exit 1
-fi
-echo "all data CLI checks passed"
+finish
