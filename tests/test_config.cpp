@@ -159,6 +159,14 @@ TEST(Config, ShippedConfigsHaveThePublishedSizes) {
   EXPECT_NEAR(load_config(configs_dir() + "/llama1-7b.yaml").model.num_params() / 1e9, 6.7, 0.05);
 }
 
+TEST(Config, DocsConfigReferenceIsCurrent) {
+  // docs/config.md embeds `ltrain config reference`; regenerate it when a key changes.
+  std::ifstream in(std::string(LTRAIN_SOURCE_DIR) + "/docs/config.md");
+  std::string doc((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(doc.find(config_reference_markdown()), std::string::npos)
+      << "docs/config.md is stale: replace its table with the output of `ltrain config reference`";
+}
+
 TEST(Config, ReferenceListsEveryKey) {
   std::string md = config_reference_markdown();
   Config c;

@@ -154,7 +154,7 @@ std::vector<uint64_t> epoch_permutation(uint64_t num_windows, uint64_t seed, uin
 // ---- DataLoader ---------------------------------------------------------------------------------
 
 DataLoader::DataLoader(const DatasetMeta& meta, Split split, int batch_size, int seq_len, bool shuffle,
-                       uint64_t seed, int rank, int world)
+                       uint64_t seed, int rank, int world, bool verify)
     : dir_(meta.dir), split_(split), B_(batch_size), T_(seq_len), rank_(rank), world_(world),
       vocab_size_(meta.vocab_size), shuffle_(shuffle), seed_(seed) {
   if (batch_size <= 0) user_error("batch size must be positive, got ", batch_size);
@@ -163,7 +163,7 @@ DataLoader::DataLoader(const DatasetMeta& meta, Split split, int batch_size, int
   const auto& paths = split == Split::kTrain ? meta.train_shards : meta.val_shards;
   window_offsets_.push_back(0);
   for (const auto& p : paths) {
-    shards_.push_back(TokenShard::open(p, /*verify_checksum=*/true));
+    shards_.push_back(TokenShard::open(p, verify));
     uint64_t n = shards_.back().num_tokens();
     uint64_t windows = n >= uint64_t(T_) + 1 ? (n - 1) / T_ : 0;
     window_offsets_.push_back(window_offsets_.back() + windows);

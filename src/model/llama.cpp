@@ -61,7 +61,7 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, Backend& backend, int max_batch, 
       f[size_t(t) * HD_ + 2 * i] = std::cos(angle);
       f[size_t(t) * HD_ + 2 * i + 1] = std::sin(angle);
     }
-  freqs_ = backend.alloc({max_seq_, HD_ / 2, 2}, backend.compute_dtype());
+  freqs_ = backend.alloc({max_seq_, HD_ / 2, 2}, backend.master_dtype());  // fp32 even when computing in bf16
   backend.from_host(freqs_, f.data(), DType::kF64);
 }
 

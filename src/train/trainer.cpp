@@ -55,8 +55,8 @@ double run_training(const Config& cfg) {
   const DatasetMeta meta = load_dataset_meta(cfg.data.path);
   check_data_matches_model(meta, cfg.model);
   const int B = tc.micro_batch_size, T = tc.seq_len;
-  DataLoader train_data(meta, Split::kTrain, B, T, cfg.data.shuffle, tc.seed);
-  DataLoader val_data(meta, Split::kVal, B, T, false, tc.seed);
+  DataLoader train_data(meta, Split::kTrain, B, T, cfg.data.shuffle, tc.seed, 0, 1, cfg.data.verify);
+  DataLoader val_data(meta, Split::kVal, B, T, false, tc.seed, 0, 1, cfg.data.verify);
 
   // A run directory that already holds checkpoints belongs to another run: refuse rather than mix
   // its logs and checkpoints with this one's.

@@ -55,10 +55,11 @@ struct LoaderState {
 
 class DataLoader {
  public:
-  // Opens the split's shards (verifying their checksums once). UserError if the split has fewer
-  // than world*batch_size windows of seq_len+1 tokens.
+  // Opens the split's shards (verifying their checksums once unless verify is false: one read
+  // of the data). UserError if the split has fewer than world*batch_size windows of seq_len+1
+  // tokens.
   DataLoader(const DatasetMeta& meta, Split split, int batch_size /*B*/, int seq_len /*T*/,
-             bool shuffle, uint64_t seed, int rank = 0, int world = 1);
+             bool shuffle, uint64_t seed, int rank = 0, int world = 1, bool verify = true);
 
   void next_batch(int32_t* inputs /*(B, T)*/, int32_t* targets /*(B, T)*/);
   LoaderState state() const { return state_; }
