@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "ltrain/core/check.h"
+#include "ltrain/parallel/communicator.h"
 
 namespace {
 
@@ -30,25 +31,36 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string cmd = argv[1];
+  // Under mpirun/srun every rank runs this; MPI is initialized only when a launcher started us.
+  ltrain::ParallelContext& par = ltrain::ParallelContext::init(&argc, &argv);
   int sub_argc = argc - 2;
   char** sub_argv = argv + 2;
+  // A failure on any rank ends every rank (MPI_Abort), so none is left waiting in a collective.
+  auto fail = [&](int code, const char* what) {
+    std::fflush(stdout);
+    if (par.world_size() > 1)
+      std::fprintf(stderr, "ltrain: error: [rank %d/%d] %s\n", par.world_rank(), par.world_size(), what);
+    else
+      std::fprintf(stderr, "ltrain: error: %s\n", what);
+    if (par.world_size() > 1) par.abort(code);
+    par.finalize();
+    return code;
+  };
+  int rc = 2;
   try {
-    if (cmd == "tokenizer") return ltrain::cmd_tokenizer(sub_argc, sub_argv);
-    if (cmd == "prepare") return ltrain::cmd_prepare(sub_argc, sub_argv);
-    if (cmd == "train") return ltrain::cmd_train(sub_argc, sub_argv);
-    if (cmd == "eval") return ltrain::cmd_eval(sub_argc, sub_argv);
-    if (cmd == "generate") return ltrain::cmd_generate(sub_argc, sub_argv);
-    if (cmd == "config") return ltrain::cmd_config(sub_argc, sub_argv);
-    std::fprintf(stderr, "ltrain: error: unknown command '%s' (commands: tokenizer, prepare, train, eval, generate, config)\n",
-                 cmd.c_str());
-    return 2;
+    if (cmd == "tokenizer") rc = ltrain::cmd_tokenizer(sub_argc, sub_argv);
+    else if (cmd == "prepare") rc = ltrain::cmd_prepare(sub_argc, sub_argv);
+    else if (cmd == "train") rc = ltrain::cmd_train(sub_argc, sub_argv);
+    else if (cmd == "eval") rc = ltrain::cmd_eval(sub_argc, sub_argv);
+    else if (cmd == "generate") rc = ltrain::cmd_generate(sub_argc, sub_argv);
+    else if (cmd == "config") rc = ltrain::cmd_config(sub_argc, sub_argv);
+    else
+      return fail(2, ("unknown command '" + cmd + "' (commands: tokenizer, prepare, train, eval, generate, config)").c_str());
   } catch (const ltrain::UserError& e) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "ltrain: error: %s\n", e.what());
-    return 2;
+    return fail(2, e.what());
   } catch (const std::exception& e) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "ltrain: error: %s\n", e.what());
-    return 1;
+    return fail(1, e.what());
   }
+  par.finalize();
+  return rc;
 }

@@ -82,12 +82,13 @@ void read_tensors(Backend& be, const std::string& dir, const nlohmann::json& ent
   }
 }
 
-std::vector<std::pair<std::string, Tensor>> moment_tensors(LlamaModel& model, AdamW& opt) {
-  // The moments share the parameter buffer's layout.
+// Views of full-size moment buffers (laid out like the parameter buffer), named per tensor.
+std::vector<std::pair<std::string, Tensor>> moment_tensors(LlamaModel& model, const Tensor& m_full,
+                                                           const Tensor& v_full) {
   std::vector<std::pair<std::string, Tensor>> out;
   const Tensor base = model.param_buffer();
   for (const char* which : {"exp_avg", "exp_avg_sq"}) {
-    Tensor buf = std::string(which) == "exp_avg" ? opt.exp_avg() : opt.exp_avg_sq();
+    const Tensor& buf = std::string(which) == "exp_avg" ? m_full : v_full;
     for (const auto& p : model.params()) {
       int64_t off = (static_cast<const char*>(p.tensor.data) - static_cast<const char*>(base.data)) /
                     int64_t(dtype_size(base.dtype));
@@ -103,8 +104,8 @@ std::vector<std::pair<std::string, Tensor>> moment_tensors(LlamaModel& model, Ad
 }  // namespace
 
 std::string save_checkpoint(const std::string& run_dir, int step, const Config& cfg,
-                            LlamaModel& model, AdamW* optimizer, const nlohmann::json& data_state,
-                            const std::string& tokenizer_path) {
+                            LlamaModel& model, const Tensor* m_full, const Tensor* v_full,
+                            const nlohmann::json& data_state, const std::string& tokenizer_path) {
   const std::string root = path_join(run_dir, "checkpoints");
   make_dirs(root);
   const std::string final_dir = path_join(root, step_dir_name(step));
@@ -124,9 +125,9 @@ std::string save_checkpoint(const std::string& run_dir, int step, const Config& 
   meta["shards"] = 1;
   meta["data"] = data_state;
   meta["tensors"] = write_tensors(be, path_join(tmp_dir, "model_00000.bin"), "model_00000.bin", weights);
-  if (optimizer)
+  if (m_full && v_full)
     meta["optimizer"] = write_tensors(be, path_join(tmp_dir, "optim_00000.bin"), "optim_00000.bin",
-                                      moment_tensors(model, *optimizer));
+                                      moment_tensors(model, *m_full, *v_full));
   if (!tokenizer_path.empty() && file_exists(tokenizer_path)) {
     std::string tok = read_text_file(tokenizer_path);
     write_file_atomic(path_join(tmp_dir, "tokenizer.model"), tok.data(), tok.size());
@@ -179,7 +180,13 @@ void load_checkpoint_weights(const CheckpointInfo& info, LlamaModel& model) {
 void load_checkpoint_optimizer(const CheckpointInfo& info, LlamaModel& model, AdamW& optimizer) {
   if (!info.meta.contains("optimizer"))
     user_error(path_join(info.dir, "meta.json"), ": has no optimizer state to resume from");
-  read_tensors(model.backend(), info.dir, info.meta["optimizer"], moment_tensors(model, optimizer));
+  Backend& be = model.backend();
+  Tensor m = be.alloc(model.param_buffer().shape, be.master_dtype());
+  Tensor v = be.alloc(model.param_buffer().shape, be.master_dtype());
+  read_tensors(be, info.dir, info.meta["optimizer"], moment_tensors(model, m, v));
+  optimizer.import_moments(m, v);
+  be.free(m);
+  be.free(v);
   optimizer.sync_master_from_model();
 }
 

@@ -18,8 +18,7 @@ int cmd_train(int argc, char** argv) {
     return 0;
   }
   Config cfg = load_config(args.get("config"), args.positionals());
-  validate_config(cfg);
-  run_training(cfg);
+  run_training(cfg);  // validates against the parallel layout first
   return 0;
 }
 

@@ -269,6 +269,23 @@ void validate_config(const Config& c, int dp_world) {
                " (nearest: ", std::max<int64_t>(1, t.global_batch_tokens / per_micro) * per_micro, ")");
 }
 
+int resolve_parallel_layout(const Config& c, int world_size) {
+  const auto& p = c.parallel;
+  if (p.tensor < 1) user_error("config key 'parallel.tensor' must be >= 1, got ", p.tensor);
+  if (p.data < 0) user_error("config key 'parallel.data' must be >= 0 (0 = world size / parallel.tensor)");
+  if (p.zero != 0 && p.zero != 1) user_error("config key 'parallel.zero' must be 0 or 1, got ", p.zero);
+  if (!(p.bucket_mb > 0)) user_error("config key 'parallel.bucket_mb' must be positive");
+  if (world_size % p.tensor != 0)
+    user_error("the world of ", world_size, " ranks is not divisible by parallel.tensor (", p.tensor, ")");
+  const int data = p.data ? p.data : world_size / p.tensor;
+  if (data * p.tensor != world_size)
+    user_error("the world of ", world_size, " ranks does not factor as parallel.data (", data,
+               ") x parallel.tensor (", p.tensor, "); launch ", data * p.tensor, " ranks or change the layout");
+  if (p.tensor > 1)
+    user_error("parallel.tensor = ", p.tensor, ": tensor parallelism is not implemented yet; use parallel.tensor=1");
+  return data;
+}
+
 std::string config_reference_markdown() {
   std::ostringstream os;
   Config defaults;

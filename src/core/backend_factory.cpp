@@ -1,23 +1,31 @@
-// Picks the backend for `device: auto|cpu|cuda`.
+// Picks the backend for `device: auto|cpu|cuda`: auto is CUDA when this build has the CUDA
+// backend and a GPU is visible, the CPU otherwise.
 #include "ltrain/core/backend_factory.h"
 
 #include "ltrain/core/check.h"
+#include "ltrain/cuda/cuda_backend.h"
 
 namespace ltrain {
 
 bool cuda_backend_available() {
-  // The CUDA backend (issue: CUDA backend) registers here once it exists; until then every build
-  // trains on the CPU.
+#ifdef LTRAIN_WITH_CUDA
+  return cuda_device_count() > 0;
+#else
   return false;
+#endif
 }
 
-std::unique_ptr<Backend> make_backend(const std::string& device) {
-  if (device == "cuda") {
-    if (!cuda_backend_available())
-      user_error("device: cuda was requested, but this build has no CUDA backend yet; use device=cpu or device=auto");
-  } else if (device != "cpu" && device != "auto") {
-    user_error("device must be auto, cpu or cuda, got '", device, "'");
-  }
+int cuda_device_for_rank(int local_rank) {
+  const int n = cuda_device_count();
+  return n > 0 ? local_rank % n : 0;
+}
+
+std::unique_ptr<Backend> make_backend(const std::string& device, int local_rank) {
+  // One GPU per rank of a node: the local rank selects it.
+  const int gpu = cuda_device_for_rank(local_rank);
+  if (device == "cuda") return make_cuda_backend(gpu);  // a clear UserError without a GPU
+  if (device == "auto") return cuda_backend_available() ? make_cuda_backend(gpu) : make_cpu_backend(DType::kF32);
+  if (device != "cpu") user_error("device must be auto, cpu or cuda, got '", device, "'");
   return make_cpu_backend(DType::kF32);
 }
 

@@ -1,5 +1,7 @@
 #include "ltrain/core/tensor.h"
 
+#include <cstring>
+
 #include "ltrain/core/check.h"
 
 namespace ltrain {
@@ -46,6 +48,50 @@ bool Shape::operator==(const Shape& o) const {
   for (int i = 0; i < ndim; ++i)
     if (dims[i] != o.dims[i]) return false;
   return true;
+}
+
+static double host_load(const void* p, DType t, int64_t i) {
+  switch (t) {
+    case DType::kF32: return static_cast<const float*>(p)[i];
+    case DType::kF64: return static_cast<const double*>(p)[i];
+    case DType::kI32: return static_cast<const int32_t*>(p)[i];
+    case DType::kBF16: {
+      uint32_t bits = uint32_t(static_cast<const uint16_t*>(p)[i]) << 16;
+      float f;
+      std::memcpy(&f, &bits, 4);
+      return f;
+    }
+  }
+  return 0;
+}
+
+static void host_store(void* p, DType t, int64_t i, double x) {
+  switch (t) {
+    case DType::kF32: static_cast<float*>(p)[i] = float(x); return;
+    case DType::kF64: static_cast<double*>(p)[i] = x; return;
+    case DType::kI32: static_cast<int32_t*>(p)[i] = int32_t(x); return;
+    case DType::kBF16: {
+      const float f = float(x);
+      uint32_t bits;
+      std::memcpy(&bits, &f, 4);
+      if ((bits & 0x7F800000u) == 0x7F800000u && (bits & 0x007FFFFFu)) {
+        static_cast<uint16_t*>(p)[i] = uint16_t((bits >> 16) | 0x40);  // keep NaN a NaN
+        return;
+      }
+      bits += 0x7FFF + ((bits >> 16) & 1);  // round to nearest even
+      static_cast<uint16_t*>(p)[i] = uint16_t(bits >> 16);
+      return;
+    }
+  }
+}
+
+void convert_host(void* dst, DType dst_t, const void* src, DType src_t, int64_t n) {
+  if (dst_t == src_t) {
+    std::memcpy(dst, src, size_t(n) * dtype_size(dst_t));
+    return;
+  }
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
+  for (int64_t i = 0; i < n; ++i) host_store(dst, dst_t, i, host_load(src, src_t, i));
 }
 
 Tensor Tensor::slice_rows(int64_t row, int64_t rows) const {

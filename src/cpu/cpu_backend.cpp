@@ -39,47 +39,6 @@ constexpr DType dtype_of<float>() { return DType::kF32; }
 template <>
 constexpr DType dtype_of<double>() { return DType::kF64; }
 
-// Host-side conversion between the dtypes a host buffer may hold.
-double load_as_double(const void* p, DType t, int64_t i) {
-  switch (t) {
-    case DType::kF32: return static_cast<const float*>(p)[i];
-    case DType::kF64: return static_cast<const double*>(p)[i];
-    case DType::kI32: return static_cast<const int32_t*>(p)[i];
-    case DType::kBF16: {
-      uint32_t bits = uint32_t(static_cast<const uint16_t*>(p)[i]) << 16;
-      float f;
-      std::memcpy(&f, &bits, 4);
-      return f;
-    }
-  }
-  return 0;
-}
-
-void store_from_double(void* p, DType t, int64_t i, double x) {
-  switch (t) {
-    case DType::kF32: static_cast<float*>(p)[i] = float(x); return;
-    case DType::kF64: static_cast<double*>(p)[i] = x; return;
-    case DType::kI32: static_cast<int32_t*>(p)[i] = int32_t(x); return;
-    case DType::kBF16: {
-      float f = float(x);
-      uint32_t bits;
-      std::memcpy(&bits, &f, 4);
-      bits += 0x7FFF + ((bits >> 16) & 1);  // round to nearest even
-      static_cast<uint16_t*>(p)[i] = uint16_t(bits >> 16);
-      return;
-    }
-  }
-}
-
-void convert(void* dst, DType dst_t, const void* src, DType src_t, int64_t n) {
-  if (dst_t == src_t) {
-    std::memcpy(dst, src, size_t(n) * dtype_size(dst_t));
-    return;
-  }
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) store_from_double(dst, dst_t, i, load_as_double(src, src_t, i));
-}
-
 template <class T>
 class CpuBackend final : public Backend {
  public:
@@ -106,14 +65,14 @@ class CpuBackend final : public Backend {
     t.data = nullptr;
   }
   void from_host(Tensor dst, const void* src, DType src_dtype) override {
-    convert(dst.data, dst.dtype, src, src_dtype, dst.numel());
+    convert_host(dst.data, dst.dtype, src, src_dtype, dst.numel());
   }
   void to_host(void* dst, DType dst_dtype, const Tensor& src) override {
-    convert(dst, dst_dtype, src.data, src.dtype, src.numel());
+    convert_host(dst, dst_dtype, src.data, src.dtype, src.numel());
   }
   void copy(Tensor dst, const Tensor& src) override {
     LTRAIN_CHECK(dst.numel() == src.numel(), "copy " << dst.shape.str() << " vs " << src.shape.str());
-    if (dst.data != src.data) convert(dst.data, dst.dtype, src.data, src.dtype, dst.numel());
+    if (dst.data != src.data) convert_host(dst.data, dst.dtype, src.data, src.dtype, dst.numel());
   }
   void zero(Tensor t) override { std::memset(t.data, 0, t.bytes()); }
   size_t bytes_allocated() const override { return allocated_; }

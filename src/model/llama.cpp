@@ -32,7 +32,7 @@ Tensor as2d(const Tensor& t, int64_t rows) { return t.view({rows, t.numel() / ro
 }  // namespace
 
 LlamaModel::LlamaModel(const ModelConfig& cfg, Backend& backend, int max_batch, int max_seq,
-                       Recompute recompute)
+                       Recompute recompute, int64_t buffer_multiple)
     : cfg_(cfg), backend_(backend), max_batch_(max_batch), max_seq_(max_seq), recompute_(recompute) {
   C_ = cfg.hidden_size;
   H_ = cfg.num_attention_heads;
@@ -46,7 +46,9 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, Backend& backend, int max_batch, 
   // Parameters and gradients: one flat buffer each, with identical layouts. A dry run of the
   // layout on a null buffer gives the size.
   Weights probe;
-  const int64_t count = build_param_views(Tensor{}, probe, nullptr);
+  int64_t count = build_param_views(Tensor{}, probe, nullptr);
+  LTRAIN_CHECK(buffer_multiple >= 1);
+  count = (count + buffer_multiple - 1) / buffer_multiple * buffer_multiple;
   param_buf_ = backend.alloc({count}, backend.compute_dtype());
   grad_buf_ = backend.alloc({count}, backend.master_dtype());
   build_param_views(param_buf_, w_, &params_);
@@ -88,7 +90,9 @@ int64_t LlamaModel::build_param_views(Tensor buf, Weights& w, std::vector<NamedT
   if (named) named->clear();
   w.wte = take("model.embed_tokens.weight", {V_, C_}, true);
   w.layers.resize(L_);
+  unit_begin_.assign(L_ + 1, 0);
   for (int l = 0; l < L_; ++l) {
+    unit_begin_[l] = off;
     auto& lw = w.layers[l];
     const std::string p = "model.layers." + std::to_string(l) + ".";
     lw.attn_norm = take(p + "input_layernorm.weight", {C_}, false);
@@ -101,6 +105,7 @@ int64_t LlamaModel::build_param_views(Tensor buf, Weights& w, std::vector<NamedT
     lw.w3 = take(p + "mlp.up_proj.weight", {FF_, C_}, true);
     lw.w2 = take(p + "mlp.down_proj.weight", {C_, FF_}, true);
   }
+  unit_begin_[L_] = off;
   w.final_norm = take("model.norm.weight", {C_}, false);
   w.lm_head = cfg_.tie_word_embeddings ? w.wte : take("lm_head.weight", {V_, C_}, true);
   return off;
@@ -187,6 +192,14 @@ int64_t LlamaModel::num_params() const {
 }
 
 void LlamaModel::zero_grads() { backend_.zero(grad_buf_); }
+
+std::pair<int64_t, int64_t> LlamaModel::grad_unit_range(int unit) const {
+  LTRAIN_CHECK(unit >= 0 && unit < num_grad_units(), "unit " << unit);
+  if (unit == 0) return {unit_begin_[L_], grad_buf_.numel()};  // head: final norm, lm_head, padding
+  if (unit == L_ + 1) return {0, unit_begin_[0]};               // embedding
+  const int l = L_ - unit;
+  return {unit_begin_[l], unit_begin_[l + 1]};
+}
 
 Tensor LlamaModel::rows(const Tensor& t, int64_t n) const { return t.slice_rows(0, n); }
 
@@ -350,12 +363,15 @@ double LlamaModel::forward_backward(const int32_t* tokens, const int32_t* target
   be.zero(dres);
   be.rmsnorm_backward(dres, dw_.final_norm, rows(dln_, N), rows(resid_[L_], N), w_.final_norm,
                       rows(rstdf_, N));
+  if (grad_ready_hook_) grad_ready_hook_(0);
   for (int l = L_ - 1; l >= 0; --l) {
     LayerActs a = acts_for(l, B, T);
     layer_recompute(l, a, rows(resid_[l], N), B, T);
     layer_backward(l, a, rows(resid_[l], N), dres, B, T);
+    if (grad_ready_hook_) grad_ready_hook_(L_ - l);
   }
   be.embedding_backward(dw_.wte, dres, rows(tokens_, N));
+  if (grad_ready_hook_) grad_ready_hook_(L_ + 1);
   return loss_sum / double(N);
 }
 

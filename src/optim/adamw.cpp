@@ -16,14 +16,23 @@ double lr_at(const OptimConfig& o, int total_steps, int step) {
   return min_lr + (o.lr - min_lr) * 0.5 * (1.0 + std::cos(M_PI * progress));
 }
 
-AdamW::AdamW(const OptimConfig& cfg, LlamaModel& model)
-    : cfg_(cfg), model_(model), be_(model.backend()) {
+AdamW::AdamW(const OptimConfig& cfg, LlamaModel& model, Communicator* dp, bool zero)
+    : cfg_(cfg), model_(model), be_(model.backend()), dp_(dp), zero_(zero && dp && dp->size() > 1) {
   const Tensor p = model.param_buffer();
-  m_ = be_.alloc(p.shape, be_.master_dtype());
-  v_ = be_.alloc(p.shape, be_.master_dtype());
-  if (p.dtype != be_.master_dtype()) {
-    master_ = be_.alloc(p.shape, be_.master_dtype());
-    be_.copy(master_, p);
+  const DType md = be_.master_dtype();
+  if (zero_) {
+    LTRAIN_CHECK(p.numel() % dp_->size() == 0, "ZeRO needs the parameter buffer padded to the data size");
+    shard_n_ = p.numel() / dp_->size();
+    shard_begin_ = shard_n_ * dp_->rank();
+    grad_shard_ = be_.alloc({shard_n_}, md);
+  } else {
+    shard_n_ = p.numel();
+  }
+  m_ = be_.alloc({shard_n_}, md);
+  v_ = be_.alloc({shard_n_}, md);
+  if (p.dtype != md) {
+    master_ = be_.alloc({shard_n_}, md);
+    be_.copy(master_, range(p, shard_begin_, shard_n_));
   }
 }
 
@@ -31,46 +40,79 @@ AdamW::~AdamW() {
   be_.free(m_);
   be_.free(v_);
   be_.free(master_);
+  be_.free(grad_shard_);
 }
 
-void AdamW::sync_master_from_model() {
-  if (master_.defined()) be_.copy(master_, model_.param_buffer());
-}
-
-Tensor AdamW::view_like(const Tensor& buf, const Tensor& param) const {
-  const Tensor base = model_.param_buffer();
-  const int64_t offset = (static_cast<const char*>(param.data) - static_cast<const char*>(base.data)) /
-                         int64_t(dtype_size(base.dtype));
-  Tensor t = buf;
-  t.data = static_cast<char*>(buf.data) + offset * int64_t(dtype_size(buf.dtype));
-  t.shape = param.shape;
+Tensor AdamW::range(const Tensor& flat, int64_t begin, int64_t n) const {
+  Tensor t = flat;
+  t.data = static_cast<char*>(flat.data) + begin * int64_t(dtype_size(flat.dtype));
+  t.shape = Shape{n};
   return t;
 }
 
-double AdamW::grad_norm() { return std::sqrt(be_.sum_squares({model_.grad_buffer()})); }
+void AdamW::sync_master_from_model() {
+  if (master_.defined()) be_.copy(master_, range(model_.param_buffer(), shard_begin_, shard_n_));
+}
+
+void AdamW::export_moments(Tensor m_full, Tensor v_full) {
+  if (zero_) {
+    be_.synchronize();
+    dp_->all_gather(m_full, m_);
+    dp_->all_gather(v_full, v_);
+  } else {
+    be_.copy(m_full, m_);
+    be_.copy(v_full, v_);
+  }
+}
+
+void AdamW::import_moments(const Tensor& m_full, const Tensor& v_full) {
+  be_.copy(m_, range(m_full, shard_begin_, shard_n_));
+  be_.copy(v_, range(v_full, shard_begin_, shard_n_));
+}
 
 StepStats AdamW::step(int step, double lr) {
+  const Tensor pbuf = model_.param_buffer(), gbuf = model_.grad_buffer();
+  Tensor grads = gbuf;
+  double sumsq;
+  if (zero_) {
+    be_.synchronize();
+    dp_->reduce_scatter_sum(grad_shard_, gbuf);
+    grads = grad_shard_;
+    sumsq = dp_->sum(be_.sum_squares({grad_shard_}));
+  } else {
+    sumsq = be_.sum_squares({gbuf});  // already summed over ranks: the same on every rank
+  }
   StepStats s{};
   s.lr = lr;
-  s.grad_norm = grad_norm();
+  s.grad_norm = std::sqrt(sumsq);
   s.clip_scale = 1.0;
   if (cfg_.grad_clip > 0 && s.grad_norm > cfg_.grad_clip) s.clip_scale = cfg_.grad_clip / s.grad_norm;
-  const auto& params = model_.params();
-  const auto& grads = model_.grads();
-  for (size_t i = 0; i < params.size(); ++i) {
+
+  // One fused update per tensor, restricted to this rank's shard; weight decay is per tensor.
+  const int64_t lo = shard_begin_, hi = shard_begin_ + shard_n_;
+  for (const auto& p : model_.params()) {
+    const int64_t off = (static_cast<const char*>(p.tensor.data) - static_cast<const char*>(pbuf.data)) /
+                        int64_t(dtype_size(pbuf.dtype));
+    const int64_t b = std::max(lo, off), e = std::min(hi, off + p.tensor.numel());
+    if (b >= e) continue;
     AdamWStep a;
     a.lr = lr;
     a.beta1 = cfg_.beta1;
     a.beta2 = cfg_.beta2;
     a.eps = cfg_.eps;
-    a.weight_decay = params[i].decay ? cfg_.weight_decay : 0.0;
+    a.weight_decay = p.decay ? cfg_.weight_decay : 0.0;
     a.grad_scale = s.clip_scale;
     a.step = step;
-    Tensor target = master_.defined() ? view_like(master_, params[i].tensor) : params[i].tensor;
-    be_.adamw_update(target, grads[i].tensor, view_like(m_, params[i].tensor),
-                     view_like(v_, params[i].tensor), a);
+    Tensor target = master_.defined() ? range(master_, b - lo, e - b) : range(pbuf, b, e - b);
+    Tensor g = zero_ ? range(grads, b - lo, e - b) : range(grads, b, e - b);
+    be_.adamw_update(target, g, range(m_, b - lo, e - b), range(v_, b - lo, e - b), a);
   }
-  if (master_.defined()) be_.copy(model_.param_buffer(), master_);
+  Tensor own = range(pbuf, lo, shard_n_);
+  if (master_.defined()) be_.copy(own, master_);
+  if (zero_) {
+    be_.synchronize();
+    dp_->all_gather(pbuf, own);
+  }
   return s;
 }
 

@@ -26,10 +26,11 @@ struct CheckpointInfo {
   nlohmann::json meta;
 };
 
-// Returns the checkpoint directory written.
+// Writes the model's weights and, when given, the AdamW moments (full buffers in the layout of
+// model.param_buffer(); see AdamW::export_moments). Returns the checkpoint directory written.
 std::string save_checkpoint(const std::string& run_dir, int step, const Config& cfg,
-                            LlamaModel& model, AdamW* optimizer, const nlohmann::json& data_state,
-                            const std::string& tokenizer_path);
+                            LlamaModel& model, const Tensor* m_full, const Tensor* v_full,
+                            const nlohmann::json& data_state, const std::string& tokenizer_path);
 
 // `path` is a checkpoint directory (with meta.json) or a run directory (its latest checkpoint).
 // Validates meta.json; UserError naming the file otherwise.

@@ -67,12 +67,20 @@ struct DataConfig {
   bool verify = true;       // check shard checksums when opening
 };
 
+struct ParallelConfig {
+  int data = 0;           // data-parallel ranks; 0 = world size / tensor
+  int tensor = 1;         // tensor-parallel ranks (consecutive ranks)
+  int zero = 0;           // 1 = ZeRO-1: optimizer state sharded over the data-parallel ranks
+  double bucket_mb = 25;  // gradient all-reduce bucket size
+};
+
 struct Config {
   std::string device = "auto";  // auto | cpu | cuda
   ModelConfig model;
   OptimConfig optim;
   TrainConfig train;
   DataConfig data;
+  ParallelConfig parallel;
 
   // Derived: micro-batches per optimizer step for `dp_world` data-parallel ranks.
   int grad_accum_steps(int dp_world = 1) const;
@@ -116,13 +124,18 @@ void visit_config(C& c, V&& v) {
   v("train.run_dir", c.train.run_dir, "directory for everything the run writes");
   v("train.log_every", c.train.log_every, "print and log every N steps");
   v("train.val_every", c.train.val_every, "validate every N steps; 0 = only at the end");
-  v("train.val_batches", c.train.val_batches, "micro-batches per validation; 0 = the whole val split");
+  v("train.val_batches", c.train.val_batches,
+    "micro-batches per validation, shared by the data-parallel ranks; 0 = the whole val split");
   v("train.save_every", c.train.save_every, "checkpoint every N steps; 0 = only at the end");
   v("train.recompute", c.train.recompute,
     "activation recomputation: none, selective (recompute norms and SwiGLU), full (recompute each layer)");
   v("data.path", c.data.path, "data directory written by `ltrain prepare`");
   v("data.shuffle", c.data.shuffle, "shuffle training windows (deterministic from train.seed)");
   v("data.verify", c.data.verify, "verify shard checksums when opening the data");
+  v("parallel.data", c.parallel.data, "data-parallel ranks; 0 = world size / parallel.tensor");
+  v("parallel.tensor", c.parallel.tensor, "tensor-parallel ranks, consecutive ranks of a node");
+  v("parallel.zero", c.parallel.zero, "1 = ZeRO-1: shard AdamW state and master weights over data-parallel ranks");
+  v("parallel.bucket_mb", c.parallel.bucket_mb, "gradient all-reduce bucket size in MiB (buckets overlap backward)");
 }
 
 // Loads a YAML or JSON file, applies `key=value` overrides, checks keys and types.
@@ -133,6 +146,8 @@ nlohmann::json config_to_json(const Config& c);
 std::string config_to_text(const Config& c);  // "key: value" lines, for the console
 // Consistency checks (sizes, divisibility, ranges). dp_world: data-parallel ranks.
 void validate_config(const Config& c, int dp_world = 1);
+// Resolves parallel.data against the world size and checks the layout; returns the data size.
+int resolve_parallel_layout(const Config& c, int world_size);
 // The config reference in Markdown (docs/config.md is generated from it).
 std::string config_reference_markdown();
 

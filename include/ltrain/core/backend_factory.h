@@ -7,7 +7,9 @@
 namespace ltrain {
 
 bool cuda_backend_available();
-// device: "auto" (CUDA when available, else CPU), "cpu" or "cuda".
-std::unique_ptr<Backend> make_backend(const std::string& device);
+// device: "auto" (CUDA when available, else CPU), "cpu" or "cuda". With CUDA, local_rank (the
+// rank within the node) selects the GPU.
+std::unique_ptr<Backend> make_backend(const std::string& device, int local_rank = 0);
+int cuda_device_for_rank(int local_rank);
 
 }  // namespace ltrain

@@ -13,6 +13,9 @@ enum class DType { kF32, kF64, kBF16, kI32 };
 
 size_t dtype_size(DType t);
 const char* dtype_name(DType t);
+// Converts n elements between host buffers of any two dtypes (bf16 rounds to nearest even and
+// keeps NaN a NaN).
+void convert_host(void* dst, DType dst_t, const void* src, DType src_t, int64_t n);
 
 struct Shape {
   static constexpr int kMaxDims = 4;

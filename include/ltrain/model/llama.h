@@ -11,7 +11,9 @@
 //   full       only each layer's input is kept; the whole layer is recomputed in backward.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ltrain/config/config.h"
@@ -32,9 +34,11 @@ Recompute parse_recompute(const std::string& s);
 
 class LlamaModel {
  public:
-  // Builds the model for batches of up to max_batch sequences of up to max_seq tokens.
+  // Builds the model for batches of up to max_batch sequences of up to max_seq tokens. The flat
+  // parameter and gradient buffers are padded to a multiple of buffer_multiple elements (ZeRO-1
+  // splits them into equal shards).
   LlamaModel(const ModelConfig& cfg, Backend& backend, int max_batch, int max_seq,
-             Recompute recompute = Recompute::kNone);
+             Recompute recompute = Recompute::kNone, int64_t buffer_multiple = 1);
   ~LlamaModel();
   LlamaModel(const LlamaModel&) = delete;
   LlamaModel& operator=(const LlamaModel&) = delete;
@@ -52,6 +56,15 @@ class LlamaModel {
   Tensor grad_buffer() const { return grad_buf_; }
   int64_t num_params() const;  // without the alignment padding between views
   void zero_grads();
+
+  // Gradient units, in the order backward finishes them: the head (final norm and lm_head),
+  // layers L-1 .. 0, then the embedding. Each unit's gradients are one contiguous range of the
+  // flat gradient buffer; the hook is called with the unit index (0 = head, 1 = layer L-1, ...,
+  // L + 1 = embedding) as soon as that range is final for this backward pass. Data parallelism
+  // starts reducing a bucket from there while backward goes on.
+  int num_grad_units() const { return L_ + 2; }
+  std::pair<int64_t, int64_t> grad_unit_range(int unit) const;  // [begin, end) elements
+  void set_grad_ready_hook(std::function<void(int unit)> hook) { grad_ready_hook_ = std::move(hook); }
 
   // Forward and backward on one micro-batch: tokens and targets are (B, T) host arrays.
   // Parameter gradients are accumulated (+=) with the loss scaled by dloss_scale per token, so
@@ -124,6 +137,8 @@ class LlamaModel {
   int C_, H_, KV_, HD_, FF_, V_, L_;
 
   Tensor param_buf_, grad_buf_;
+  std::vector<int64_t> unit_begin_;  // element offset where each layer's views start (L + 1 entries)
+  std::function<void(int)> grad_ready_hook_;
   Weights w_, dw_;
   std::vector<NamedTensor> params_, grads_;
 

@@ -5,9 +5,16 @@
 // (on the CPU the model's fp32 weights are the master weights, so there is no copy).
 // Weight decay applies to the tensors the model marks as decaying (weight matrices and
 // embeddings), never to RMSNorm weights.
+//
+// Data parallelism: without ZeRO the gradients arrive already summed over the data-parallel ranks
+// (GradReducer), and every rank runs the same update. With ZeRO-1 (`zero`), the flat buffers are
+// split into equal shards, one per data-parallel rank: step() reduce-scatters the gradients, each
+// rank updates its shard of the master weights and moments, and the updated weights are
+// all-gathered.
 #pragma once
 #include "ltrain/config/config.h"
 #include "ltrain/model/llama.h"
+#include "ltrain/parallel/communicator.h"
 
 namespace ltrain {
 
@@ -24,27 +31,36 @@ struct StepStats {
 
 class AdamW {
  public:
-  AdamW(const OptimConfig& cfg, LlamaModel& model);
+  // dp: the data-parallel communicator (nullptr = one rank). With zero, the model's buffers must
+  // be padded to a multiple of dp->size() (LlamaModel's buffer_multiple).
+  AdamW(const OptimConfig& cfg, LlamaModel& model, Communicator* dp = nullptr, bool zero = false);
   ~AdamW();
   AdamW(const AdamW&) = delete;
   AdamW& operator=(const AdamW&) = delete;
 
   // One update from the gradients in the model's gradient buffer. `step` is 1-based.
   StepStats step(int step, double lr);
-  // Global L2 norm of the model's gradients.
-  double grad_norm();
 
-  Tensor exp_avg() const { return m_; }     // same layout as model.param_buffer()
-  Tensor exp_avg_sq() const { return v_; }
+  // The moments in the layout of model.param_buffer(), for checkpoints. With ZeRO these gather
+  // (export) or scatter (import) the shards: every data-parallel rank must call them.
+  void export_moments(Tensor m_full, Tensor v_full);
+  void import_moments(const Tensor& m_full, const Tensor& v_full);
   // Call after loading weights into the model, so the master copy (if any) follows them.
   void sync_master_from_model();
 
  private:
-  Tensor view_like(const Tensor& buf, const Tensor& param) const;
+  // The part of the flat buffers this rank updates: all of it, or its ZeRO shard.
+  int64_t shard_begin() const { return shard_begin_; }
+  Tensor range(const Tensor& flat, int64_t begin, int64_t n) const;
   OptimConfig cfg_;
   LlamaModel& model_;
   Backend& be_;
-  Tensor m_, v_, master_;  // master_ undefined when the model's weights are the master weights
+  Communicator* dp_;
+  bool zero_;
+  int64_t shard_begin_ = 0, shard_n_ = 0;
+  Tensor m_, v_;       // (shard_n) moments
+  Tensor master_;      // (shard_n) fp32 master weights; undefined when the model's are the master
+  Tensor grad_shard_;  // (shard_n) reduce-scattered gradients (ZeRO only)
 };
 
 }  // namespace ltrain

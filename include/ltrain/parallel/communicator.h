@@ -1,0 +1,80 @@
+// Communicator: the one interface parallel code talks to. Implementations: MPI on host buffers
+// (the CPU backend; what CI tests under mpirun), NCCL on device buffers (the CUDA backend), and a
+// single-process one. Collectives sum. The parallel logic (gradient buckets, ZeRO-1, tensor
+// parallelism) is written once against this interface.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ltrain/core/tensor.h"
+
+namespace ltrain {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual std::string name() const = 0;
+
+  // In place: buf = sum over ranks of buf.
+  virtual void all_reduce_sum(Tensor buf) = 0;
+  // in (size * n) summed over ranks; this rank receives chunk rank() in out (n).
+  virtual void reduce_scatter_sum(Tensor out, const Tensor& in) = 0;
+  // out (size * n) = the concatenation of every rank's in (n), in rank order. `in` may be this
+  // rank's own chunk of `out` (an in-place gather).
+  virtual void all_gather(Tensor out, const Tensor& in) = 0;
+  virtual void broadcast(Tensor buf, int root) = 0;
+  // Starts an in-place all-reduce and returns at once; wait() completes it. The caller must not
+  // touch buf in between. Used to overlap gradient reduction with the rest of backward.
+  virtual int all_reduce_sum_start(Tensor buf) = 0;
+  virtual void wait(int ticket) = 0;
+
+  // Host scalars (metrics, norms).
+  virtual double sum(double x) = 0;
+  virtual double max(double x) = 0;
+  virtual void barrier() = 0;
+};
+
+// A communicator of one rank: collectives are identities.
+std::unique_ptr<Communicator> make_single_communicator();
+
+// The process grid: world = data x tensor, tensor-parallel groups are consecutive ranks (so they
+// stay inside a node), local rank selects the GPU. Created once in main().
+class ParallelContext {
+ public:
+  // Initializes MPI when the process was started by a launcher (mpirun, srun); otherwise a single
+  // process without MPI.
+  static ParallelContext& init(int* argc, char*** argv);
+  static ParallelContext& get();
+
+  int world_rank() const { return world_rank_; }
+  int world_size() const { return world_size_; }
+  int local_rank() const { return local_rank_; }
+  bool is_main() const { return world_rank_ == 0; }
+  bool uses_mpi() const { return mpi_; }
+
+  // Splits the world into data x tensor groups. UserError when the world does not factor.
+  void setup_grid(int data, int tensor);
+  int data_size() const { return data_size_; }
+  int tensor_size() const { return tensor_size_; }
+  int data_rank() const { return world_rank_ / tensor_size_; }
+  int tensor_rank() const { return world_rank_ % tensor_size_; }
+  Communicator& world() { return *world_; }
+  Communicator& data() { return *data_; }
+  Communicator& tensor() { return *tensor_; }
+
+  // Ends every rank: MPI_Abort under a launcher, exit otherwise.
+  [[noreturn]] void abort(int code);
+  void finalize();
+
+ private:
+  ParallelContext() = default;
+  int world_rank_ = 0, world_size_ = 1, local_rank_ = 0;
+  int data_size_ = 1, tensor_size_ = 1;
+  bool mpi_ = false;
+  std::unique_ptr<Communicator> world_, data_, tensor_;
+};
+
+}  // namespace ltrain

@@ -1,0 +1,15 @@
+// NCCL on device buffers, for the CUDA backend. The communicator is bootstrapped through an MPI
+// group of the same ranks (rank 0 creates the unique id and broadcasts it); host scalars and
+// barriers go through that MPI group. Collectives run on the communicator's own stream, so a
+// gradient bucket's all-reduce overlaps the backward kernels on the compute stream.
+#pragma once
+#include <memory>
+
+#include "ltrain/parallel/communicator.h"
+
+namespace ltrain {
+
+// `bootstrap` must stay alive as long as the returned communicator. UserError without CUDA.
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, int device);
+
+}  // namespace ltrain

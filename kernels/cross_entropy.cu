@@ -1,0 +1,77 @@
+// Softmax cross-entropy fused with its gradient, one block per row of logits (N, V):
+//   pass 1: each thread keeps an online (max, sum of exp) over its strided columns; the block
+//           merges them into lse = logsumexp(row);
+//   losses[n] = lse - row[target]   (0 for a negative target)
+//   pass 2: dlogits = (exp(row - lse) - onehot(target)) * dloss, written in place over the logits
+//           when they alias (each element is read before it is written, by the same thread).
+// The model calls this on chunks of rows, so no (N, V) fp32 buffer ever exists.
+#include "common/cuda_check.cuh"
+#include "common/device.cuh"
+#include "kernels.h"
+
+namespace ltrain::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ void online_add(float& m, float& s, float x) {
+  if (x > m) {
+    s = s * expf(m - x) + 1.f;  // exp(-inf) = 0 covers the first element
+    m = x;
+  } else {
+    s += expf(x - m);
+  }
+}
+
+template <class T, int VEC>
+__global__ void cross_entropy_row_per_block(float* losses, T* dlogits, const T* logits,
+                                            const int32_t* targets, int V, float dloss) {
+  __shared__ float scratch[32];
+  __shared__ float target_logit;
+  const int n = blockIdx.x;
+  const T* x = logits + int64_t(n) * V;
+  const int tgt = targets[n];
+  if (threadIdx.x == 0) target_logit = tgt >= 0 && tgt < V ? to_float(x[tgt]) : 0.f;
+
+  float m = -INFINITY, s = 0.f;
+  for (int c = threadIdx.x * VEC; c < V; c += blockDim.x * VEC) {
+    Packed<T, VEC> xv = load_packed<T, VEC>(x + c);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) online_add(m, s, to_float(xv.v[j]));
+  }
+  const float row_max = block_max(m, scratch);
+  const float sum = block_sum(m == -INFINITY ? 0.f : s * expf(m - row_max), scratch);
+  const float lse = row_max + logf(sum);
+  // block_sum's barriers order target_logit's write before this read, and before pass 2's writes.
+  if (threadIdx.x == 0) losses[n] = tgt < 0 ? 0.f : lse - target_logit;
+  if (!dlogits) return;
+  T* dx = dlogits + int64_t(n) * V;
+  for (int c = threadIdx.x * VEC; c < V; c += blockDim.x * VEC) {
+    Packed<T, VEC> xv = load_packed<T, VEC>(x + c), g;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      const float p = expf(to_float(xv.v[j]) - lse) - (c + j == tgt ? 1.f : 0.f);
+      g.v[j] = from_float<T>(tgt < 0 ? 0.f : p * dloss);
+    }
+    store_packed<T, VEC>(dx + c, g);
+  }
+}
+
+}  // namespace
+
+template <class T>
+void cross_entropy(float* losses, T* dlogits, const T* logits, const int32_t* targets, int N, int V,
+                   float dloss, cudaStream_t stream) {
+  if (N == 0) return;
+  if (can_vectorize<T>(V, {logits, dlogits}))
+    cross_entropy_row_per_block<T, kVec<T>>
+        <<<N, kThreads, 0, stream>>>(losses, dlogits, logits, targets, V, dloss);
+  else
+    cross_entropy_row_per_block<T, 1><<<N, kThreads, 0, stream>>>(losses, dlogits, logits, targets, V, dloss);
+  CUDA_CHECK_LAUNCH();
+}
+
+template void cross_entropy<float>(float*, float*, const float*, const int32_t*, int, int, float, cudaStream_t);
+template void cross_entropy<bf16>(float*, bf16*, const bf16*, const int32_t*, int, int, float, cudaStream_t);
+
+}  // namespace ltrain::cuda

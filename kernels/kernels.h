@@ -1,0 +1,153 @@
+// Host-side launchers of the CUDA kernels (kernels/*.cu), called by the CUDA backend
+// (src/cuda/cuda_backend.cpp). Plain C++: no device code, includable from .cpp files.
+//
+// Conventions (the same as include/ltrain/core/backend.h):
+//  - raw row-major device pointers with shape comments; N = B*T rows;
+//  - T is the activation type: float or bf16 (explicitly instantiated for both);
+//  - statistics (rstd, lse, losses), RoPE tables, parameter gradients, master weights and AdamW
+//    moments are fp32;
+//  - activation gradients are written (=); parameter gradients and rmsnorm's dinp accumulate (+=);
+//  - every launcher enqueues on `stream`, checks the launch, and never synchronizes;
+//  - every reduction has a fixed order: two runs give bitwise identical results.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+namespace ltrain::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// ---- embedding.cu ------------------------------------------------------------------------------
+template <class T>
+void embedding_forward(T* out,                 // (N, C)
+                       const int32_t* tokens,  // (N)
+                       const T* wte,           // (V, C)
+                       int N, int C, int V, cudaStream_t stream);
+// dwte (V, C) += rows of dout summed per token. The rows are grouped by token beforehand (on the
+// host, see CudaBackend::embedding_backward): segment u covers order[starts[u] .. starts[u+1]),
+// all rows with token seg_tokens[u], in increasing row order. One block sums one segment's rows
+// for a slice of columns in that order: deterministic, no atomics.
+template <class T>
+void embedding_backward(float* dwte,               // (V, C) +=
+                        const T* dout,             // (N, C)
+                        const int32_t* order,      // (N) row indices grouped by token
+                        const int32_t* starts,     // (U + 1)
+                        const int32_t* seg_tokens, // (U)
+                        int U, int C, cudaStream_t stream);
+
+// ---- rmsnorm.cu --------------------------------------------------------------------------------
+template <class T>
+void rmsnorm_forward(T* out,           // (N, C)
+                     float* rstd,      // (N)
+                     const T* inp,     // (N, C)
+                     const T* weight,  // (C)
+                     int N, int C, float eps, cudaStream_t stream);
+// Floats of scratch rmsnorm_backward needs (per-chunk partial sums of dweight).
+size_t rmsnorm_backward_scratch_floats(int N, int C);
+template <class T>
+void rmsnorm_backward(T* dinp,           // (N, C) +=
+                      float* dweight,    // (C) +=
+                      const T* dout,     // (N, C)
+                      const T* inp,      // (N, C)
+                      const T* weight,   // (C)
+                      const float* rstd, // (N)
+                      int N, int C, float* scratch, cudaStream_t stream);
+
+// ---- rope.cu -----------------------------------------------------------------------------------
+// Interleaved pairs (2i, 2i+1); sign +1 rotates by +angle (forward), -1 by -angle (backward).
+// out may alias inp.
+template <class T>
+void rope_rotate(T* out,              // (B, T, NH, HD)
+                 const T* inp,        // (B, T, NH, HD)
+                 const float* freqs,  // (>= T, HD/2, 2) cos, sin
+                 int B, int Tn, int NH, int HD, int sign, cudaStream_t stream);
+
+// ---- swiglu.cu (and the residual add) ----------------------------------------------------------
+template <class T>
+void swiglu_forward(T* out, const T* gate, const T* up, int64_t n, cudaStream_t stream);  // (N, FF)
+template <class T>
+void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up, int64_t n,
+                     cudaStream_t stream);  // all (N, FF)
+template <class T>
+void add(T* out, const T* a, const T* b, int64_t n, cudaStream_t stream);  // out may alias a or b
+
+// ---- cross_entropy.cu --------------------------------------------------------------------------
+// losses (N) = logsumexp(row) - row[target]; dlogits (or nullptr) = (softmax - onehot) * dloss,
+// written over logits when they alias. A negative target gives loss 0 and gradient 0.
+template <class T>
+void cross_entropy(float* losses,           // (N)
+                   T* dlogits,              // (N, V) or nullptr
+                   const T* logits,         // (N, V)
+                   const int32_t* targets,  // (N)
+                   int N, int V, float dloss, cudaStream_t stream);
+
+// ---- reduce.cu ---------------------------------------------------------------------------------
+// Sum of squares in two fixed-order stages: sum_squares_accumulate adds each block's partial
+// (fp32 within a thread, double across threads) into partials[block] (zero them first); after
+// all tensors, sum_partials adds the kSumSquaresBlocks partials in order into *out.
+constexpr int kSumSquaresBlocks = 256;
+template <class T>
+void sum_squares_accumulate(double* partials,  // (kSumSquaresBlocks) +=
+                            const T* x, int64_t n, cudaStream_t stream);
+void sum_partials(double* out, const double* partials, cudaStream_t stream);
+// dst = src converted elementwise (round to nearest even into bf16).
+template <class D, class S>
+void convert(D* dst, const S* src, int64_t n, cudaStream_t stream);
+
+// ---- adamw.cu ----------------------------------------------------------------------------------
+// Fused AdamW in fp32 (decoupled weight decay, bias corrections bc1 = 1 - beta1^t,
+// bc2 = 1 - beta2^t computed by the caller in double), grad multiplied by grad_scale first.
+void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, float grad_scale,
+                  float bc1, float bc2, cudaStream_t stream);
+
+// ---- matmul.cu ---------------------------------------------------------------------------------
+// Row-major out (M, N) = alpha * op(a) @ op(b) + beta * out through cuBLASLt: bf16 a and b, fp32
+// accumulation (CUBLAS_COMPUTE_32F), out bf16 or fp32. Descriptors and the heuristic's algorithm
+// are cached per (shape, flags, out type, pointer alignment).
+class LtMatmul {
+ public:
+  explicit LtMatmul(size_t workspace_bytes);
+  ~LtMatmul();
+  LtMatmul(const LtMatmul&) = delete;
+  LtMatmul& operator=(const LtMatmul&) = delete;
+  void run(void* out, bool out_fp32,  // (M, N)
+           const bf16* a,             // (M, K), or (K, M) if trans_a
+           const bf16* b,             // (K, N), or (N, K) if trans_b
+           int M, int N, int K, bool trans_a, bool trans_b, float alpha, float beta,
+           cudaStream_t stream);
+  size_t workspace_bytes() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// ---- attention.cu ------------------------------------------------------------------------------
+// Causal grouped-query flash attention (bf16 in and out, fp32 accumulation on tensor cores).
+bool attention_supports_head_dim(int HD);  // 64 and 128
+void attention_forward(bf16* out,        // (B, T, H, HD)
+                       float* lse,       // (B, H, T) natural log
+                       const bf16* q,    // (B, T, H, HD)
+                       const bf16* k,    // (B, T, KV, HD)
+                       const bf16* v,    // (B, T, KV, HD)
+                       int B, int Tn, int H, int KV, int HD, cudaStream_t stream);
+// Floats of scratch attention_backward needs: D = rowsum(dout * out), (B, H, T).
+size_t attention_backward_scratch_floats(int B, int Tn, int H);
+// dq, dk, dv written (=). dk and dv sum over the query heads of each group in a fixed order, and
+// dq is computed by its own pass over key tiles: no atomics, deterministic.
+void attention_backward(bf16* dq,          // (B, T, H, HD)
+                        bf16* dk,          // (B, T, KV, HD)
+                        bf16* dv,          // (B, T, KV, HD)
+                        const bf16* dout,  // (B, T, H, HD)
+                        const bf16* q, const bf16* k, const bf16* v,
+                        const bf16* out,   // (B, T, H, HD)
+                        const float* lse,  // (B, H, T)
+                        float* scratch,    // attention_backward_scratch_floats
+                        int B, int Tn, int H, int KV, int HD, cudaStream_t stream);
+
+}  // namespace ltrain::cuda

@@ -1,0 +1,120 @@
+// Matrix products through cuBLASLt: bf16 inputs, fp32 accumulation (CUBLAS_COMPUTE_32F), output
+// bf16 (activations) or fp32 (parameter gradients, accumulated with beta = 1).
+//
+// Row-major to column-major: a row-major (r, c) matrix is the column-major (c, r) matrix with
+// leading dimension c. So row-major out (M, N) = op(a) op(b) is computed as the column-major
+// out^T (N, M) = op(b)^T-view * op(a)^T-view: cuBLAS's "A" is our b and its "B" is our a, with the
+// same transpose flags, and m = N, n = M.
+//
+// Descriptors and the heuristic's first algorithm are cached per (M, N, K, flags, out type,
+// pointer alignments): the model calls a few dozen distinct shapes, each many times.
+#include <map>
+#include <tuple>
+
+#include "common/cuda_check.cuh"
+#include "kernels.h"
+
+namespace ltrain::cuda {
+
+namespace {
+
+// Largest power of two (at most 256) dividing the address: cuBLASLt picks kernels by alignment.
+int alignment_of(const void* p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  int al = 256;
+  while (al > 1 && a % al != 0) al /= 2;
+  return al;
+}
+
+struct Plan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+};
+
+}  // namespace
+
+struct LtMatmul::Impl {
+  cublasLtHandle_t handle = nullptr;
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  // key: M, N, K, trans_a, trans_b, out_fp32, align(out), align(a), align(b)
+  using Key = std::tuple<int, int, int, bool, bool, bool, int, int, int>;
+  std::map<Key, Plan> plans;
+
+  const Plan& plan_for(const Key& key) {
+    auto it = plans.find(key);
+    if (it != plans.end()) return it->second;
+    const auto [M, N, K, ta, tb, out_fp32, al_out, al_a, al_b] = key;
+    Plan p;
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    // cuBLAS A := our b, cuBLAS B := our a (see the file header).
+    const cublasOperation_t op_a = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op_b = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
+    // Stored (rows, cols, ld) in column-major terms.
+    // our b: row-major (K, N) -> col-major (N, K) ld N; transposed: row-major (N, K) -> (K, N) ld K.
+    if (!tb) CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, N, K, N));
+    else CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, K, N, K));
+    // our a: row-major (M, K) -> col-major (K, M) ld K; transposed: row-major (K, M) -> (M, K) ld M.
+    if (!ta) CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, K, M, K));
+    else CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, M, K, M));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, out_fp32 ? CUDA_R_32F : CUDA_R_16BF, N, M, N));
+
+    cublasLtMatmulPreference_t pref;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                      &workspace_bytes, sizeof(workspace_bytes)));
+    const uint32_t align_a = uint32_t(al_b), align_b = uint32_t(al_a), align_c = uint32_t(al_out);
+    auto set_alignment = [&](cublasLtMatmulPreferenceAttributes_t attr, const uint32_t& bytes) {
+      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &bytes, sizeof(bytes)));
+    };
+    set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align_a);
+    set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align_b);
+    set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align_c);
+    set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align_c);
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, p.op, p.a, p.b, p.c, p.c, pref, 1, &result, &found));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+    LTRAIN_CHECK(found > 0, "cuBLASLt has no algorithm for out (" << M << ", " << N << ") "
+                                << (out_fp32 ? "fp32" : "bf16") << " K " << K << " trans_a " << ta
+                                << " trans_b " << tb << " alignments " << al_out << "/" << al_a
+                                << "/" << al_b);
+    p.algo = result.algo;
+    return plans.emplace(key, p).first->second;
+  }
+};
+
+LtMatmul::LtMatmul(size_t workspace_bytes) : impl_(std::make_unique<Impl>()) {
+  CUBLAS_CHECK(cublasLtCreate(&impl_->handle));
+  impl_->workspace_bytes = workspace_bytes;
+  if (workspace_bytes) CUDA_CHECK(cudaMalloc(&impl_->workspace, workspace_bytes));
+}
+
+LtMatmul::~LtMatmul() {
+  for (auto& [key, p] : impl_->plans) {
+    cublasLtMatrixLayoutDestroy(p.a);
+    cublasLtMatrixLayoutDestroy(p.b);
+    cublasLtMatrixLayoutDestroy(p.c);
+    cublasLtMatmulDescDestroy(p.op);
+  }
+  if (impl_->workspace) cudaFree(impl_->workspace);
+  if (impl_->handle) cublasLtDestroy(impl_->handle);
+}
+
+size_t LtMatmul::workspace_bytes() const { return impl_->workspace_bytes; }
+
+void LtMatmul::run(void* out, bool out_fp32, const bf16* a, const bf16* b, int M, int N, int K,
+                   bool trans_a, bool trans_b, float alpha, float beta, cudaStream_t stream) {
+  if (M == 0 || N == 0) return;
+  LTRAIN_CHECK(K > 0, "matmul with K = 0");
+  const Impl::Key key{M, N, K, trans_a, trans_b, out_fp32, alignment_of(out), alignment_of(a),
+                      alignment_of(b)};
+  const Plan& p = impl_->plan_for(key);
+  CUBLAS_CHECK(cublasLtMatmul(impl_->handle, p.op, &alpha, b, p.a, a, p.b, &beta, out, p.c, out,
+                              p.c, &p.algo, impl_->workspace, impl_->workspace_bytes, stream));
+}
+
+}  // namespace ltrain::cuda

@@ -1,0 +1,461 @@
+// The CUDA backend (include/ltrain/cuda/cuda_backend.h): one device, one stream, a cuBLASLt
+// handle and workspace, device memory from cudaMalloc with byte accounting, and the kernels of
+// kernels/ behind the Backend interface.
+//
+// Dtypes: compute is bf16, master is fp32. Ops accept the combinations the model uses (listed
+// in each op's check) and activations in fp32 as well (the kernels are instantiated for both, so
+// the tests can check an op in fp32 without bf16 rounding); anything else fails a check naming
+// the op and the tensor.
+//
+// Memory: tensors are allocated by the model and optimizer up front. Kernel scratch (rmsnorm's
+// partial column sums, attention's D = rowsum(dO * O), embedding's row grouping, the sum of
+// squares' partials) depends only on the shapes, so it is sized on first use, grows only if a
+// larger shape comes, and then is reused every step; bytes_allocated() counts it with the tensors.
+//
+// Synchronization: ops are asynchronous on the stream; from_host, to_host, sum_squares and
+// embedding_backward (which groups token ids on the host) synchronize.
+#include "ltrain/cuda/cuda_backend.h"
+
+#include "ltrain/core/check.h"
+
+#ifdef LTRAIN_WITH_CUDA
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "common/cuda_check.cuh"
+#include "kernels.h"
+
+namespace ltrain {
+
+namespace {
+
+using cuda::bf16;
+
+
+void expect(const Tensor& t, DType want, const char* op, const char* what) {
+  LTRAIN_CHECK(t.dtype == want, "cuda " << op << ": " << what << " must be " << dtype_name(want)
+                                        << ", got " << dtype_name(t.dtype) << " " << t.shape.str());
+}
+
+void expect_all(std::initializer_list<const Tensor*> ts, DType want, const char* op,
+                const char* what) {
+  for (const Tensor* t : ts) expect(*t, want, op, what);
+}
+
+// Calls f(T{}) with T = bf16 or float for an activation dtype.
+template <class F>
+void dispatch_act(DType t, const char* op, F f) {
+  if (t == DType::kBF16) f(bf16{});
+  else if (t == DType::kF32) f(float{});
+  else LTRAIN_CHECK(false, "cuda " << op << ": activations must be bf16 or f32, got " << dtype_name(t));
+}
+
+// A device buffer that only grows (kernel scratch).
+class Scratch {
+ public:
+  void* get(size_t bytes, size_t& accounted) {
+    if (bytes > bytes_) {
+      if (ptr_) {
+        CUDA_CHECK(cudaFree(ptr_));  // synchronizes: no kernel still uses the old buffer
+        accounted -= bytes_;
+      }
+      bytes_ = std::max(bytes, bytes_ * 2);
+      CUDA_CHECK(cudaMalloc(&ptr_, bytes_));
+      accounted += bytes_;
+    }
+    return ptr_;
+  }
+  void release() {
+    if (ptr_) cudaFree(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+constexpr size_t kCublasWorkspace = size_t(32) << 20;  // what cuBLAS recommends for Hopper
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : device_(device) {
+    CUDA_CHECK(cudaSetDevice(device));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    matmul_ = std::make_unique<cuda::LtMatmul>(kCublasWorkspace);
+    allocated_ += matmul_->workspace_bytes();
+  }
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_);
+    for (Scratch* s : {&float_scratch_, &int_scratch_, &double_scratch_, &attn_scratch_}) s->release();
+    matmul_.reset();
+    cudaStreamDestroy(stream_);
+  }
+
+  std::string name() const override { return "cuda"; }
+  DType compute_dtype() const override { return DType::kBF16; }
+  DType master_dtype() const override { return DType::kF32; }
+
+  // ---- memory ---------------------------------------------------------------------------------
+  Tensor alloc(Shape shape, DType dtype) override {
+    Tensor t;
+    t.dtype = dtype;
+    t.shape = shape;
+    const size_t bytes = (std::max<size_t>(t.bytes(), 1) + 255) / 256 * 256;
+    const cudaError_t err = cudaMalloc(&t.data, bytes);
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      LTRAIN_CHECK(false, "out of GPU memory allocating " << shape.str() << " " << dtype_name(dtype)
+                              << " (" << bytes << " bytes); this backend holds " << allocated_
+                              << " bytes, the device has " << free_b << " of " << total_b << " free");
+    }
+    CUDA_CHECK(cudaMemsetAsync(t.data, 0, bytes, stream_));
+    allocated_ += t.bytes();
+    return t;
+  }
+  void free(Tensor& t) override {
+    if (!t.data) return;
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    CUDA_CHECK(cudaFree(t.data));
+    allocated_ -= t.bytes();
+    t.data = nullptr;
+  }
+  void from_host(Tensor dst, const void* src, DType src_dtype) override {
+    const void* bytes = src;
+    if (src_dtype != dst.dtype) {
+      staging_.resize(dst.bytes());
+      convert_host(staging_.data(), dst.dtype, src, src_dtype, dst.numel());
+      bytes = staging_.data();
+    }
+    CUDA_CHECK(cudaMemcpyAsync(dst.data, bytes, dst.bytes(), cudaMemcpyHostToDevice, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void to_host(void* dst, DType dst_dtype, const Tensor& src) override {
+    void* target = dst;
+    if (dst_dtype != src.dtype) {
+      staging_.resize(src.bytes());
+      target = staging_.data();
+    }
+    CUDA_CHECK(cudaMemcpyAsync(target, src.data, src.bytes(), cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (target != dst) convert_host(dst, dst_dtype, target, src.dtype, src.numel());
+  }
+  void copy(Tensor dst, const Tensor& src) override {
+    LTRAIN_CHECK(dst.numel() == src.numel(), "copy " << dst.shape.str() << " vs " << src.shape.str());
+    if (dst.dtype == src.dtype) {
+      if (dst.data != src.data)
+        CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, dst.bytes(), cudaMemcpyDeviceToDevice, stream_));
+    } else if (dst.dtype == DType::kBF16 && src.dtype == DType::kF32) {
+      cuda::convert(dst.as<bf16>(), src.as<float>(), dst.numel(), stream_);
+    } else if (dst.dtype == DType::kF32 && src.dtype == DType::kBF16) {
+      cuda::convert(dst.as<float>(), src.as<bf16>(), dst.numel(), stream_);
+    } else {
+      LTRAIN_CHECK(false, "cuda copy converts only between f32 and bf16, got " << dtype_name(src.dtype)
+                              << " -> " << dtype_name(dst.dtype));
+    }
+  }
+  void zero(Tensor t) override { CUDA_CHECK(cudaMemsetAsync(t.data, 0, t.bytes(), stream_)); }
+  void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  size_t bytes_allocated() const override { return allocated_; }
+
+  // ---- matrix products ------------------------------------------------------------------------
+  void matmul(Tensor out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha,
+              float beta) override {
+    expect(a, DType::kBF16, "matmul", "a");
+    expect(b, DType::kBF16, "matmul", "b");
+    LTRAIN_CHECK(out.dtype == DType::kBF16 || out.dtype == DType::kF32,
+                 "cuda matmul: out must be bf16 or f32, got " << dtype_name(out.dtype));
+    LTRAIN_CHECK(out.shape.ndim == 2 && a.shape.ndim == 2 && b.shape.ndim == 2);
+    const int64_t M = trans_a ? a.shape.dims[1] : a.shape.dims[0];
+    const int64_t K = trans_a ? a.shape.dims[0] : a.shape.dims[1];
+    const int64_t Kb = trans_b ? b.shape.dims[1] : b.shape.dims[0];
+    const int64_t N = trans_b ? b.shape.dims[0] : b.shape.dims[1];
+    LTRAIN_CHECK(K == Kb && out.shape.dims[0] == M && out.shape.dims[1] == N,
+                 "matmul shapes: out " << out.shape.str() << " a " << a.shape.str() << (trans_a ? "^T" : "")
+                                       << " b " << b.shape.str() << (trans_b ? "^T" : ""));
+    matmul_->run(out.data, out.dtype == DType::kF32, a.as<bf16>(), b.as<bf16>(), int(M), int(N),
+                 int(K), trans_a, trans_b, alpha, beta, stream_);
+  }
+
+  // ---- transformer ops ------------------------------------------------------------------------
+  void embedding_forward(Tensor out, const Tensor& tokens, const Tensor& wte) override {
+    expect(tokens, DType::kI32, "embedding_forward", "tokens");
+    expect(out, wte.dtype, "embedding_forward", "out");
+    const int C = int(wte.shape.dims[1]), V = int(wte.shape.dims[0]);
+    LTRAIN_CHECK(out.numel() == tokens.numel() * C, "embedding_forward out " << out.shape.str());
+    dispatch_act(wte.dtype, "embedding_forward", [&](auto tag) {
+      using T = decltype(tag);
+      cuda::embedding_forward(out.as<T>(), tokens.as<int32_t>(), wte.as<T>(), int(tokens.numel()), C,
+                              V, stream_);
+    });
+  }
+
+  void embedding_backward(Tensor dwte, const Tensor& dout, const Tensor& tokens) override {
+    expect(dwte, DType::kF32, "embedding_backward", "dwte");
+    expect(tokens, DType::kI32, "embedding_backward", "tokens");
+    const int N = int(tokens.numel()), V = int(dwte.shape.dims[0]), C = int(dwte.shape.dims[1]);
+    LTRAIN_CHECK(dout.numel() == int64_t(N) * C, "embedding_backward dout " << dout.shape.str());
+    if (N == 0) return;
+    // Group rows by token with a stable counting sort on the host: (N) ids are tiny next to the
+    // (N, C) gradient, and grouping makes the sum over repeated tokens deterministic.
+    // host_ints_: ids (N) | order (N) | starts (U + 1) | seg_tokens (U), with U <= N.
+    host_ints_.resize(size_t(N) * 4 + 1);
+    int32_t* ids = host_ints_.data();
+    CUDA_CHECK(cudaMemcpyAsync(ids, tokens.data, size_t(N) * 4, cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    next_.assign(size_t(V) + 1, 0);
+    for (int n = 0; n < N; ++n) {
+      LTRAIN_CHECK(ids[n] >= 0 && ids[n] < V, "token id " << ids[n] << " outside the vocabulary of " << V);
+      ++next_[ids[n] + 1];
+    }
+    int U = 0;
+    for (int v = 0; v < V; ++v) {
+      U += next_[v + 1] > 0;
+      next_[v + 1] += next_[v];  // next_[v] = first slot of token v in `order`
+    }
+    int32_t* order = ids + N;
+    int32_t* starts = order + N;
+    int32_t* seg_tokens = starts + U + 1;
+    for (int v = 0, u = 0; v < V; ++v)
+      if (next_[v + 1] > next_[v]) {
+        starts[u] = next_[v];
+        seg_tokens[u] = v;
+        ++u;
+      }
+    starts[U] = N;
+    for (int n = 0; n < N; ++n) order[next_[ids[n]]++] = n;  // stable: rows in increasing order
+    const size_t ints = size_t(N) + size_t(U) + 1 + size_t(U);
+    auto* dev = static_cast<int32_t*>(int_scratch_.get(ints * 4, allocated_));
+    CUDA_CHECK(cudaMemcpyAsync(dev, order, ints * 4, cudaMemcpyHostToDevice, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));  // host_ints_ is reused by the next call
+    dispatch_act(dout.dtype, "embedding_backward", [&](auto tag) {
+      using T = decltype(tag);
+      cuda::embedding_backward(dwte.as<float>(), dout.as<T>(), dev, dev + N, dev + N + U + 1, U, C,
+                               stream_);
+    });
+  }
+
+  void rmsnorm_forward(Tensor out, Tensor rstd, const Tensor& inp, const Tensor& weight,
+                       float eps) override {
+    expect(rstd, DType::kF32, "rmsnorm_forward", "rstd");
+    expect(out, inp.dtype, "rmsnorm_forward", "out");
+    expect(weight, inp.dtype, "rmsnorm_forward", "weight");
+    const int C = int(weight.numel()), N = int(inp.numel() / C);
+    LTRAIN_CHECK(out.numel() == inp.numel() && rstd.numel() == N, "rmsnorm_forward shapes");
+    dispatch_act(inp.dtype, "rmsnorm_forward", [&](auto tag) {
+      using T = decltype(tag);
+      cuda::rmsnorm_forward(out.as<T>(), rstd.as<float>(), inp.as<T>(), weight.as<T>(), N, C, eps,
+                            stream_);
+    });
+  }
+
+  void rmsnorm_backward(Tensor dinp, Tensor dweight, const Tensor& dout, const Tensor& inp,
+                        const Tensor& weight, const Tensor& rstd) override {
+    expect(dweight, DType::kF32, "rmsnorm_backward", "dweight");
+    expect(rstd, DType::kF32, "rmsnorm_backward", "rstd");
+    expect_all({&dinp, &dout, &weight}, inp.dtype, "rmsnorm_backward",
+               "dinp/dout/weight");
+    const int C = int(weight.numel()), N = int(inp.numel() / C);
+    auto* scratch = static_cast<float*>(
+        float_scratch_.get(cuda::rmsnorm_backward_scratch_floats(N, C) * sizeof(float), allocated_));
+    dispatch_act(inp.dtype, "rmsnorm_backward", [&](auto tag) {
+      using T = decltype(tag);
+      cuda::rmsnorm_backward(dinp.as<T>(), dweight.as<float>(), dout.as<T>(), inp.as<T>(),
+                             weight.as<T>(), rstd.as<float>(), N, C, scratch, stream_);
+    });
+  }
+
+  void rope_forward(Tensor out, const Tensor& inp, const Tensor& freqs) override {
+    rope(out, inp, freqs, +1);
+  }
+  void rope_backward(Tensor dinp, const Tensor& dout, const Tensor& freqs) override {
+    rope(dinp, dout, freqs, -1);
+  }
+
+  void attention_forward(Tensor out, Tensor lse, const Tensor& q, const Tensor& k,
+                         const Tensor& v) override {
+    expect_all({&out, &q, &k, &v}, DType::kBF16, "attention_forward",
+               "q/k/v/out");
+    expect(lse, DType::kF32, "attention_forward", "lse");
+    const auto [B, Tn, H, KV, HD] = attention_dims(q, k, v);
+    LTRAIN_CHECK(out.shape == q.shape && lse.numel() == int64_t(B) * H * Tn, "attention_forward shapes");
+    cuda::attention_forward(out.as<bf16>(), lse.as<float>(), q.as<bf16>(), k.as<bf16>(),
+                            v.as<bf16>(), B, Tn, H, KV, HD, stream_);
+  }
+
+  void attention_backward(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Tensor& q,
+                          const Tensor& k, const Tensor& v, const Tensor& out,
+                          const Tensor& lse) override {
+    expect_all({&dq, &dk, &dv, &dout, &q, &k, &v, &out}, DType::kBF16, "attention_backward",
+               "q/k/v/out and their gradients");
+    expect(lse, DType::kF32, "attention_backward", "lse");
+    const auto [B, Tn, H, KV, HD] = attention_dims(q, k, v);
+    LTRAIN_CHECK(dq.shape == q.shape && dk.shape == k.shape && dv.shape == v.shape &&
+                 dout.shape == q.shape && out.shape == q.shape, "attention_backward shapes");
+    auto* scratch = static_cast<float*>(attn_scratch_.get(
+        cuda::attention_backward_scratch_floats(B, Tn, H) * sizeof(float), allocated_));
+    cuda::attention_backward(dq.as<bf16>(), dk.as<bf16>(), dv.as<bf16>(), dout.as<bf16>(),
+                             q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), out.as<bf16>(),
+                             lse.as<float>(), scratch, B, Tn, H, KV, HD, stream_);
+  }
+
+  void swiglu_forward(Tensor out, const Tensor& gate, const Tensor& up) override {
+    expect(out, gate.dtype, "swiglu_forward", "out");
+    expect(up, gate.dtype, "swiglu_forward", "up");
+    LTRAIN_CHECK(out.numel() == gate.numel() && up.numel() == gate.numel());
+    dispatch_act(gate.dtype, "swiglu_forward", [&](auto tag) {
+      using T = decltype(tag);
+      cuda::swiglu_forward(out.as<T>(), gate.as<T>(), up.as<T>(), out.numel(), stream_);
+    });
+  }
+  void swiglu_backward(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate,
+                       const Tensor& up) override {
+    expect_all({&dgate, &dup, &dout, &up}, gate.dtype, "swiglu_backward",
+               "all tensors");
+    LTRAIN_CHECK(dgate.numel() == gate.numel() && dup.numel() == gate.numel() &&
+                 dout.numel() == gate.numel() && up.numel() == gate.numel());
+    dispatch_act(gate.dtype, "swiglu_backward", [&](auto tag) {
+      using T = decltype(tag);
+      cuda::swiglu_backward(dgate.as<T>(), dup.as<T>(), dout.as<T>(), gate.as<T>(), up.as<T>(),
+                            gate.numel(), stream_);
+    });
+  }
+  void add(Tensor out, const Tensor& a, const Tensor& b) override {
+    expect(out, a.dtype, "add", "out");
+    expect(b, a.dtype, "add", "b");
+    LTRAIN_CHECK(a.numel() == out.numel() && b.numel() == out.numel());
+    dispatch_act(a.dtype, "add", [&](auto tag) {
+      using T = decltype(tag);
+      cuda::add(out.as<T>(), a.as<T>(), b.as<T>(), out.numel(), stream_);
+    });
+  }
+
+  void cross_entropy(Tensor losses, Tensor dlogits, const Tensor& logits, const Tensor& targets,
+                     float dloss) override {
+    expect(losses, DType::kF32, "cross_entropy", "losses");
+    expect(targets, DType::kI32, "cross_entropy", "targets");
+    if (dlogits.defined()) {
+      expect(dlogits, logits.dtype, "cross_entropy", "dlogits");
+      LTRAIN_CHECK(dlogits.numel() == logits.numel());
+    }
+    const int V = int(logits.shape.dims[logits.shape.ndim - 1]), N = int(targets.numel());
+    LTRAIN_CHECK(logits.numel() == int64_t(N) * V && losses.numel() == N, "cross_entropy shapes");
+    dispatch_act(logits.dtype, "cross_entropy", [&](auto tag) {
+      using T = decltype(tag);
+      cuda::cross_entropy(losses.as<float>(), dlogits.defined() ? dlogits.as<T>() : nullptr,
+                          logits.as<T>(), targets.as<int32_t>(), N, V, dloss, stream_);
+    });
+  }
+
+  // ---- optimizer ------------------------------------------------------------------------------
+  double sum_squares(const std::vector<Tensor>& tensors) override {
+    auto* partials = static_cast<double*>(
+        double_scratch_.get((cuda::kSumSquaresBlocks + 1) * sizeof(double), allocated_));
+    CUDA_CHECK(cudaMemsetAsync(partials, 0, cuda::kSumSquaresBlocks * sizeof(double), stream_));
+    for (const Tensor& t : tensors)
+      dispatch_act(t.dtype, "sum_squares", [&](auto tag) {
+        using T = decltype(tag);
+        cuda::sum_squares_accumulate(partials, t.as<T>(), t.numel(), stream_);
+      });
+    double* result = partials + cuda::kSumSquaresBlocks;
+    cuda::sum_partials(result, partials, stream_);
+    double host = 0;
+    CUDA_CHECK(cudaMemcpyAsync(&host, result, sizeof(double), cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return host;
+  }
+
+  void adamw_update(Tensor param, const Tensor& grad, Tensor m, Tensor v,
+                    const AdamWStep& s) override {
+    expect_all({&param, &grad, &m, &v}, DType::kF32, "adamw_update",
+               "param/grad/m/v");
+    LTRAIN_CHECK(grad.numel() == param.numel() && m.numel() == param.numel() && v.numel() == param.numel());
+    const double bc1 = 1.0 - std::pow(s.beta1, s.step), bc2 = 1.0 - std::pow(s.beta2, s.step);
+    cuda::adamw_update(param.as<float>(), grad.as<float>(), m.as<float>(), v.as<float>(),
+                       param.numel(), float(s.lr), float(s.beta1), float(s.beta2), float(s.eps),
+                       float(s.weight_decay), float(s.grad_scale), float(bc1), float(bc2), stream_);
+  }
+
+ private:
+  struct AttnDims {
+    int B, Tn, H, KV, HD;
+  };
+  static AttnDims attention_dims(const Tensor& q, const Tensor& k, const Tensor& v) {
+    LTRAIN_CHECK(q.shape.ndim == 4 && k.shape.ndim == 4 && k.shape == v.shape,
+                 "attention: q (B, T, H, HD), k and v (B, T, KV, HD), got q " << q.shape.str() << " k "
+                                                                              << k.shape.str() << " v " << v.shape.str());
+    const AttnDims d{int(q.shape.dims[0]), int(q.shape.dims[1]), int(q.shape.dims[2]),
+                     int(k.shape.dims[2]), int(q.shape.dims[3])};
+    LTRAIN_CHECK(k.shape.dims[0] == d.B && k.shape.dims[1] == d.Tn && k.shape.dims[3] == d.HD &&
+                 d.H % d.KV == 0, "attention: q " << q.shape.str() << " does not match k " << k.shape.str());
+    LTRAIN_CHECK(cuda::attention_supports_head_dim(d.HD),
+                 "the CUDA attention kernels support head dims 64 and 128, got " << d.HD);
+    return d;
+  }
+
+  void rope(Tensor out, const Tensor& inp, const Tensor& freqs, int sign) {
+    expect(out, inp.dtype, "rope", "out");
+    expect(freqs, DType::kF32, "rope", "freqs");
+    const auto& s = inp.shape;
+    LTRAIN_CHECK(s.ndim == 4 && out.numel() == inp.numel() && freqs.shape.dims[0] >= s.dims[1] &&
+                 freqs.numel() / freqs.shape.dims[0] == s.dims[3], "rope: inp " << s.str() << " freqs "
+                                                                                << freqs.shape.str());
+    dispatch_act(inp.dtype, "rope", [&](auto tag) {
+      using T = decltype(tag);
+      cuda::rope_rotate(out.as<T>(), inp.as<T>(), freqs.as<float>(), int(s.dims[0]), int(s.dims[1]),
+                        int(s.dims[2]), int(s.dims[3]), sign, stream_);
+    });
+  }
+
+  int device_;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<cuda::LtMatmul> matmul_;
+  size_t allocated_ = 0;
+  Scratch float_scratch_, int_scratch_, double_scratch_, attn_scratch_;
+  std::vector<char> staging_;           // host conversions
+  std::vector<int32_t> host_ints_;      // embedding_backward's grouping
+  std::vector<int32_t> next_;          // counting-sort slots
+};
+
+}  // namespace
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // no driver or no device: not an error for the caller
+    return 0;
+  }
+  return n;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device) {
+  const int n = cuda_device_count();
+  if (n == 0)
+    user_error("device: cuda was requested, but no CUDA GPU is visible (check nvidia-smi and ",
+               "CUDA_VISIBLE_DEVICES), or use device=cpu");
+  if (device < 0 || device >= n) user_error("CUDA device ", device, " does not exist; this machine has ", n);
+  return std::make_unique<CudaBackend>(device);
+}
+
+}  // namespace ltrain
+
+#else  // !LTRAIN_WITH_CUDA
+
+namespace ltrain {
+
+int cuda_device_count() { return 0; }
+
+std::unique_ptr<Backend> make_cuda_backend(int) {
+  user_error("device: cuda was requested, but this build has no CUDA backend (nvcc was not ",
+             "found at configure time); use device=cpu or device=auto");
+}
+
+}  // namespace ltrain
+
+#endif

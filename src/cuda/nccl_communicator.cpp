@@ -1,0 +1,137 @@
+#include "ltrain/parallel/nccl_communicator.h"
+
+#include "ltrain/core/check.h"
+
+#ifdef LTRAIN_WITH_CUDA
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <cstring>
+#include <vector>
+
+#include "common/cuda_check.cuh"
+
+#define NCCL_CHECK(call)                                                                   \
+  do {                                                                                     \
+    ncclResult_t nccl_rc_ = (call);                                                        \
+    if (nccl_rc_ != ncclSuccess)                                                           \
+      ::ltrain::fatal_error(__FILE__, __LINE__, __func__, #call, ncclGetErrorString(nccl_rc_)); \
+  } while (0)
+
+namespace ltrain {
+
+namespace {
+
+ncclDataType_t nccl_type(DType t) {
+  switch (t) {
+    case DType::kF32: return ncclFloat32;
+    case DType::kF64: return ncclFloat64;
+    case DType::kBF16: return ncclBfloat16;
+    case DType::kI32: return ncclInt32;
+  }
+  return ncclFloat32;
+}
+
+class NcclCommunicator final : public Communicator {
+ public:
+  NcclCommunicator(Communicator& bootstrap, int device) : boot_(bootstrap), device_(device) {
+    CUDA_CHECK(cudaSetDevice(device_));
+    ncclUniqueId id;
+    if (boot_.rank() == 0) NCCL_CHECK(ncclGetUniqueId(&id));
+    // The id travels as int32 words through the MPI bootstrap group.
+    std::vector<int32_t> words((sizeof(id) + 3) / 4, 0);
+    std::memcpy(words.data(), &id, sizeof(id));
+    Tensor t;
+    t.data = words.data();
+    t.dtype = DType::kI32;
+    t.shape = Shape{int64_t(words.size())};
+    boot_.broadcast(t, 0);
+    std::memcpy(&id, words.data(), sizeof(id));
+    NCCL_CHECK(ncclCommInitRank(&comm_, boot_.size(), id, boot_.rank()));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  }
+  ~NcclCommunicator() override {
+    for (auto e : events_) cudaEventDestroy(e);
+    cudaStreamDestroy(stream_);
+    ncclCommDestroy(comm_);
+  }
+  int rank() const override { return boot_.rank(); }
+  int size() const override { return boot_.size(); }
+  std::string name() const override { return "nccl"; }
+
+  void all_reduce_sum(Tensor buf) override { wait(all_reduce_sum_start(buf)); }
+  void reduce_scatter_sum(Tensor out, const Tensor& in) override {
+    LTRAIN_CHECK(in.numel() == out.numel() * size() && in.dtype == out.dtype, "reduce_scatter sizes");
+    NCCL_CHECK(ncclReduceScatter(in.data, out.data, size_t(out.numel()), nccl_type(out.dtype), ncclSum, comm_, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void all_gather(Tensor out, const Tensor& in) override {
+    LTRAIN_CHECK(out.numel() == in.numel() * size() && in.dtype == out.dtype, "all_gather sizes");
+    // In place when `in` is this rank's chunk of `out`, which NCCL supports directly.
+    NCCL_CHECK(ncclAllGather(in.data, out.data, size_t(in.numel()), nccl_type(in.dtype), comm_, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void broadcast(Tensor buf, int root) override {
+    NCCL_CHECK(ncclBroadcast(buf.data, buf.data, size_t(buf.numel()), nccl_type(buf.dtype), root, comm_, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  int all_reduce_sum_start(Tensor buf) override {
+    NCCL_CHECK(ncclAllReduce(buf.data, buf.data, size_t(buf.numel()), nccl_type(buf.dtype), ncclSum, comm_, stream_));
+    cudaEvent_t e;
+    CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventRecord(e, stream_));
+    events_.push_back(e);
+    done_.push_back(false);
+    return int(events_.size()) - 1;
+  }
+  void wait(int ticket) override {
+    LTRAIN_CHECK(ticket >= 0 && ticket < int(events_.size()), "unknown ticket " << ticket);
+    CUDA_CHECK(cudaEventSynchronize(events_[ticket]));
+    // NCCL reports errors of asynchronous operations here rather than at launch.
+    ncclResult_t async_err;
+    NCCL_CHECK(ncclCommGetAsyncError(comm_, &async_err));
+    NCCL_CHECK(async_err);
+    done_[ticket] = true;
+    // Tickets are reused once every outstanding operation has completed.
+    bool all_done = true;
+    for (bool d : done_) all_done = all_done && d;
+    if (all_done) {
+      for (auto e : events_) cudaEventDestroy(e);
+      events_.clear();
+      done_.clear();
+    }
+  }
+  double sum(double x) override { return boot_.sum(x); }
+  double max(double x) override { return boot_.max(x); }
+  void barrier() override {
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    boot_.barrier();
+  }
+
+ private:
+  Communicator& boot_;
+  int device_;
+  ncclComm_t comm_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  std::vector<cudaEvent_t> events_;
+  std::vector<bool> done_;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, int device) {
+  return std::make_unique<NcclCommunicator>(bootstrap, device);
+}
+
+}  // namespace ltrain
+
+#else  // no CUDA in this build
+
+namespace ltrain {
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator&, int) {
+  user_error("NCCL needs the CUDA backend, which this build does not have");
+}
+}  // namespace ltrain
+
+#endif

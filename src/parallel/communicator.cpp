@@ -1,0 +1,205 @@
+#include "ltrain/parallel/communicator.h"
+
+// The C API only: OpenMPI's deprecated C++ bindings would need libmpi_cxx.
+#define OMPI_SKIP_MPICXX 1
+#define MPICH_SKIP_MPICXX 1
+#include <mpi.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "ltrain/core/check.h"
+
+namespace ltrain {
+
+namespace {
+
+class SingleCommunicator final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  std::string name() const override { return "single"; }
+  void all_reduce_sum(Tensor) override {}
+  void reduce_scatter_sum(Tensor out, const Tensor& in) override { copy(out, in); }
+  void all_gather(Tensor out, const Tensor& in) override { copy(out, in); }
+  void broadcast(Tensor, int) override {}
+  int all_reduce_sum_start(Tensor) override { return 0; }
+  void wait(int) override {}
+  double sum(double x) override { return x; }
+  double max(double x) override { return x; }
+  void barrier() override {}
+
+ private:
+  static void copy(Tensor out, const Tensor& in) {
+    LTRAIN_CHECK(out.bytes() == in.bytes(), "single-rank collective size mismatch");
+    if (out.data != in.data) std::memcpy(out.data, in.data, in.bytes());
+  }
+};
+
+#define MPI_CHECK(call)                                                              \
+  do {                                                                               \
+    int mpi_rc_ = (call);                                                            \
+    if (mpi_rc_ != MPI_SUCCESS) {                                                    \
+      char mpi_msg_[MPI_MAX_ERROR_STRING];                                           \
+      int mpi_len_ = 0;                                                              \
+      MPI_Error_string(mpi_rc_, mpi_msg_, &mpi_len_);                                \
+      ::ltrain::fatal_error(__FILE__, __LINE__, __func__, #call, mpi_msg_);          \
+    }                                                                                \
+  } while (0)
+
+MPI_Datatype mpi_type(DType t) {
+  switch (t) {
+    case DType::kF32: return MPI_FLOAT;
+    case DType::kF64: return MPI_DOUBLE;
+    case DType::kI32: return MPI_INT;
+    case DType::kBF16: break;
+  }
+  LTRAIN_CHECK(false, "MPI collectives run on host fp32/fp64/i32 buffers, got " << dtype_name(t));
+  return MPI_DATATYPE_NULL;
+}
+
+// MPI on host buffers, for the CPU backend.
+class MpiCommunicator final : public Communicator {
+ public:
+  explicit MpiCommunicator(MPI_Comm comm) : comm_(comm) {
+    MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+    MPI_CHECK(MPI_Comm_size(comm_, &size_));
+  }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string name() const override { return "mpi"; }
+
+  void all_reduce_sum(Tensor buf) override {
+    if (size_ == 1) return;
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf.data, int(buf.numel()), mpi_type(buf.dtype), MPI_SUM, comm_));
+  }
+  void reduce_scatter_sum(Tensor out, const Tensor& in) override {
+    LTRAIN_CHECK(in.numel() == out.numel() * size_ && in.dtype == out.dtype, "reduce_scatter sizes");
+    MPI_CHECK(MPI_Reduce_scatter_block(in.data, out.data, int(out.numel()), mpi_type(out.dtype), MPI_SUM, comm_));
+  }
+  void all_gather(Tensor out, const Tensor& in) override {
+    LTRAIN_CHECK(out.numel() == in.numel() * size_ && in.dtype == out.dtype, "all_gather sizes");
+    const size_t chunk = in.bytes();
+    const void* own = static_cast<const char*>(out.data) + chunk * size_t(rank_);
+    const void* send = in.data == own ? MPI_IN_PLACE : in.data;
+    MPI_CHECK(MPI_Allgather(send, int(in.numel()), mpi_type(in.dtype), out.data, int(in.numel()),
+                            mpi_type(out.dtype), comm_));
+  }
+  void broadcast(Tensor buf, int root) override {
+    MPI_CHECK(MPI_Bcast(buf.data, int(buf.numel()), mpi_type(buf.dtype), root, comm_));
+  }
+  int all_reduce_sum_start(Tensor buf) override {
+    MPI_Request req = MPI_REQUEST_NULL;
+    if (size_ > 1)
+      MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf.data, int(buf.numel()), mpi_type(buf.dtype), MPI_SUM, comm_, &req));
+    requests_.push_back(req);
+    return int(requests_.size()) - 1;
+  }
+  void wait(int ticket) override {
+    LTRAIN_CHECK(ticket >= 0 && ticket < int(requests_.size()), "unknown ticket " << ticket);
+    MPI_CHECK(MPI_Wait(&requests_[ticket], MPI_STATUS_IGNORE));
+    // Tickets are reused once every outstanding request has completed.
+    bool all_done = true;
+    for (auto& r : requests_) all_done = all_done && r == MPI_REQUEST_NULL;
+    if (all_done) requests_.clear();
+  }
+  double sum(double x) override {
+    double y = x;
+    if (size_ > 1) MPI_CHECK(MPI_Allreduce(&x, &y, 1, MPI_DOUBLE, MPI_SUM, comm_));
+    return y;
+  }
+  double max(double x) override {
+    double y = x;
+    if (size_ > 1) MPI_CHECK(MPI_Allreduce(&x, &y, 1, MPI_DOUBLE, MPI_MAX, comm_));
+    return y;
+  }
+  void barrier() override { MPI_CHECK(MPI_Barrier(comm_)); }
+
+ private:
+  MPI_Comm comm_;
+  int rank_ = 0, size_ = 1;
+  std::vector<MPI_Request> requests_;
+};
+
+bool launched_by_mpi() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"})
+    if (std::getenv(v)) return true;
+  return false;
+}
+
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v ? std::atoi(v) : fallback;
+}
+
+ParallelContext* g_context = nullptr;
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_single_communicator() { return std::make_unique<SingleCommunicator>(); }
+
+ParallelContext& ParallelContext::init(int* argc, char*** argv) {
+  LTRAIN_CHECK(!g_context, "ParallelContext::init called twice");
+  g_context = new ParallelContext();
+  ParallelContext& c = *g_context;
+  if (launched_by_mpi()) {
+    MPI_CHECK(MPI_Init(argc, argv));
+    c.mpi_ = true;
+    MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &c.world_rank_));
+    MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &c.world_size_));
+    c.local_rank_ = env_int("OMPI_COMM_WORLD_LOCAL_RANK", env_int("SLURM_LOCALID", env_int("MPI_LOCALRANKID", 0)));
+    c.world_ = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD);
+  } else {
+    c.world_ = make_single_communicator();
+  }
+  set_error_rank(c.world_rank_);
+  c.setup_grid(c.world_size_, 1);
+  return c;
+}
+
+ParallelContext& ParallelContext::get() {
+  if (!g_context) {  // tests and tools that never called init(): one process
+    g_context = new ParallelContext();
+    g_context->world_ = make_single_communicator();
+    g_context->data_ = make_single_communicator();
+    g_context->tensor_ = make_single_communicator();
+  }
+  return *g_context;
+}
+
+void ParallelContext::setup_grid(int data, int tensor) {
+  if (data < 1 || tensor < 1 || data * tensor != world_size_)
+    user_error("the world of ", world_size_, " ranks does not factor as parallel.data (", data,
+               ") x parallel.tensor (", tensor, "); launch data x tensor ranks");
+  data_size_ = data;
+  tensor_size_ = tensor;
+  if (!mpi_) {
+    data_ = make_single_communicator();
+    tensor_ = make_single_communicator();
+    return;
+  }
+  // Tensor groups: consecutive ranks (color = data rank); data groups: same tensor rank.
+  MPI_Comm data_comm, tensor_comm;
+  MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, world_rank_ % tensor, world_rank_, &data_comm));
+  MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, world_rank_ / tensor, world_rank_, &tensor_comm));
+  data_ = std::make_unique<MpiCommunicator>(data_comm);
+  tensor_ = std::make_unique<MpiCommunicator>(tensor_comm);
+}
+
+void ParallelContext::abort(int code) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  if (mpi_ && world_size_ > 1) MPI_Abort(MPI_COMM_WORLD, code);
+  std::exit(code);
+}
+
+void ParallelContext::finalize() {
+  if (mpi_) {
+    data_.reset();
+    tensor_.reset();
+    MPI_Finalize();
+    mpi_ = false;
+  }
+}
+
+}  // namespace ltrain
