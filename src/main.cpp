@@ -20,6 +20,8 @@ const char* kUsage =
     "  eval              validation loss and perplexity of a checkpoint\n"
     "  generate          sample a continuation of a prompt from a checkpoint\n"
     "  config            show a resolved config, or the reference of every key\n"
+    "  ckpt info|verify  what a checkpoint holds / check its checksums\n"
+    "  bench             tokens/s, step time, memory and MFU of real training steps on synthetic tokens\n"
     "\n"
     "`ltrain <command> --help` lists a command's flags.\n";
 
@@ -54,8 +56,10 @@ int main(int argc, char** argv) {
     else if (cmd == "eval") rc = ltrain::cmd_eval(sub_argc, sub_argv);
     else if (cmd == "generate") rc = ltrain::cmd_generate(sub_argc, sub_argv);
     else if (cmd == "config") rc = ltrain::cmd_config(sub_argc, sub_argv);
+    else if (cmd == "bench") rc = ltrain::cmd_bench(sub_argc, sub_argv);
+    else if (cmd == "ckpt") rc = ltrain::cmd_ckpt(sub_argc, sub_argv);
     else
-      return fail(2, ("unknown command '" + cmd + "' (commands: tokenizer, prepare, train, eval, generate, config)").c_str());
+      return fail(2, ("unknown command '" + cmd + "' (commands: tokenizer, prepare, train, eval, generate, config, bench, ckpt)").c_str());
   } catch (const ltrain::UserError& e) {
     return fail(2, e.what());
   } catch (const std::exception& e) {

@@ -164,7 +164,7 @@ TEST(Config, DocsConfigReferenceIsCurrent) {
   std::ifstream in(std::string(LTRAIN_SOURCE_DIR) + "/docs/config.md");
   std::string doc((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_NE(doc.find(config_reference_markdown()), std::string::npos)
-      << "docs/config.md is stale: replace its table with the output of `ltrain config reference`";
+      << "docs/config.md is stale: run ./scripts/update_config_doc.sh";
 }
 
 TEST(Config, ReferenceListsEveryKey) {

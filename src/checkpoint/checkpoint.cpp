@@ -1,6 +1,9 @@
 #include "ltrain/checkpoint/checkpoint.h"
 
+#include <algorithm>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -26,9 +29,11 @@ nlohmann::json shape_json(const Shape& s) {
   return j;
 }
 
-// Serializes tensors as fp32 into one file; returns the meta.json entries.
+// Serializes tensors as fp32 into one file; returns the meta.json entries and adds the file's
+// size and CRC-32 to `files`.
 nlohmann::json write_tensors(Backend& be, const std::string& path, const std::string& file,
-                             const std::vector<std::pair<std::string, Tensor>>& tensors) {
+                             const std::vector<std::pair<std::string, Tensor>>& tensors,
+                             nlohmann::json& files) {
   nlohmann::json entries = nlohmann::json::array();
   std::vector<float> all, host;
   for (const auto& [name, t] : tensors) {
@@ -45,6 +50,7 @@ nlohmann::json write_tensors(Backend& be, const std::string& path, const std::st
                        {"crc32", crc32(host.data(), host.size() * sizeof(float))}});
   }
   write_file_atomic(path, all.data(), all.size() * sizeof(float));
+  files[file] = {{"bytes", all.size() * sizeof(float)}, {"crc32", crc32(all.data(), all.size() * sizeof(float))}};
   return entries;
 }
 
@@ -103,12 +109,12 @@ std::vector<std::pair<std::string, Tensor>> moment_tensors(LlamaModel& model, co
 
 }  // namespace
 
-std::string save_checkpoint(const std::string& run_dir, int step, const Config& cfg,
+std::string save_checkpoint(const std::string& run_dir, const TrainState& state, const Config& cfg,
                             LlamaModel& model, const Tensor* m_full, const Tensor* v_full,
-                            const nlohmann::json& data_state, const std::string& tokenizer_path) {
+                            const std::string& tokenizer_path) {
   const std::string root = path_join(run_dir, "checkpoints");
   make_dirs(root);
-  const std::string final_dir = path_join(root, step_dir_name(step));
+  const std::string final_dir = path_join(root, step_dir_name(state.step));
   const std::string tmp_dir = final_dir + ".tmp";
   remove_tree(tmp_dir);
   make_dirs(tmp_dir);
@@ -116,27 +122,95 @@ std::string save_checkpoint(const std::string& run_dir, int step, const Config& 
 
   std::vector<std::pair<std::string, Tensor>> weights;
   for (const auto& p : model.params()) weights.push_back({p.name, p.tensor});
-  nlohmann::json meta;
+  nlohmann::json meta, files = nlohmann::json::object();
   meta["format"] = kFormat;
   meta["version"] = kVersion;
-  meta["step"] = step;
+  meta["step"] = state.step;
+  meta["tokens"] = state.tokens;
+  meta["lr_schedule"] = {{"step", state.step}, {"total_steps", cfg.train.steps}};
   meta["config"] = config_to_json(cfg);
   meta["num_params"] = model.num_params();
+  meta["layout"] = state.layout;
   meta["shards"] = 1;
-  meta["data"] = data_state;
-  meta["tensors"] = write_tensors(be, path_join(tmp_dir, "model_00000.bin"), "model_00000.bin", weights);
+  meta["data"] = state.data;
+  meta["tensors"] = write_tensors(be, path_join(tmp_dir, "model_00000.bin"), "model_00000.bin", weights, files);
+  // Test hook (tests/scripts/test_resume_cli.sh): die between two files of the save of step N,
+  // as a kill -9 or a node failure during a save would.
+  if (const char* kill_at = std::getenv("LTRAIN_TEST_KILL_DURING_SAVE"); kill_at && std::atoi(kill_at) == state.step)
+    std::raise(SIGKILL);
   if (m_full && v_full)
     meta["optimizer"] = write_tensors(be, path_join(tmp_dir, "optim_00000.bin"), "optim_00000.bin",
-                                      moment_tensors(model, *m_full, *v_full));
+                                      moment_tensors(model, *m_full, *v_full), files);
   if (!tokenizer_path.empty() && file_exists(tokenizer_path)) {
     std::string tok = read_text_file(tokenizer_path);
     write_file_atomic(path_join(tmp_dir, "tokenizer.model"), tok.data(), tok.size());
+    files["tokenizer.model"] = {{"bytes", tok.size()}, {"crc32", crc32(tok.data(), tok.size())}};
     meta["tokenizer"] = "tokenizer.model";
   }
+  meta["files"] = files;
   write_text_file_atomic(path_join(tmp_dir, "meta.json"), meta.dump(2) + "\n");
   replace_directory(tmp_dir, final_dir);
-  write_text_file_atomic(path_join(root, "latest"), step_dir_name(step) + "\n");
+  write_text_file_atomic(path_join(root, "latest"), step_dir_name(state.step) + "\n");
   return final_dir;
+}
+
+void verify_checkpoint(const CheckpointInfo& info) {
+  const std::string meta_path = path_join(info.dir, "meta.json");
+  if (!info.meta.contains("files") || !info.meta["files"].is_object())
+    user_error(meta_path, ": has no file checksums");
+  for (const auto& [name, f] : info.meta["files"].items()) {
+    const std::string path = path_join(info.dir, name);
+    if (!file_exists(path)) user_error("checkpoint file missing: '", path, "'");
+    const uint64_t want = f.at("bytes").get<uint64_t>(), have = file_size(path);
+    if (have != want) user_error(path, ": truncated or damaged (", have, " bytes, meta.json says ", want, ")");
+    const std::string data = read_text_file(path);
+    if (crc32(data.data(), data.size()) != f.at("crc32").get<uint32_t>())
+      user_error(path, ": corrupt: checksum mismatch");
+  }
+}
+
+std::vector<int> list_checkpoint_steps(const std::string& run_dir) {
+  std::vector<int> steps;
+  const std::string root = path_join(run_dir, "checkpoints");
+  if (!is_directory(root)) return steps;
+  for (const auto& name : list_directory(root)) {
+    int step = -1;
+    char tail = 0;
+    // step_NNNNNNNN exactly: temporary (.tmp) and moved-aside (.old.*) directories are skipped.
+    if (std::sscanf(name.c_str(), "step_%d%c", &step, &tail) == 1 && name.size() == 13 &&
+        is_directory(path_join(root, name)))
+      steps.push_back(step);
+  }
+  std::sort(steps.rbegin(), steps.rend());
+  return steps;
+}
+
+std::optional<CheckpointInfo> find_latest_valid_checkpoint(const std::string& run_dir,
+                                                           std::vector<std::string>* warnings) {
+  for (int step : list_checkpoint_steps(run_dir)) {
+    const std::string dir = path_join(path_join(run_dir, "checkpoints"), step_dir_name(step));
+    try {
+      CheckpointInfo info = open_checkpoint(dir);
+      verify_checkpoint(info);
+      return info;
+    } catch (const UserError& e) {
+      if (warnings) warnings->push_back(std::string(e.what()) + "; skipping " + dir);
+    }
+  }
+  return std::nullopt;
+}
+
+std::vector<std::string> prune_checkpoints(const std::string& run_dir, int keep_last, int keep_every) {
+  std::vector<std::string> removed;
+  if (keep_last <= 0) return removed;
+  const std::vector<int> steps = list_checkpoint_steps(run_dir);  // newest first
+  for (size_t i = size_t(keep_last); i < steps.size(); ++i) {
+    if (keep_every > 0 && steps[i] % keep_every == 0) continue;
+    const std::string dir = path_join(path_join(run_dir, "checkpoints"), step_dir_name(steps[i]));
+    remove_tree(dir);
+    removed.push_back(dir);
+  }
+  return removed;
 }
 
 CheckpointInfo open_checkpoint(const std::string& path) {

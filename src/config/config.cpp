@@ -253,8 +253,12 @@ void validate_config(const Config& c, int dp_world) {
   positive("train.micro_batch_size", t.micro_batch_size);
   positive("train.global_batch_tokens", double(t.global_batch_tokens));
   positive("train.log_every", t.log_every);
-  if (t.val_every < 0 || t.val_batches < 0 || t.save_every < 0)
-    user_error("config keys train.val_every, train.val_batches and train.save_every must be >= 0");
+  if (t.val_every < 0 || t.val_batches < 0)
+    user_error("config keys train.val_every and train.val_batches must be >= 0");
+  if (t.max_runtime_minutes < 0) user_error("config key 'train.max_runtime_minutes' must be >= 0 (0 = no limit)");
+  const auto& ck = c.checkpoint;
+  if (ck.interval < 0 || ck.keep_last < 0 || ck.keep_every < 0)
+    user_error("config keys checkpoint.interval, checkpoint.keep_last and checkpoint.keep_every must be >= 0");
   if (t.run_dir.empty()) user_error("config key 'train.run_dir' must name a directory");
   if (t.recompute != "none" && t.recompute != "selective" && t.recompute != "full")
     user_error("config key 'train.recompute' must be none, selective or full, got '", t.recompute, "'");

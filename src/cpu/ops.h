@@ -324,11 +324,19 @@ void cross_entropy(S* losses,              // (N)
 
 // ---- optimizer ---------------------------------------------------------------------------------
 
+// Per-thread partial sums added in thread order: an OpenMP reduction combines partials in the
+// order threads arrive, which changes the last bits from run to run (and exact resume needs
+// bitwise-reproducible steps).
 template <class T>
 double sum_squares(const T* x, int64_t n) {
+  std::vector<double> partial(size_t(omp_get_max_threads()), 0.0);
+  parallel_chunks(n, [&](int64_t b, int64_t e) {
+    double s = 0;
+    for (int64_t i = b; i < e; ++i) s += double(x[i]) * double(x[i]);
+    partial[size_t(omp_get_thread_num())] = s;
+  });
   double s = 0;
-#pragma omp parallel for reduction(+ : s) schedule(static)
-  for (int64_t i = 0; i < n; ++i) s += double(x[i]) * double(x[i]);
+  for (double p : partial) s += p;
   return s;
 }
 

@@ -1,7 +1,10 @@
 #include "ltrain/train/trainer.h"
 
 #include <cmath>
+#include <csignal>
 #include <cstdarg>
+#include <cstdlib>
+#include <optional>
 #include <cstdio>
 #include <vector>
 
@@ -51,7 +54,27 @@ std::string fmt(const char* f, ...) {
 
 }  // namespace
 
-double run_training(const Config& cfg) {
+namespace {
+
+// Stop requests from SIGTERM, SIGINT and SIGUSR1 (preemption, Ctrl-C, Slurm's warning signal):
+// the loop finishes its step, saves and exits 0.
+volatile std::sig_atomic_t g_stop_signal = 0;
+extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+// Chooses the checkpoint to resume from: `auto` is the newest one in the run directory that
+// verifies (none: a fresh start), anything else is a checkpoint or run directory that must verify.
+std::optional<CheckpointInfo> pick_resume(const std::string& resume, const std::string& run_dir,
+                                          std::vector<std::string>& warnings) {
+  if (resume.empty()) return std::nullopt;
+  if (resume == "auto") return find_latest_valid_checkpoint(run_dir, &warnings);
+  CheckpointInfo info = open_checkpoint(resume);
+  verify_checkpoint(info);
+  return info;
+}
+
+}  // namespace
+
+double run_training(const Config& cfg, const std::string& resume) {
   const auto& tc = cfg.train;
   ParallelContext& par = ParallelContext::get();
   const int dp_size = resolve_parallel_layout(cfg, par.world_size());
@@ -59,6 +82,7 @@ double run_training(const Config& cfg) {
   par.setup_grid(dp_size, cfg.parallel.tensor);
   const int dp_rank = par.data_rank();
   const bool main_rank = par.is_main();
+  const double start_time = wall_time_seconds();
 
   if (cfg.data.path.empty())
     user_error("config key 'data.path' is required: a directory written by `ltrain prepare`");
@@ -69,17 +93,23 @@ double run_training(const Config& cfg) {
   DataLoader train_data(meta, Split::kTrain, B, T, cfg.data.shuffle, tc.seed, dp_rank, dp_size, cfg.data.verify);
   DataLoader val_data(meta, Split::kVal, B, T, false, tc.seed, dp_rank, dp_size, cfg.data.verify);
 
-  // A run directory that already holds checkpoints belongs to another run: refuse rather than mix
-  // its logs and checkpoints with this one's.
-  if (file_exists(path_join(tc.run_dir, "checkpoints/latest")))
-    user_error("train.run_dir '", tc.run_dir, "' already holds a run (checkpoints/latest); choose another "
-               "train.run_dir or remove the old run");
+  std::vector<std::string> resume_warnings;
+  const std::optional<CheckpointInfo> ck = pick_resume(resume, tc.run_dir, resume_warnings);
+  if (ck && ck->step >= tc.steps)
+    user_error("checkpoint '", ck->dir, "' is at step ", ck->step, ", not before train.steps = ",
+               tc.steps, "; raise train.steps to train further");
+  // Without resuming, a run directory that already holds checkpoints belongs to another run:
+  // refuse rather than mix its logs and checkpoints with this one's.
+  if (!ck && file_exists(path_join(tc.run_dir, "checkpoints/latest")))
+    user_error("train.run_dir '", tc.run_dir, "' already holds a run (checkpoints/latest); resume it with "
+               "--resume auto, choose another train.run_dir, or remove the old run");
   par.data().barrier();  // every rank has checked before rank 0 creates anything
   if (main_rank) {
     make_dirs(tc.run_dir);
     write_text_file_atomic(path_join(tc.run_dir, "config.json"), config_to_json(cfg).dump(2) + "\n");
   }
-  MetricsLogger log(tc.run_dir, main_rank);
+  MetricsLogger log(tc.run_dir, main_rank, /*append=*/ck.has_value());
+  for (const auto& w : resume_warnings) log.info("WARNING: corrupt or incomplete checkpoint: " + w);
   log.info("ltrain train: resolved config (saved to " + path_join(tc.run_dir, "config.json") + ")");
   log.info(config_to_text(cfg));
 
@@ -94,6 +124,18 @@ double run_training(const Config& cfg) {
   LlamaModel model(cfg.model, *backend, B, T, parse_recompute(tc.recompute), zero ? 64 * dp_size : 1);
   model.init_weights(tc.seed);  // the same seed on every rank: identical initial weights
   AdamW opt(cfg.optim, model, &dp, zero);
+  int start_step = 0;
+  if (ck) {
+    // Weights, moments and the data position; the schedule continues from the step. The
+    // checkpoint holds whole tensors, so any data-parallel layout (with or without ZeRO) reads it.
+    load_checkpoint_weights(*ck, model);
+    load_checkpoint_optimizer(*ck, model, opt);
+    if (!ck->meta.contains("data") || !ck->meta["data"].contains("train"))
+      user_error(path_join(ck->dir, "meta.json"), ": has no data loader position to resume from");
+    train_data.restore(LoaderState::from_json(ck->meta["data"]["train"]));
+    start_step = ck->step;
+    log.info(fmt("resumed from %s at step %d", ck->dir.c_str(), start_step));
+  }
   std::unique_ptr<GradReducer> reducer;
   if (dp_size > 1 && !zero) reducer = std::make_unique<GradReducer>(model, dp, cfg.parallel.bucket_mb);
   const int accum = cfg.grad_accum_steps(dp_size);
@@ -128,18 +170,25 @@ double run_training(const Config& cfg) {
     Tensor v = backend->alloc(model.param_buffer().shape, backend->master_dtype());
     opt.export_moments(m, v);  // collective under ZeRO
     if (main_rank) {
-      std::string dir = save_checkpoint(tc.run_dir, step, cfg, model, &m, &v,
-                                        {{"train", train_data.state().to_json()}}, meta.tokenizer_path);
+      TrainState state;
+      state.step = step;
+      state.tokens = int64_t(step) * tc.global_batch_tokens;
+      state.data = {{"train", train_data.state().to_json()}};
+      state.layout = {{"data", dp_size}, {"tensor", cfg.parallel.tensor}, {"zero", zero ? 1 : 0}};
+      std::string dir = save_checkpoint(tc.run_dir, state, cfg, model, &m, &v, meta.tokenizer_path);
       log.info(fmt("step %6d | saved %s (%.1fs)", step, dir.c_str(), wall_time_seconds() - t0));
+      for (const auto& gone : prune_checkpoints(tc.run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.keep_every))
+        log.info("removed old checkpoint " + gone);
     }
     backend->free(m);
     backend->free(v);
     dp.barrier();
   };
 
+  for (int sig : {SIGTERM, SIGINT, SIGUSR1}) std::signal(sig, on_stop_signal);
   std::vector<int32_t> in(size_t(B) * T), tg(size_t(B) * T);
-  double last_val = validate(0);
-  for (int step = 1; step <= tc.steps; ++step) {
+  double last_val = ck ? NAN : validate(0);
+  for (int step = start_step + 1; step <= tc.steps; ++step) {
     const double t0 = wall_time_seconds();
     model.zero_grads();
     double loss = 0;
@@ -159,15 +208,28 @@ double run_training(const Config& cfg) {
     if (!std::isfinite(loss))
       user_error("training diverged: loss is ", loss, " at step ", step,
                  "; lower optim.lr or raise optim.warmup_steps");
-    if (step % tc.log_every == 0 || step == 1 || step == tc.steps) {
+    if (step % tc.log_every == 0 || step == start_step + 1 || step == tc.steps) {
       log.info(fmt("step %6d/%d | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s (%.0f /rank) | %.1f ms",
                    step, tc.steps, loss, lr, st.grad_norm, tok_s, tok_s / par.world_size(), dt * 1e3));
       log.record({{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", st.grad_norm},
                   {"tokens_per_sec", tok_s}, {"tokens_per_sec_per_rank", tok_s / par.world_size()},
                   {"ms_per_step", dt * 1e3}, {"tokens", int64_t(step) * tc.global_batch_tokens}});
     }
+    // Every rank must stop at the same step: a signal or the time limit on any rank stops all.
+    const bool out_of_time = tc.max_runtime_minutes > 0 &&
+                             wall_time_seconds() - start_time > tc.max_runtime_minutes * 60.0;
+    // Test hook: behave as if SIGTERM arrived during step N (deterministic, unlike a real signal).
+    if (const char* at = std::getenv("LTRAIN_TEST_STOP_AT_STEP"); at && std::atoi(at) == step)
+      g_stop_signal = SIGTERM;
+    const int stop = int(dp.max(double(g_stop_signal ? g_stop_signal : (out_of_time ? -1 : 0))));
     if ((tc.val_every > 0 && step % tc.val_every == 0) || step == tc.steps) last_val = validate(step);
-    if ((tc.save_every > 0 && step % tc.save_every == 0) || step == tc.steps) save(step);
+    if (stop != 0 && step < tc.steps) {
+      log.info(stop > 0 ? fmt("step %6d | signal %d: saving and stopping", step, stop)
+                        : fmt("step %6d | train.max_runtime_minutes reached: saving and stopping", step));
+      save(step);
+      break;
+    }
+    if ((cfg.checkpoint.interval > 0 && step % cfg.checkpoint.interval == 0) || step == tc.steps) save(step);
   }
   return last_val;
 }

@@ -9,7 +9,9 @@
 // A checkpoint is written into `step_NNNNNNNN.tmp` and renamed when complete; RUN_DIR/checkpoints/
 // latest (a one-line file) is replaced last. An interrupted save never damages an older one.
 #pragma once
+#include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -26,11 +28,30 @@ struct CheckpointInfo {
   nlohmann::json meta;
 };
 
+// Where training stands, beyond the weights.
+struct TrainState {
+  int step = 0;               // optimizer steps done; the learning-rate schedule continues from here
+  int64_t tokens = 0;         // tokens trained on
+  nlohmann::json data;        // the data loader's position (a global window index)
+  nlohmann::json layout;      // the parallel layout that wrote the checkpoint
+};
+
 // Writes the model's weights and, when given, the AdamW moments (full buffers in the layout of
 // model.param_buffer(); see AdamW::export_moments). Returns the checkpoint directory written.
-std::string save_checkpoint(const std::string& run_dir, int step, const Config& cfg,
+std::string save_checkpoint(const std::string& run_dir, const TrainState& state, const Config& cfg,
                             LlamaModel& model, const Tensor* m_full, const Tensor* v_full,
-                            const nlohmann::json& data_state, const std::string& tokenizer_path);
+                            const std::string& tokenizer_path);
+
+// Checks every file's size and CRC-32 against meta.json; UserError naming the file.
+void verify_checkpoint(const CheckpointInfo& info);
+// Steps of the complete checkpoints in RUN_DIR/checkpoints, newest first.
+std::vector<int> list_checkpoint_steps(const std::string& run_dir);
+// The newest checkpoint that opens and verifies; each one skipped adds a warning.
+std::optional<CheckpointInfo> find_latest_valid_checkpoint(const std::string& run_dir,
+                                                           std::vector<std::string>* warnings);
+// Removes all but the newest keep_last checkpoints, sparing steps that are multiples of
+// keep_every. keep_last 0 keeps everything. Returns the directories removed.
+std::vector<std::string> prune_checkpoints(const std::string& run_dir, int keep_last, int keep_every);
 
 // `path` is a checkpoint directory (with meta.json) or a run directory (its latest checkpoint).
 // Validates meta.json; UserError naming the file otherwise.

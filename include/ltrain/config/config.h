@@ -57,7 +57,7 @@ struct TrainConfig {
   int log_every = 1;
   int val_every = 100;                // 0 disables periodic validation
   int val_batches = 20;               // micro-batches per validation; 0 = the whole val split
-  int save_every = 0;                 // 0 = only at the end
+  double max_runtime_minutes = 0;     // save and stop after this long; 0 = no limit
   std::string recompute = "none";     // none | selective | full
 };
 
@@ -65,6 +65,12 @@ struct DataConfig {
   std::string path;         // a directory written by `ltrain prepare`
   bool shuffle = true;
   bool verify = true;       // check shard checksums when opening
+};
+
+struct CheckpointConfig {
+  int interval = 0;    // save every N steps; 0 = only at the end (and on a stop signal)
+  int keep_last = 0;   // keep the newest N checkpoints; 0 = keep all
+  int keep_every = 0;  // also keep every checkpoint whose step is a multiple of N, for good
 };
 
 struct ParallelConfig {
@@ -81,6 +87,7 @@ struct Config {
   TrainConfig train;
   DataConfig data;
   ParallelConfig parallel;
+  CheckpointConfig checkpoint;
 
   // Derived: micro-batches per optimizer step for `dp_world` data-parallel ranks.
   int grad_accum_steps(int dp_world = 1) const;
@@ -126,12 +133,18 @@ void visit_config(C& c, V&& v) {
   v("train.val_every", c.train.val_every, "validate every N steps; 0 = only at the end");
   v("train.val_batches", c.train.val_batches,
     "micro-batches per validation, shared by the data-parallel ranks; 0 = the whole val split");
-  v("train.save_every", c.train.save_every, "checkpoint every N steps; 0 = only at the end");
+  v("train.max_runtime_minutes", c.train.max_runtime_minutes,
+    "finish the current step, save a checkpoint and exit 0 after this many minutes; 0 = no limit");
   v("train.recompute", c.train.recompute,
     "activation recomputation: none, selective (recompute norms and SwiGLU), full (recompute each layer)");
   v("data.path", c.data.path, "data directory written by `ltrain prepare`");
   v("data.shuffle", c.data.shuffle, "shuffle training windows (deterministic from train.seed)");
   v("data.verify", c.data.verify, "verify shard checksums when opening the data");
+  v("checkpoint.interval", c.checkpoint.interval,
+    "save a checkpoint every N steps; 0 = only at the end (and on SIGTERM/SIGINT/SIGUSR1)");
+  v("checkpoint.keep_last", c.checkpoint.keep_last, "keep only the newest N checkpoints; 0 = keep all");
+  v("checkpoint.keep_every", c.checkpoint.keep_every,
+    "besides the newest, keep for good every checkpoint whose step is a multiple of N; 0 = none");
   v("parallel.data", c.parallel.data, "data-parallel ranks; 0 = world size / parallel.tensor");
   v("parallel.tensor", c.parallel.tensor, "tensor-parallel ranks, consecutive ranks of a node");
   v("parallel.zero", c.parallel.zero, "1 = ZeRO-1: shard AdamW state and master weights over data-parallel ranks");
