@@ -21,9 +21,13 @@ __global__ void embedding_forward_row_per_block(T* out, const int32_t* tokens, c
   const int c = (blockIdx.y * blockDim.x + threadIdx.x) * VEC;
   if (c >= C) return;
   const int tok = tokens[n];
-  if (tok < 0 || tok >= V) __trap();  // an out-of-range id is a data bug; fail loudly
-  const T* src = wte + int64_t(tok) * C + c;
+  if (tok >= V) __trap();  // an out-of-range id is a data bug; fail loudly
   T* dst = out + int64_t(n) * C + c;
+  if (tok < 0) {  // a token owned by another vocabulary shard (tensor parallelism): a zero row
+    for (int j = 0; j < VEC && c + j < C; ++j) dst[j] = from_float<T>(0.f);
+    return;
+  }
+  const T* src = wte + int64_t(tok) * C + c;
   if constexpr (VEC > 1) {
     store_packed<T, VEC>(dst, load_packed<T, VEC>(src));
   } else {

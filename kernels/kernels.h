@@ -84,6 +84,13 @@ void cross_entropy(float* losses,           // (N)
                    const T* logits,         // (N, V)
                    const int32_t* targets,  // (N)
                    int N, int V, float dloss, cudaStream_t stream);
+// Vocabulary-parallel pieces (Backend::logsumexp_rows, Backend::cross_entropy_with_lse).
+template <class T>
+void logsumexp_rows(float* lse, const T* logits, int N, int V, cudaStream_t stream);
+template <class T>
+void cross_entropy_with_lse(float* losses, T* dlogits, const T* logits, const float* lse,
+                            const int32_t* targets, int N, int V, int vocab_offset, float dloss,
+                            cudaStream_t stream);
 
 // ---- reduce.cu ---------------------------------------------------------------------------------
 // Sum of squares in two fixed-order stages: sum_squares_accumulate adds each block's partial

@@ -29,44 +29,44 @@ nlohmann::json shape_json(const Shape& s) {
   return j;
 }
 
-// Serializes tensors as fp32 into one file; returns the meta.json entries and adds the file's
-// size and CRC-32 to `files`.
-nlohmann::json write_tensors(Backend& be, const std::string& path, const std::string& file,
-                             const std::vector<std::pair<std::string, Tensor>>& tensors,
+// Serializes whole tensors as fp32 into one file; returns the meta.json entries and adds the
+// file's size and CRC-32 to `files`.
+nlohmann::json write_tensors(const std::string& path, const std::string& file,
+                             const std::vector<HostTensor>& tensors, const std::string& suffix,
                              nlohmann::json& files) {
   nlohmann::json entries = nlohmann::json::array();
-  std::vector<float> all, host;
-  for (const auto& [name, t] : tensors) {
-    host.resize(size_t(t.numel()));
-    be.to_host(host.data(), DType::kF32, t);
+  std::vector<float> all;
+  for (const auto& t : tensors) {
     const uint64_t offset = all.size() * sizeof(float);
-    all.insert(all.end(), host.begin(), host.end());
-    entries.push_back({{"name", name},
+    all.insert(all.end(), t.data.begin(), t.data.end());
+    entries.push_back({{"name", t.name + suffix},
                        {"shape", shape_json(t.shape)},
                        {"dtype", "f32"},
                        {"file", file},
                        {"offset", offset},
-                       {"bytes", host.size() * sizeof(float)},
-                       {"crc32", crc32(host.data(), host.size() * sizeof(float))}});
+                       {"bytes", t.data.size() * sizeof(float)},
+                       {"crc32", crc32(t.data.data(), t.data.size() * sizeof(float))}});
   }
   write_file_atomic(path, all.data(), all.size() * sizeof(float));
   files[file] = {{"bytes", all.size() * sizeof(float)}, {"crc32", crc32(all.data(), all.size() * sizeof(float))}};
   return entries;
 }
 
-// Reads the tensors listed in `entries` into `targets` (matched by name).
-void read_tensors(Backend& be, const std::string& dir, const nlohmann::json& entries,
-                  const std::vector<std::pair<std::string, Tensor>>& targets) {
+// Reads the whole tensors the model's parameters name (plus `suffix`) from `entries`, checking
+// each shape against the model's and each checksum.
+std::map<std::string, std::vector<float>> read_tensors(const std::string& dir, const nlohmann::json& entries,
+                                                       const LlamaModel& model, const std::string& suffix) {
   std::map<std::string, const nlohmann::json*> by_name;
   for (const auto& e : entries) by_name[e.at("name").get<std::string>()] = &e;
   std::map<std::string, std::string> file_cache;
-  std::vector<float> host;
-  for (const auto& [name, t] : targets) {
+  std::map<std::string, std::vector<float>> out;
+  for (const auto& p : model.params()) {
+    const std::string name = p.name + suffix;
     auto it = by_name.find(name);
     if (it == by_name.end()) user_error(path_join(dir, "meta.json"), ": tensor '", name, "' is missing");
     const auto& e = *it->second;
     std::vector<int64_t> shape = e.at("shape").get<std::vector<int64_t>>();
-    Shape want = t.shape;
+    const Shape& want = p.global_shape;
     bool same = int(shape.size()) == want.ndim;
     for (int i = 0; same && i < want.ndim; ++i) same = shape[i] == want.dims[i];
     if (!same)
@@ -77,32 +77,14 @@ void read_tensors(Backend& be, const std::string& dir, const nlohmann::json& ent
     if (fc == file_cache.end()) fc = file_cache.emplace(file, read_text_file(file)).first;
     const std::string& data = fc->second;
     const uint64_t offset = e.at("offset").get<uint64_t>(), bytes = e.at("bytes").get<uint64_t>();
-    if (bytes != uint64_t(t.numel()) * 4 || offset + bytes > data.size())
+    if (bytes != uint64_t(want.numel()) * 4 || offset + bytes > data.size())
       user_error(file, ": truncated or inconsistent (tensor '", name, "' needs bytes ", offset, "..",
                  offset + bytes, ", file has ", data.size(), ")");
     if (crc32(data.data() + offset, bytes) != e.at("crc32").get<uint32_t>())
       user_error(file, ": corrupt: checksum mismatch in tensor '", name, "'");
-    host.resize(size_t(t.numel()));
-    std::memcpy(host.data(), data.data() + offset, bytes);
-    be.from_host(t, host.data(), DType::kF32);
-  }
-}
-
-// Views of full-size moment buffers (laid out like the parameter buffer), named per tensor.
-std::vector<std::pair<std::string, Tensor>> moment_tensors(LlamaModel& model, const Tensor& m_full,
-                                                           const Tensor& v_full) {
-  std::vector<std::pair<std::string, Tensor>> out;
-  const Tensor base = model.param_buffer();
-  for (const char* which : {"exp_avg", "exp_avg_sq"}) {
-    const Tensor& buf = std::string(which) == "exp_avg" ? m_full : v_full;
-    for (const auto& p : model.params()) {
-      int64_t off = (static_cast<const char*>(p.tensor.data) - static_cast<const char*>(base.data)) /
-                    int64_t(dtype_size(base.dtype));
-      Tensor t = buf;
-      t.data = static_cast<char*>(buf.data) + off * int64_t(dtype_size(buf.dtype));
-      t.shape = p.tensor.shape;
-      out.push_back({p.name + "." + which, t});
-    }
+    std::vector<float>& v = out[p.name];
+    v.resize(size_t(want.numel()));
+    std::memcpy(v.data(), data.data() + offset, bytes);
   }
   return out;
 }
@@ -110,18 +92,14 @@ std::vector<std::pair<std::string, Tensor>> moment_tensors(LlamaModel& model, co
 }  // namespace
 
 std::string save_checkpoint(const std::string& run_dir, const TrainState& state, const Config& cfg,
-                            LlamaModel& model, const Tensor* m_full, const Tensor* v_full,
-                            const std::string& tokenizer_path) {
+                            const std::vector<HostTensor>& weights, const std::vector<HostTensor>* exp_avg,
+                            const std::vector<HostTensor>* exp_avg_sq, const std::string& tokenizer_path) {
   const std::string root = path_join(run_dir, "checkpoints");
   make_dirs(root);
   const std::string final_dir = path_join(root, step_dir_name(state.step));
   const std::string tmp_dir = final_dir + ".tmp";
   remove_tree(tmp_dir);
   make_dirs(tmp_dir);
-  Backend& be = model.backend();
-
-  std::vector<std::pair<std::string, Tensor>> weights;
-  for (const auto& p : model.params()) weights.push_back({p.name, p.tensor});
   nlohmann::json meta, files = nlohmann::json::object();
   meta["format"] = kFormat;
   meta["version"] = kVersion;
@@ -129,18 +107,24 @@ std::string save_checkpoint(const std::string& run_dir, const TrainState& state,
   meta["tokens"] = state.tokens;
   meta["lr_schedule"] = {{"step", state.step}, {"total_steps", cfg.train.steps}};
   meta["config"] = config_to_json(cfg);
-  meta["num_params"] = model.num_params();
+  int64_t num_params = 0;
+  for (const auto& w : weights) num_params += int64_t(w.data.size());
+  meta["num_params"] = num_params;
   meta["layout"] = state.layout;
   meta["shards"] = 1;
   meta["data"] = state.data;
-  meta["tensors"] = write_tensors(be, path_join(tmp_dir, "model_00000.bin"), "model_00000.bin", weights, files);
+  meta["tensors"] = write_tensors(path_join(tmp_dir, "model_00000.bin"), "model_00000.bin", weights, "", files);
   // Test hook (tests/scripts/test_resume_cli.sh): die between two files of the save of step N,
   // as a kill -9 or a node failure during a save would.
   if (const char* kill_at = std::getenv("LTRAIN_TEST_KILL_DURING_SAVE"); kill_at && std::atoi(kill_at) == state.step)
     std::raise(SIGKILL);
-  if (m_full && v_full)
-    meta["optimizer"] = write_tensors(be, path_join(tmp_dir, "optim_00000.bin"), "optim_00000.bin",
-                                      moment_tensors(model, *m_full, *v_full), files);
+  if (exp_avg && exp_avg_sq) {
+    // exp_avg then exp_avg_sq, one file
+    std::vector<HostTensor> both = *exp_avg;
+    for (auto& t : both) t.name += ".exp_avg";
+    for (const auto& t : *exp_avg_sq) both.push_back({t.name + ".exp_avg_sq", t.shape, t.data});
+    meta["optimizer"] = write_tensors(path_join(tmp_dir, "optim_00000.bin"), "optim_00000.bin", both, "", files);
+  }
   if (!tokenizer_path.empty() && file_exists(tokenizer_path)) {
     std::string tok = read_text_file(tokenizer_path);
     write_file_atomic(path_join(tmp_dir, "tokenizer.model"), tok.data(), tok.size());
@@ -246,22 +230,32 @@ CheckpointInfo open_checkpoint(const std::string& path) {
 }
 
 void load_checkpoint_weights(const CheckpointInfo& info, LlamaModel& model) {
-  std::vector<std::pair<std::string, Tensor>> targets;
-  for (const auto& p : model.params()) targets.push_back({p.name, p.tensor});
-  read_tensors(model.backend(), info.dir, info.meta["tensors"], targets);
+  auto tensors = read_tensors(info.dir, info.meta["tensors"], model, "");
+  model.import_full(model.param_buffer(), [&](const std::string& n) -> const std::vector<float>& { return tensors.at(n); });
 }
 
-void load_checkpoint_optimizer(const CheckpointInfo& info, LlamaModel& model, AdamW& optimizer) {
-  if (!info.meta.contains("optimizer"))
-    user_error(path_join(info.dir, "meta.json"), ": has no optimizer state to resume from");
+void load_checkpoint_training_state(const CheckpointInfo& info, LlamaModel& model, AdamW& optimizer) {
+  const std::string meta_path = path_join(info.dir, "meta.json");
+  if (!info.meta.contains("optimizer")) user_error(meta_path, ": has no optimizer state to resume from");
   Backend& be = model.backend();
-  Tensor m = be.alloc(model.param_buffer().shape, be.master_dtype());
-  Tensor v = be.alloc(model.param_buffer().shape, be.master_dtype());
-  read_tensors(be, info.dir, info.meta["optimizer"], moment_tensors(model, m, v));
+  const Shape shape = model.param_buffer().shape;
+  // Whole tensors are read, each rank keeps its tensor-parallel part in a buffer laid out like
+  // the parameters, and the optimizer keeps its ZeRO shard of that.
+  Tensor w = be.alloc(shape, be.master_dtype()), m = be.alloc(shape, be.master_dtype()),
+         v = be.alloc(shape, be.master_dtype());
+  {
+    auto tensors = read_tensors(info.dir, info.meta["tensors"], model, "");
+    model.import_full(w, [&](const std::string& n) -> const std::vector<float>& { return tensors.at(n); });
+  }
+  for (auto [suffix, target] : {std::pair<const char*, Tensor>{".exp_avg", m}, {".exp_avg_sq", v}}) {
+    auto tensors = read_tensors(info.dir, info.meta["optimizer"], model, suffix);
+    model.import_full(target, [&](const std::string& n) -> const std::vector<float>& { return tensors.at(n); });
+  }
+  optimizer.import_weights(w);
   optimizer.import_moments(m, v);
+  be.free(w);
   be.free(m);
   be.free(v);
-  optimizer.sync_master_from_model();
 }
 
 }  // namespace ltrain

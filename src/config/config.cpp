@@ -285,8 +285,26 @@ int resolve_parallel_layout(const Config& c, int world_size) {
   if (data * p.tensor != world_size)
     user_error("the world of ", world_size, " ranks does not factor as parallel.data (", data,
                ") x parallel.tensor (", p.tensor, "); launch ", data * p.tensor, " ranks or change the layout");
-  if (p.tensor > 1)
-    user_error("parallel.tensor = ", p.tensor, ": tensor parallelism is not implemented yet; use parallel.tensor=1");
+  const auto& m = c.model;
+  const int tp = p.tensor;
+  if (tp > 1) {
+    if (m.num_attention_heads % tp != 0)
+      user_error("model.num_attention_heads (", m.num_attention_heads, ") must be divisible by parallel.tensor (", tp, ")");
+    if (m.kv_heads() < tp)
+      user_error("model.num_key_value_heads (", m.kv_heads(), ") is smaller than parallel.tensor (", tp,
+                 "): replicating KV heads is not supported; use parallel.tensor <= ", m.kv_heads());
+    if (m.kv_heads() % tp != 0)
+      user_error("model.num_key_value_heads (", m.kv_heads(), ") must be divisible by parallel.tensor (", tp, ")");
+    if (m.ffn_dim() % tp != 0)
+      user_error("model.intermediate_size (", m.ffn_dim(), ") must be divisible by parallel.tensor (", tp, ")");
+    if (m.vocab_size % tp != 0)
+      user_error("model.vocab_size (", m.vocab_size, ") must be divisible by parallel.tensor (", tp,
+                 "); pad it to a multiple, e.g. ", (m.vocab_size + tp - 1) / tp * tp);
+    const int64_t tokens = int64_t(c.train.micro_batch_size) * c.train.seq_len;
+    if (tokens % tp != 0)
+      user_error("micro_batch_size * seq_len (", tokens, ") must be divisible by parallel.tensor (", tp,
+                 ") for sequence parallelism");
+  }
   return data;
 }
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <cstdarg>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -133,6 +134,21 @@ std::vector<std::string> list_directory(const std::string& dir) {
   ::closedir(d);
   std::sort(names.begin(), names.end());
   return names;
+}
+
+std::string strfmt(const char* f, ...) {
+  va_list ap;
+  va_start(ap, f);
+  char buf[1024];
+  const int n = std::vsnprintf(buf, sizeof buf, f, ap);
+  va_end(ap);
+  if (n < int(sizeof buf)) return buf;
+  std::string out(size_t(n) + 1, '\0');
+  va_start(ap, f);
+  std::vsnprintf(out.data(), out.size(), f, ap);
+  va_end(ap);
+  out.resize(size_t(n));
+  return out;
 }
 
 double wall_time_seconds() {

@@ -167,6 +167,20 @@ class CpuBackend final : public Backend {
                        logits.as<T>(), targets.as<int32_t>(), int(targets.numel()), V, dloss);
   }
 
+  void logsumexp_rows(Tensor lse, const Tensor& logits) override {
+    check_dtype({&lse, &logits});
+    const int V = int(logits.shape.dims[logits.shape.ndim - 1]);
+    cpu::logsumexp_rows(lse.as<T>(), logits.as<T>(), int(lse.numel()), V);
+  }
+  void cross_entropy_with_lse(Tensor losses, Tensor dlogits, const Tensor& logits, const Tensor& lse,
+                              const Tensor& targets, int vocab_offset, float dloss) override {
+    check_dtype({&losses, &logits, &lse});
+    const int V = int(logits.shape.dims[logits.shape.ndim - 1]);
+    cpu::cross_entropy_with_lse(losses.as<T>(), dlogits.defined() ? dlogits.as<T>() : nullptr,
+                                logits.as<T>(), lse.as<T>(), targets.as<int32_t>(),
+                                int(targets.numel()), V, vocab_offset, dloss);
+  }
+
   double sum_squares(const std::vector<Tensor>& tensors) override {
     double s = 0;
     for (const auto& t : tensors) s += cpu::sum_squares(t.as<T>(), t.numel());

@@ -43,11 +43,14 @@ void parallel_chunks(int64_t n, F f) {
 
 template <class T>
 void embedding_forward(T* out,               // (N, C)
-                       const int32_t* tokens,  // (N)
+                       const int32_t* tokens,  // (N), negative: a zero row
                        const T* wte,           // (V, C)
                        int N, int C) {
 #pragma omp parallel for schedule(static)
-  for (int n = 0; n < N; ++n) std::copy_n(wte + int64_t(tokens[n]) * C, C, out + int64_t(n) * C);
+  for (int n = 0; n < N; ++n) {
+    if (tokens[n] < 0) std::fill_n(out + int64_t(n) * C, C, T(0));
+    else std::copy_n(wte + int64_t(tokens[n]) * C, C, out + int64_t(n) * C);
+  }
 }
 
 template <class T>
@@ -58,6 +61,7 @@ void embedding_backward(T* dwte,              // (V, C) +=
   // Split by columns: rows with the same token would race.
   parallel_chunks(C, [&](int64_t c0, int64_t c1) {
     for (int n = 0; n < N; ++n) {
+      if (tokens[n] < 0) continue;  // another vocabulary shard's token
       T* dst = dwte + int64_t(tokens[n]) * C;
       const T* src = dout + int64_t(n) * C;
       for (int64_t c = c0; c < c1; ++c) dst[c] += src[c];
@@ -318,6 +322,38 @@ void cross_entropy(S* losses,              // (N)
     for (int i = 0; i < V; ++i) {
       double p = std::exp(double(x[i]) - lse);
       dx[i] = T((p - (i == tgt ? 1.0 : 0.0)) * dloss);
+    }
+  }
+}
+
+// Vocabulary-parallel pieces (see Backend::logsumexp_rows and cross_entropy_with_lse).
+template <class T, class S>
+void logsumexp_rows(S* lse, const T* logits, int N, int V) {
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; ++n) {
+    const T* x = logits + int64_t(n) * V;
+    double m = -INFINITY, sum = 0;
+    for (int i = 0; i < V; ++i) m = std::max(m, double(x[i]));
+    for (int i = 0; i < V; ++i) sum += std::exp(double(x[i]) - m);
+    lse[n] = S(m + std::log(sum));
+  }
+}
+
+template <class T, class S>
+void cross_entropy_with_lse(S* losses, T* dlogits, const T* logits, const S* lse,
+                            const int32_t* targets, int N, int V, int vocab_offset, double dloss) {
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; ++n) {
+    const T* x = logits + int64_t(n) * V;
+    const int tgt = targets[n] - vocab_offset;  // this shard's column, if it owns the target
+    const bool ignored = targets[n] < 0, owned = !ignored && tgt >= 0 && tgt < V;
+    const double L = double(lse[n]);
+    losses[n] = owned ? S(L - double(x[tgt])) : S(0);
+    if (!dlogits) continue;
+    T* dx = dlogits + int64_t(n) * V;
+    for (int i = 0; i < V; ++i) {
+      const double g = ignored ? 0.0 : (std::exp(double(x[i]) - L) - (i == tgt && owned ? 1.0 : 0.0)) * dloss;
+      dx[i] = T(g);
     }
   }
 }

@@ -210,9 +210,13 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaMemcpyAsync(ids, tokens.data, size_t(N) * 4, cudaMemcpyDeviceToHost, stream_));
     CUDA_CHECK(cudaStreamSynchronize(stream_));
     next_.assign(size_t(V) + 1, 0);
+    // Negative ids belong to another vocabulary shard (tensor parallelism): no gradient here.
+    int kept = 0;
     for (int n = 0; n < N; ++n) {
-      LTRAIN_CHECK(ids[n] >= 0 && ids[n] < V, "token id " << ids[n] << " outside the vocabulary of " << V);
+      LTRAIN_CHECK(ids[n] < V, "token id " << ids[n] << " outside the vocabulary of " << V);
+      if (ids[n] < 0) continue;
       ++next_[ids[n] + 1];
+      ++kept;
     }
     int U = 0;
     for (int v = 0; v < V; ++v) {
@@ -228,8 +232,9 @@ class CudaBackend final : public Backend {
         seg_tokens[u] = v;
         ++u;
       }
-    starts[U] = N;
-    for (int n = 0; n < N; ++n) order[next_[ids[n]]++] = n;  // stable: rows in increasing order
+    starts[U] = kept;
+    for (int n = 0; n < N; ++n)
+      if (ids[n] >= 0) order[next_[ids[n]]++] = n;  // stable: rows in increasing order
     const size_t ints = size_t(N) + size_t(U) + 1 + size_t(U);
     auto* dev = static_cast<int32_t*>(int_scratch_.get(ints * 4, allocated_));
     CUDA_CHECK(cudaMemcpyAsync(dev, order, ints * 4, cudaMemcpyHostToDevice, stream_));
@@ -350,6 +355,30 @@ class CudaBackend final : public Backend {
       using T = decltype(tag);
       cuda::cross_entropy(losses.as<float>(), dlogits.defined() ? dlogits.as<T>() : nullptr,
                           logits.as<T>(), targets.as<int32_t>(), N, V, dloss, stream_);
+    });
+  }
+  void logsumexp_rows(Tensor lse, const Tensor& logits) override {
+    expect(lse, DType::kF32, "logsumexp_rows", "lse");
+    const int V = int(logits.shape.dims[logits.shape.ndim - 1]), N = int(lse.numel());
+    LTRAIN_CHECK(logits.numel() == int64_t(N) * V, "logsumexp_rows shapes");
+    dispatch_act(logits.dtype, "logsumexp_rows", [&](auto tag) {
+      using T = decltype(tag);
+      cuda::logsumexp_rows(lse.as<float>(), logits.as<T>(), N, V, stream_);
+    });
+  }
+  void cross_entropy_with_lse(Tensor losses, Tensor dlogits, const Tensor& logits, const Tensor& lse,
+                              const Tensor& targets, int vocab_offset, float dloss) override {
+    expect(losses, DType::kF32, "cross_entropy_with_lse", "losses");
+    expect(lse, DType::kF32, "cross_entropy_with_lse", "lse");
+    expect(targets, DType::kI32, "cross_entropy_with_lse", "targets");
+    if (dlogits.defined()) expect(dlogits, logits.dtype, "cross_entropy_with_lse", "dlogits");
+    const int V = int(logits.shape.dims[logits.shape.ndim - 1]), N = int(targets.numel());
+    LTRAIN_CHECK(logits.numel() == int64_t(N) * V && losses.numel() == N, "cross_entropy_with_lse shapes");
+    dispatch_act(logits.dtype, "cross_entropy_with_lse", [&](auto tag) {
+      using T = decltype(tag);
+      cuda::cross_entropy_with_lse(losses.as<float>(), dlogits.defined() ? dlogits.as<T>() : nullptr,
+                                   logits.as<T>(), lse.as<float>(), targets.as<int32_t>(), N, V,
+                                   vocab_offset, dloss, stream_);
     });
   }
 

@@ -61,6 +61,10 @@ class NcclCommunicator final : public Communicator {
   std::string name() const override { return "nccl"; }
 
   void all_reduce_sum(Tensor buf) override { wait(all_reduce_sum_start(buf)); }
+  void all_reduce_max(Tensor buf) override {
+    NCCL_CHECK(ncclAllReduce(buf.data, buf.data, size_t(buf.numel()), nccl_type(buf.dtype), ncclMax, comm_, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
   void reduce_scatter_sum(Tensor out, const Tensor& in) override {
     LTRAIN_CHECK(in.numel() == out.numel() * size() && in.dtype == out.dtype, "reduce_scatter sizes");
     NCCL_CHECK(ncclReduceScatter(in.data, out.data, size_t(out.numel()), nccl_type(out.dtype), ncclSum, comm_, stream_));

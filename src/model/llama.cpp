@@ -1,6 +1,8 @@
-// The LLaMA forward and backward passes as explicit op calls. Shapes use N = B*T.
-// Residual adds are folded into the matrix products: the residual is copied into the output and
-// the projection accumulates onto it (beta = 1), which saves a pass over (N, C).
+// The LLaMA forward and backward passes as explicit op calls. Shapes use N = B*T rows, Ns = N/P
+// rows per tensor-parallel rank in the sequence-parallel regions, and the per-rank head and
+// column counts Hl, KVl, FFl, Vl (equal to H, KV, FF, V without tensor parallelism).
+// Without tensor parallelism residual adds are folded into the matrix products: the residual is
+// copied into the output and the projection accumulates onto it (beta = 1), saving a pass.
 #include "ltrain/model/llama.h"
 
 #include <cmath>
@@ -29,19 +31,30 @@ Tensor prefix(const Tensor& buf, Shape shape) {
   return t;
 }
 Tensor as2d(const Tensor& t, int64_t rows) { return t.view({rows, t.numel() / rows}); }
+Tensor rows(const Tensor& t, int64_t n) { return t.slice_rows(0, n); }
 }  // namespace
 
 LlamaModel::LlamaModel(const ModelConfig& cfg, Backend& backend, int max_batch, int max_seq,
-                       Recompute recompute, int64_t buffer_multiple)
-    : cfg_(cfg), backend_(backend), max_batch_(max_batch), max_seq_(max_seq), recompute_(recompute) {
+                       Recompute recompute, int64_t buffer_multiple, Communicator* tp,
+                       Communicator* tp_host)
+    : cfg_(cfg), backend_(backend), max_batch_(max_batch), max_seq_(max_seq), recompute_(recompute),
+      tp_(tp), tp_host_(tp_host ? tp_host : tp) {
+  if (tp_) {
+    P_ = tp_->size();
+    p_ = tp_->rank();
+  }
   C_ = cfg.hidden_size;
-  H_ = cfg.num_attention_heads;
-  KV_ = cfg.kv_heads();
   HD_ = cfg.head_dim();
-  FF_ = cfg.ffn_dim();
-  V_ = cfg.vocab_size;
   L_ = cfg.num_hidden_layers;
-  LTRAIN_CHECK(C_ % H_ == 0 && H_ % KV_ == 0 && HD_ % 2 == 0, "validate_config() first");
+  const int H = cfg.num_attention_heads, KV = cfg.kv_heads(), FF = cfg.ffn_dim(), V = cfg.vocab_size;
+  LTRAIN_CHECK(C_ % H == 0 && H % KV == 0 && HD_ % 2 == 0, "validate_config() first");
+  LTRAIN_CHECK(H % P_ == 0 && KV % P_ == 0 && FF % P_ == 0 && V % P_ == 0,
+               "resolve_parallel_layout() first: sizes must divide by the tensor-parallel size");
+  Hl_ = H / P_;
+  KVl_ = KV / P_;
+  FFl_ = FF / P_;
+  Vl_ = V / P_;
+  vocab_offset_ = p_ * Vl_;
 
   // Parameters and gradients: one flat buffer each, with identical layouts. A dry run of the
   // layout on a null buffer gives the size.
@@ -78,41 +91,46 @@ int64_t LlamaModel::build_param_views(Tensor buf, Weights& w, std::vector<NamedT
   const DType dt = buf.defined() ? buf.dtype : backend_.compute_dtype();
   char* base = static_cast<char*>(buf.data);
   int64_t off = 0;
-  auto take = [&](const std::string& name, Shape s, bool decay) {
+  // shard_dim: which dimension of the global shape is split over the tensor-parallel ranks.
+  auto take = [&](const std::string& name, Shape global, int shard_dim, bool decay) {
+    Shape local = global;
+    if (shard_dim >= 0) local.dims[shard_dim] /= P_;
     Tensor t;
     t.data = base + off * int64_t(dtype_size(dt));
     t.dtype = dt;
-    t.shape = s;
-    off = align_up(off + s.numel());
-    if (named) named->push_back({name, t, decay});
+    t.shape = local;
+    off = align_up(off + local.numel());
+    if (named) named->push_back({name, t, decay, P_ > 1 ? shard_dim : -1, global});
     return t;
   };
+  const int64_t H = cfg_.num_attention_heads, KV = cfg_.kv_heads(), FF = cfg_.ffn_dim(), V = cfg_.vocab_size;
   if (named) named->clear();
-  w.wte = take("model.embed_tokens.weight", {V_, C_}, true);
+  w.wte = take("model.embed_tokens.weight", {V, C_}, 0, true);
   w.layers.resize(L_);
   unit_begin_.assign(L_ + 1, 0);
   for (int l = 0; l < L_; ++l) {
     unit_begin_[l] = off;
     auto& lw = w.layers[l];
     const std::string p = "model.layers." + std::to_string(l) + ".";
-    lw.attn_norm = take(p + "input_layernorm.weight", {C_}, false);
-    lw.wq = take(p + "self_attn.q_proj.weight", {int64_t(H_) * HD_, C_}, true);
-    lw.wk = take(p + "self_attn.k_proj.weight", {int64_t(KV_) * HD_, C_}, true);
-    lw.wv = take(p + "self_attn.v_proj.weight", {int64_t(KV_) * HD_, C_}, true);
-    lw.wo = take(p + "self_attn.o_proj.weight", {C_, int64_t(H_) * HD_}, true);
-    lw.mlp_norm = take(p + "post_attention_layernorm.weight", {C_}, false);
-    lw.w1 = take(p + "mlp.gate_proj.weight", {FF_, C_}, true);
-    lw.w3 = take(p + "mlp.up_proj.weight", {FF_, C_}, true);
-    lw.w2 = take(p + "mlp.down_proj.weight", {C_, FF_}, true);
+    lw.attn_norm = take(p + "input_layernorm.weight", {C_}, -1, false);
+    lw.wq = take(p + "self_attn.q_proj.weight", {H * HD_, C_}, 0, true);
+    lw.wk = take(p + "self_attn.k_proj.weight", {KV * HD_, C_}, 0, true);
+    lw.wv = take(p + "self_attn.v_proj.weight", {KV * HD_, C_}, 0, true);
+    lw.wo = take(p + "self_attn.o_proj.weight", {C_, H * HD_}, 1, true);
+    lw.mlp_norm = take(p + "post_attention_layernorm.weight", {C_}, -1, false);
+    lw.w1 = take(p + "mlp.gate_proj.weight", {FF, C_}, 0, true);
+    lw.w3 = take(p + "mlp.up_proj.weight", {FF, C_}, 0, true);
+    lw.w2 = take(p + "mlp.down_proj.weight", {C_, FF}, 1, true);
   }
   unit_begin_[L_] = off;
-  w.final_norm = take("model.norm.weight", {C_}, false);
-  w.lm_head = cfg_.tie_word_embeddings ? w.wte : take("lm_head.weight", {V_, C_}, true);
+  w.final_norm = take("model.norm.weight", {C_}, -1, false);
+  w.lm_head = cfg_.tie_word_embeddings ? w.wte : take("lm_head.weight", {V, C_}, 0, true);
   return off;
 }
 
 void LlamaModel::alloc_activations() {
   const int64_t N = int64_t(max_batch_) * max_seq_;
+  const int64_t Ns = (N + P_ - 1) / P_;
   const DType act = backend_.compute_dtype(), stat = backend_.master_dtype();
   auto alloc = [&](Shape s, DType dt) {
     owned_.push_back(backend_.alloc(s, dt));
@@ -123,43 +141,55 @@ void LlamaModel::alloc_activations() {
     LayerActs a;
     const bool full = recompute_ == Recompute::kFull && share;
     const bool sel = recompute_ != Recompute::kNone && share;
-    a.rstd1 = full ? share->rstd1 : alloc({N}, stat);
+    a.rstd1 = full ? share->rstd1 : alloc({Ns}, stat);
     a.ln1 = sel ? share->ln1 : alloc({N, C_}, act);
-    a.q = full ? share->q : alloc({max_batch_, max_seq_, H_, HD_}, act);
-    a.k = full ? share->k : alloc({max_batch_, max_seq_, KV_, HD_}, act);
-    a.v = full ? share->v : alloc({max_batch_, max_seq_, KV_, HD_}, act);
-    a.att = full ? share->att : alloc({max_batch_, max_seq_, H_, HD_}, act);
-    a.lse = full ? share->lse : alloc({max_batch_, H_, max_seq_}, stat);
-    a.x2 = full ? share->x2 : alloc({N, C_}, act);
-    a.rstd2 = full ? share->rstd2 : alloc({N}, stat);
+    a.q = full ? share->q : alloc({max_batch_, max_seq_, Hl_, HD_}, act);
+    a.k = full ? share->k : alloc({max_batch_, max_seq_, KVl_, HD_}, act);
+    a.v = full ? share->v : alloc({max_batch_, max_seq_, KVl_, HD_}, act);
+    a.att = full ? share->att : alloc({max_batch_, max_seq_, Hl_, HD_}, act);
+    a.lse = full ? share->lse : alloc({max_batch_, Hl_, max_seq_}, stat);
+    a.x2 = full ? share->x2 : alloc({Ns, C_}, act);
+    a.rstd2 = full ? share->rstd2 : alloc({Ns}, stat);
     a.ln2 = sel ? share->ln2 : alloc({N, C_}, act);
-    a.gate = full ? share->gate : alloc({N, FF_}, act);
-    a.up = full ? share->up : alloc({N, FF_}, act);
-    a.h = sel ? share->h : alloc({N, FF_}, act);
+    a.gate = full ? share->gate : alloc({N, FFl_}, act);
+    a.up = full ? share->up : alloc({N, FFl_}, act);
+    a.h = sel ? share->h : alloc({N, FFl_}, act);
     return a;
   };
   acts_.clear();
   acts_.push_back(make_layer(nullptr));
   for (int l = 1; l < L_; ++l) acts_.push_back(make_layer(&acts_[0]));
-  for (int l = 0; l <= L_; ++l) resid_.push_back(alloc({N, C_}, act));
+  for (int l = 0; l <= L_; ++l) resid_.push_back(alloc({Ns, C_}, act));
   tokens_ = alloc({N}, DType::kI32);
   targets_ = alloc({N}, DType::kI32);
-  rstdf_ = alloc({N}, stat);
+  rstdf_ = alloc({Ns}, stat);
   lnf_ = alloc({N, C_}, act);
-  // The head works on chunks of rows so that the (rows, V) logits stay small (at most ~16M
+  lnf_local_ = P_ > 1 ? alloc({Ns, C_}, act) : lnf_;
+  // The head works on chunks of rows so that the (rows, Vl) logits stay small (at most ~16M
   // elements) whatever the batch.
-  head_chunk_ = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(1) << 24) / V_));
-  logits_ = alloc({head_chunk_, V_}, act);
+  head_chunk_ = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(1) << 24) / Vl_));
+  logits_ = alloc({head_chunk_, Vl_}, act);
   losses_ = alloc({N}, stat);
-  dres_ = alloc({N, C_}, act);
+  dres_ = alloc({Ns, C_}, act);
   dln_ = alloc({N, C_}, act);
-  datt_ = alloc({N, int64_t(H_) * HD_}, act);
-  dq_ = alloc({max_batch_, max_seq_, H_, HD_}, act);
-  dk_ = alloc({max_batch_, max_seq_, KV_, HD_}, act);
-  dv_ = alloc({max_batch_, max_seq_, KV_, HD_}, act);
-  dh_ = alloc({N, FF_}, act);
-  dgate_ = alloc({N, FF_}, act);
-  dup_ = alloc({N, FF_}, act);
+  if (P_ > 1) {
+    lse_ = alloc({head_chunk_}, stat);
+    ln_local_ = alloc({Ns, C_}, act);
+    partial_ = alloc({N, C_}, act);
+    reduced_ = alloc({Ns, C_}, act);
+    dres_full_ = alloc({N, C_}, act);
+    dln_local_ = alloc({Ns, C_}, act);
+  } else {
+    dres_full_ = dres_;
+    dln_local_ = dln_;
+  }
+  datt_ = alloc({N, int64_t(Hl_) * HD_}, act);
+  dq_ = alloc({max_batch_, max_seq_, Hl_, HD_}, act);
+  dk_ = alloc({max_batch_, max_seq_, KVl_, HD_}, act);
+  dv_ = alloc({max_batch_, max_seq_, KVl_, HD_}, act);
+  dh_ = alloc({N, FFl_}, act);
+  dgate_ = alloc({N, FFl_}, act);
+  dup_ = alloc({N, FFl_}, act);
 }
 
 size_t LlamaModel::activation_bytes() const {
@@ -172,16 +202,26 @@ void LlamaModel::init_weights(uint64_t seed) {
   std::mt19937_64 rng(seed);
   const double std = cfg_.initializer_range;
   const double out_std = std / std::sqrt(2.0 * L_);  // residual-branch outputs, GPT-2 style
-  std::vector<double> host;
+  std::vector<double> whole;
   for (const auto& p : params_) {
-    host.assign(size_t(p.tensor.numel()), 1.0);
+    // The whole tensor is drawn on every rank, so the weights do not depend on the layout.
+    whole.assign(size_t(p.global_shape.numel()), 1.0);
     if (p.decay) {  // a weight matrix
       bool out_proj = p.name.find("o_proj") != std::string::npos ||
                       p.name.find("down_proj") != std::string::npos;
       std::normal_distribution<double> dist(0.0, out_proj ? out_std : std);
-      for (auto& x : host) x = dist(rng);
+      for (auto& x : whole) x = dist(rng);
     }
-    backend_.from_host(p.tensor, host.data(), DType::kF64);
+    std::vector<double> part(size_t(p.tensor.numel()));
+    const int64_t rows = p.tensor.shape.dims[0], cols = p.tensor.numel() / std::max<int64_t>(rows, 1);
+    const int64_t gcols = p.global_shape.numel() / p.global_shape.dims[0];
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) {
+        const int64_t gr = p.shard_dim == 0 ? p_ * rows + r : r;
+        const int64_t gc = p.shard_dim == 1 ? p_ * cols + c : c;
+        part[size_t(r * cols + c)] = whole[size_t(gr * gcols + gc)];
+      }
+    backend_.from_host(p.tensor, part.data(), DType::kF64);
   }
 }
 
@@ -193,6 +233,71 @@ int64_t LlamaModel::num_params() const {
 
 void LlamaModel::zero_grads() { backend_.zero(grad_buf_); }
 
+void LlamaModel::reduce_replicated_grads() {
+  if (P_ == 1) return;
+  for (const auto& g : grads_)
+    if (g.shard_dim < 0) tp_->all_reduce_sum(g.tensor);
+}
+
+std::vector<HostTensor> LlamaModel::export_full(const Tensor& flat) {
+  std::vector<HostTensor> out;
+  const Tensor base = param_buf_;
+  for (const auto& p : params_) {
+    const int64_t off = (static_cast<const char*>(p.tensor.data) - static_cast<const char*>(base.data)) /
+                        int64_t(dtype_size(base.dtype));
+    Tensor t = flat;
+    t.data = static_cast<char*>(flat.data) + off * int64_t(dtype_size(flat.dtype));
+    t.shape = p.tensor.shape;
+    HostTensor h{p.name, p.global_shape, std::vector<float>(size_t(p.global_shape.numel()))};
+    std::vector<float> mine(size_t(t.numel()));
+    backend_.to_host(mine.data(), DType::kF32, t);
+    if (p.shard_dim < 0) {
+      h.data = std::move(mine);
+    } else {
+      // Gather every rank's part (rank order), then place each part's rows or columns.
+      std::vector<float> parts(size_t(t.numel()) * P_);
+      Tensor in{mine.data(), DType::kF32, Shape{t.numel()}};
+      Tensor all{parts.data(), DType::kF32, Shape{t.numel() * P_}};
+      tp_host_->all_gather(all, in);
+      const int64_t rows = t.shape.dims[0], cols = t.numel() / rows;
+      const int64_t gcols = p.global_shape.numel() / p.global_shape.dims[0];
+      for (int q = 0; q < P_; ++q)
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < cols; ++c) {
+            const int64_t gr = p.shard_dim == 0 ? q * rows + r : r;
+            const int64_t gc = p.shard_dim == 1 ? q * cols + c : c;
+            h.data[size_t(gr * gcols + gc)] = parts[size_t(q * t.numel() + r * cols + c)];
+          }
+    }
+    out.push_back(std::move(h));
+  }
+  return out;
+}
+
+void LlamaModel::import_full(Tensor flat,
+                             const std::function<const std::vector<float>&(const std::string&)>& get) {
+  const Tensor base = param_buf_;
+  for (const auto& p : params_) {
+    const int64_t off = (static_cast<const char*>(p.tensor.data) - static_cast<const char*>(base.data)) /
+                        int64_t(dtype_size(base.dtype));
+    Tensor t = flat;
+    t.data = static_cast<char*>(flat.data) + off * int64_t(dtype_size(flat.dtype));
+    t.shape = p.tensor.shape;
+    const std::vector<float>& whole = get(p.name);
+    LTRAIN_CHECK(int64_t(whole.size()) == p.global_shape.numel(), "import_full " << p.name);
+    std::vector<float> part(size_t(t.numel()));
+    const int64_t rows = t.shape.dims[0], cols = t.numel() / rows;
+    const int64_t gcols = p.global_shape.numel() / p.global_shape.dims[0];
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) {
+        const int64_t gr = p.shard_dim == 0 ? p_ * rows + r : r;
+        const int64_t gc = p.shard_dim == 1 ? p_ * cols + c : c;
+        part[size_t(r * cols + c)] = whole[size_t(gr * gcols + gc)];
+      }
+    backend_.from_host(t, part.data(), DType::kF32);
+  }
+}
+
 std::pair<int64_t, int64_t> LlamaModel::grad_unit_range(int unit) const {
   LTRAIN_CHECK(unit >= 0 && unit < num_grad_units(), "unit " << unit);
   if (unit == 0) return {unit_begin_[L_], grad_buf_.numel()};  // head: final norm, lm_head, padding
@@ -201,26 +306,74 @@ std::pair<int64_t, int64_t> LlamaModel::grad_unit_range(int unit) const {
   return {unit_begin_[l], unit_begin_[l + 1]};
 }
 
-Tensor LlamaModel::rows(const Tensor& t, int64_t n) const { return t.slice_rows(0, n); }
+int64_t LlamaModel::local_rows(int64_t N) const {
+  LTRAIN_CHECK(N % P_ == 0, "B*T = " << N << " must divide by the tensor-parallel size " << P_);
+  return N / P_;
+}
 
 LlamaModel::LayerActs LlamaModel::acts_for(int l, int B, int T) const {
   const LayerActs& s = acts_[l];
-  const int64_t N = int64_t(B) * T;
+  const int64_t N = int64_t(B) * T, Ns = local_rows(N);
   LayerActs a;
-  a.rstd1 = prefix(s.rstd1, {N});
+  a.rstd1 = prefix(s.rstd1, {Ns});
   a.ln1 = prefix(s.ln1, {N, C_});
-  a.q = prefix(s.q, {B, T, H_, HD_});
-  a.k = prefix(s.k, {B, T, KV_, HD_});
-  a.v = prefix(s.v, {B, T, KV_, HD_});
-  a.att = prefix(s.att, {B, T, H_, HD_});
-  a.lse = prefix(s.lse, {B, H_, T});
-  a.x2 = prefix(s.x2, {N, C_});
-  a.rstd2 = prefix(s.rstd2, {N});
+  a.q = prefix(s.q, {B, T, Hl_, HD_});
+  a.k = prefix(s.k, {B, T, KVl_, HD_});
+  a.v = prefix(s.v, {B, T, KVl_, HD_});
+  a.att = prefix(s.att, {B, T, Hl_, HD_});
+  a.lse = prefix(s.lse, {B, Hl_, T});
+  a.x2 = prefix(s.x2, {Ns, C_});
+  a.rstd2 = prefix(s.rstd2, {Ns});
   a.ln2 = prefix(s.ln2, {N, C_});
-  a.gate = prefix(s.gate, {N, FF_});
-  a.up = prefix(s.up, {N, FF_});
-  a.h = prefix(s.h, {N, FF_});
+  a.gate = prefix(s.gate, {N, FFl_});
+  a.up = prefix(s.up, {N, FFl_});
+  a.h = prefix(s.h, {N, FFl_});
   return a;
+}
+
+// ---- tensor-parallel regions --------------------------------------------------------------------
+
+void LlamaModel::gather_rows(Tensor full, const Tensor& local) {
+  if (P_ == 1) {
+    if (full.data != local.data) backend_.copy(full, local);
+    return;
+  }
+  backend_.synchronize();
+  tp_->all_gather(full, local);
+}
+
+void LlamaModel::reduce_scatter_rows(Tensor local, const Tensor& full) {
+  if (P_ == 1) {
+    if (full.data != local.data) backend_.copy(local, full);
+    return;
+  }
+  backend_.synchronize();
+  tp_->reduce_scatter_sum(local, full);
+}
+
+void LlamaModel::norm_gathered(Tensor out_full, Tensor rstd, const Tensor& x, const Tensor& weight) {
+  const float eps = float(cfg_.rms_norm_eps);
+  if (P_ == 1) {
+    backend_.rmsnorm_forward(out_full, rstd, x, weight, eps);
+    return;
+  }
+  Tensor local = prefix(ln_local_, x.shape);
+  backend_.rmsnorm_forward(local, rstd, x, weight, eps);
+  gather_rows(out_full, local);
+}
+
+void LlamaModel::add_row_parallel(Tensor out, const Tensor& resid, const Tensor& in, const Tensor& w) {
+  Backend& be = backend_;
+  if (P_ == 1) {
+    be.copy(out, resid);
+    be.matmul(out, in, w, false, true, 1.0f, 1.0f);  // out = resid + in @ w^T
+    return;
+  }
+  const int64_t N = in.shape.dims[0];
+  Tensor partial = prefix(partial_, {N, C_}), reduced = prefix(reduced_, out.shape);
+  be.matmul(partial, in, w, false, true);  // (N, C): this rank's heads' (or columns') share
+  reduce_scatter_rows(reduced, partial);   // (Ns, C): summed over ranks, this rank's rows
+  be.add(out, resid, reduced);
 }
 
 // ---- forward -----------------------------------------------------------------------------------
@@ -229,37 +382,32 @@ void LlamaModel::layer_forward(int l, const LayerActs& a, const Tensor& x, Tenso
   Backend& be = backend_;
   const LayerWeights& lw = w_.layers[l];
   const int64_t N = int64_t(B) * T;
-  const float eps = float(cfg_.rms_norm_eps);
   // attention block
-  be.rmsnorm_forward(a.ln1, a.rstd1, x, lw.attn_norm, eps);
-  be.matmul(as2d(a.q, N), a.ln1, lw.wq, false, true);  // (N, H*HD) = (N, C) @ (H*HD, C)^T
-  be.matmul(as2d(a.k, N), a.ln1, lw.wk, false, true);  // (N, KV*HD)
-  be.matmul(as2d(a.v, N), a.ln1, lw.wv, false, true);  // (N, KV*HD)
+  norm_gathered(a.ln1, a.rstd1, x, lw.attn_norm);        // (N, C), all rows
+  be.matmul(as2d(a.q, N), a.ln1, lw.wq, false, true);   // (N, Hl*HD) = (N, C) @ (Hl*HD, C)^T
+  be.matmul(as2d(a.k, N), a.ln1, lw.wk, false, true);   // (N, KVl*HD)
+  be.matmul(as2d(a.v, N), a.ln1, lw.wv, false, true);   // (N, KVl*HD)
   be.rope_forward(a.q, a.q, freqs_);
   be.rope_forward(a.k, a.k, freqs_);
   be.attention_forward(a.att, a.lse, a.q, a.k, a.v);
-  be.copy(a.x2, x);
-  be.matmul(a.x2, as2d(a.att, N), lw.wo, false, true, 1.0f, 1.0f);  // x2 = x + att @ wo^T
+  add_row_parallel(a.x2, x, as2d(a.att, N), lw.wo);      // x2 = x + att @ wo^T
   // MLP block
-  be.rmsnorm_forward(a.ln2, a.rstd2, a.x2, lw.mlp_norm, eps);
-  be.matmul(a.gate, a.ln2, lw.w1, false, true);  // (N, FF)
-  be.matmul(a.up, a.ln2, lw.w3, false, true);    // (N, FF)
+  norm_gathered(a.ln2, a.rstd2, a.x2, lw.mlp_norm);
+  be.matmul(a.gate, a.ln2, lw.w1, false, true);  // (N, FFl)
+  be.matmul(a.up, a.ln2, lw.w3, false, true);    // (N, FFl)
   be.swiglu_forward(a.h, a.gate, a.up);
   if (!y.defined()) return;  // recomputation needs no layer output
-  be.copy(y, a.x2);
-  be.matmul(y, a.h, lw.w2, false, true, 1.0f, 1.0f);  // y = x2 + h @ w2^T
+  add_row_parallel(y, a.x2, a.h, lw.w2);         // y = x2 + h @ w2^T
 }
 
 void LlamaModel::layer_recompute(int l, const LayerActs& a, const Tensor& x, int B, int T) {
-  Backend& be = backend_;
   const LayerWeights& lw = w_.layers[l];
-  const float eps = float(cfg_.rms_norm_eps);
   switch (recompute_) {
     case Recompute::kNone: return;
     case Recompute::kSelective:
-      be.rmsnorm_forward(a.ln1, a.rstd1, x, lw.attn_norm, eps);
-      be.rmsnorm_forward(a.ln2, a.rstd2, a.x2, lw.mlp_norm, eps);
-      be.swiglu_forward(a.h, a.gate, a.up);
+      norm_gathered(a.ln1, a.rstd1, x, lw.attn_norm);
+      norm_gathered(a.ln2, a.rstd2, a.x2, lw.mlp_norm);
+      backend_.swiglu_forward(a.h, a.gate, a.up);
       return;
     case Recompute::kFull: layer_forward(l, a, x, Tensor{}, B, T); return;
   }
@@ -268,34 +416,62 @@ void LlamaModel::layer_recompute(int l, const LayerActs& a, const Tensor& x, int
 void LlamaModel::forward_trunk(const int32_t* tokens, int B, int T) {
   LTRAIN_CHECK(B <= max_batch_ && T <= max_seq_, "batch " << B << "x" << T << " exceeds the model's "
                                                           << max_batch_ << "x" << max_seq_);
-  const int64_t N = int64_t(B) * T;
-  backend_.from_host(rows(tokens_, N), tokens, DType::kI32);
-  backend_.embedding_forward(rows(resid_[0], N), rows(tokens_, N), w_.wte);
+  const int64_t N = int64_t(B) * T, Ns = local_rows(N);
+  // The vocabulary-parallel embedding: ids of other shards become -1 (a zero row).
+  std::vector<int32_t> local(tokens, tokens + N);
+  if (P_ > 1)
+    for (auto& t : local) t = (t >= vocab_offset_ && t < vocab_offset_ + Vl_) ? t - vocab_offset_ : -1;
+  backend_.from_host(rows(tokens_, N), local.data(), DType::kI32);
+  Tensor emb = P_ == 1 ? rows(resid_[0], N) : prefix(partial_, {N, C_});
+  backend_.embedding_forward(emb, rows(tokens_, N), w_.wte);
+  reduce_scatter_rows(rows(resid_[0], Ns), emb);
   for (int l = 0; l < L_; ++l)
-    layer_forward(l, acts_for(l, B, T), rows(resid_[l], N), rows(resid_[l + 1], N), B, T);
-  backend_.rmsnorm_forward(rows(lnf_, N), rows(rstdf_, N), rows(resid_[L_], N), w_.final_norm,
+    layer_forward(l, acts_for(l, B, T), rows(resid_[l], Ns), rows(resid_[l + 1], Ns), B, T);
+  backend_.rmsnorm_forward(rows(lnf_local_, Ns), rows(rstdf_, Ns), rows(resid_[L_], Ns), w_.final_norm,
                            float(cfg_.rms_norm_eps));
+  gather_rows(rows(lnf_, N), rows(lnf_local_, Ns));
 }
 
 double LlamaModel::head(int64_t N, bool backward, double dloss_scale) {
   Backend& be = backend_;
+  std::vector<double> part_lse, gmax, sum;
   for (int64_t r0 = 0; r0 < N; r0 += head_chunk_) {
     const int64_t n = std::min(head_chunk_, N - r0);
     Tensor logits = rows(logits_, n);
     Tensor lnf = lnf_.slice_rows(r0, n);
-    be.matmul(logits, lnf, w_.lm_head, false, true);  // (n, V) = (n, C) @ (V, C)^T
-    be.cross_entropy(losses_.slice_rows(r0, n), backward ? logits : Tensor{}, logits,
-                     targets_.slice_rows(r0, n), float(dloss_scale));
+    Tensor losses = losses_.slice_rows(r0, n), targets = targets_.slice_rows(r0, n);
+    be.matmul(logits, lnf, w_.lm_head, false, true);  // (n, Vl) = (n, C) @ (Vl, C)^T
+    if (P_ == 1) {
+      be.cross_entropy(losses, backward ? logits : Tensor{}, logits, targets, float(dloss_scale));
+    } else {
+      // Vocabulary-parallel: each rank's logsumexp over its columns, merged over the ranks on
+      // the host (n values), then loss and gradient from the full rows' logsumexp.
+      Tensor lse = rows(lse_, n);
+      be.logsumexp_rows(lse, logits);
+      part_lse.resize(n);
+      be.to_host(part_lse.data(), DType::kF64, lse);
+      gmax = part_lse;
+      tp_host_->all_reduce_max(Tensor{gmax.data(), DType::kF64, Shape{n}});
+      sum.resize(n);
+      for (int64_t i = 0; i < n; ++i) sum[i] = std::exp(part_lse[i] - gmax[i]);
+      tp_host_->all_reduce_sum(Tensor{sum.data(), DType::kF64, Shape{n}});
+      for (int64_t i = 0; i < n; ++i) sum[i] = gmax[i] + std::log(sum[i]);
+      be.from_host(lse, sum.data(), DType::kF64);
+      be.cross_entropy_with_lse(losses, backward ? logits : Tensor{}, logits, lse, targets,
+                                vocab_offset_, float(dloss_scale));
+    }
     if (backward) {  // logits now hold dlogits
-      be.matmul(dln_.slice_rows(r0, n), logits, w_.lm_head, false, false);      // (n, C)
-      be.matmul(dw_.lm_head, logits, lnf, true, false, 1.0f, 1.0f);          // (V, C) +=
+      be.matmul(dln_.slice_rows(r0, n), logits, w_.lm_head, false, false);  // (n, C), partial over vocab
+      be.matmul(dw_.lm_head, logits, lnf, true, false, 1.0f, 1.0f);      // (Vl, C) +=
     }
   }
+  if (backward) reduce_scatter_rows(rows(dln_local_, local_rows(N)), rows(dln_, N));  // d(lnf)
   std::vector<double> host(N);
   be.to_host(host.data(), DType::kF64, rows(losses_, N));
-  double sum = 0;
-  for (double x : host) sum += x;
-  return sum;
+  double total = 0;
+  for (double x : host) total += x;
+  // Under tensor parallelism each row's loss sits on the rank owning its target.
+  return P_ > 1 ? tp_host_->sum(total) : total;
 }
 
 double LlamaModel::forward_loss(const int32_t* tokens, const int32_t* targets, int B, int T) {
@@ -306,10 +482,11 @@ double LlamaModel::forward_loss(const int32_t* tokens, const int32_t* targets, i
 }
 
 std::vector<float> LlamaModel::forward_last_logits(const int32_t* tokens, int T) {
+  LTRAIN_CHECK(P_ == 1, "generation runs without tensor parallelism");
   forward_trunk(tokens, 1, T);
   Tensor logits = rows(logits_, 1);
   backend_.matmul(logits, lnf_.slice_rows(T - 1, 1), w_.lm_head, false, true);
-  std::vector<float> host(V_);
+  std::vector<float> host(Vl_);
   backend_.to_host(host.data(), DType::kF32, logits);
   return host;
 }
@@ -321,56 +498,61 @@ void LlamaModel::layer_backward(int l, const LayerActs& a, const Tensor& x, Tens
   Backend& be = backend_;
   const LayerWeights& lw = w_.layers[l];
   const LayerWeights& dlw = dw_.layers[l];
-  const int64_t N = int64_t(B) * T;
-  Tensor dln = rows(dln_, N), datt = rows(datt_, N);
-  Tensor dh = rows(dh_, N), dgate = rows(dgate_, N), dup = rows(dup_, N);
-  Tensor dq = prefix(dq_, {B, T, H_, HD_}), dk = prefix(dk_, {B, T, KV_, HD_}),
-         dv = prefix(dv_, {B, T, KV_, HD_});
+  const int64_t N = int64_t(B) * T, Ns = local_rows(N);
+  Tensor dres_full = rows(dres_full_, N), dln = rows(dln_, N), dln_local = rows(dln_local_, Ns);
+  Tensor datt = rows(datt_, N), dh = rows(dh_, N), dgate = rows(dgate_, N), dup = rows(dup_, N);
+  Tensor dq = prefix(dq_, {B, T, Hl_, HD_}), dk = prefix(dk_, {B, T, KVl_, HD_}),
+         dv = prefix(dv_, {B, T, KVl_, HD_});
   // MLP block: y = x2 + h @ w2^T, h = silu(gate) * up, gate/up = ln2 @ w1^T / w3^T
-  be.matmul(dh, dres, lw.w2, false, false);                    // (N, FF) = (N, C) @ (C, FF)
-  be.matmul(dlw.w2, dres, a.h, true, false, 1.0f, 1.0f);       // (C, FF) += (N, C)^T @ (N, FF)
+  gather_rows(dres_full, dres);                                 // conjugate of the reduce-scatter
+  be.matmul(dh, dres_full, lw.w2, false, false);                // (N, FFl) = (N, C) @ (C, FFl)
+  be.matmul(dlw.w2, dres_full, a.h, true, false, 1.0f, 1.0f);   // (C, FFl) += (N, C)^T @ (N, FFl)
   be.swiglu_backward(dgate, dup, dh, a.gate, a.up);
-  be.matmul(dln, dgate, lw.w1, false, false);                  // (N, C) = (N, FF) @ (FF, C)
+  be.matmul(dln, dgate, lw.w1, false, false);                   // (N, C) = (N, FFl) @ (FFl, C)
   be.matmul(dln, dup, lw.w3, false, false, 1.0f, 1.0f);
-  be.matmul(dlw.w1, dgate, a.ln2, true, false, 1.0f, 1.0f);    // (FF, C) +=
+  be.matmul(dlw.w1, dgate, a.ln2, true, false, 1.0f, 1.0f);     // (FFl, C) +=
   be.matmul(dlw.w3, dup, a.ln2, true, false, 1.0f, 1.0f);
-  be.rmsnorm_backward(dres, dlw.mlp_norm, dln, a.x2, lw.mlp_norm, a.rstd2);  // dres: now d(x2)
+  reduce_scatter_rows(dln_local, dln);                          // conjugate of the all-gather
+  be.rmsnorm_backward(dres, dlw.mlp_norm, dln_local, a.x2, lw.mlp_norm, a.rstd2);  // dres: now d(x2)
   // attention block: x2 = x + att @ wo^T
-  be.matmul(datt, dres, lw.wo, false, false);                  // (N, H*HD) = (N, C) @ (C, H*HD)
-  be.matmul(dlw.wo, dres, as2d(a.att, N), true, false, 1.0f, 1.0f);
+  gather_rows(dres_full, dres);
+  be.matmul(datt, dres_full, lw.wo, false, false);              // (N, Hl*HD) = (N, C) @ (C, Hl*HD)
+  be.matmul(dlw.wo, dres_full, as2d(a.att, N), true, false, 1.0f, 1.0f);
   be.attention_backward(dq, dk, dv, datt.view(a.att.shape), a.q, a.k, a.v, a.att, a.lse);
   be.rope_backward(dq, dq, freqs_);
   be.rope_backward(dk, dk, freqs_);
   Tensor dq2 = as2d(dq, N), dk2 = as2d(dk, N), dv2 = as2d(dv, N);
-  be.matmul(dln, dq2, lw.wq, false, false);                    // (N, C) = (N, H*HD) @ (H*HD, C)
+  be.matmul(dln, dq2, lw.wq, false, false);                     // (N, C) = (N, Hl*HD) @ (Hl*HD, C)
   be.matmul(dln, dk2, lw.wk, false, false, 1.0f, 1.0f);
   be.matmul(dln, dv2, lw.wv, false, false, 1.0f, 1.0f);
-  be.matmul(dlw.wq, dq2, a.ln1, true, false, 1.0f, 1.0f);      // (H*HD, C) +=
+  be.matmul(dlw.wq, dq2, a.ln1, true, false, 1.0f, 1.0f);       // (Hl*HD, C) +=
   be.matmul(dlw.wk, dk2, a.ln1, true, false, 1.0f, 1.0f);
   be.matmul(dlw.wv, dv2, a.ln1, true, false, 1.0f, 1.0f);
-  be.rmsnorm_backward(dres, dlw.attn_norm, dln, x, lw.attn_norm, a.rstd1);  // dres: now d(x)
+  reduce_scatter_rows(dln_local, dln);
+  be.rmsnorm_backward(dres, dlw.attn_norm, dln_local, x, lw.attn_norm, a.rstd1);  // dres: now d(x)
 }
 
 double LlamaModel::forward_backward(const int32_t* tokens, const int32_t* targets, int B, int T,
                                     double dloss_scale) {
   Backend& be = backend_;
-  const int64_t N = int64_t(B) * T;
+  const int64_t N = int64_t(B) * T, Ns = local_rows(N);
   forward_trunk(tokens, B, T);
   be.from_host(rows(targets_, N), targets, DType::kI32);
-  const double loss_sum = head(N, true, dloss_scale);  // leaves d(lnf) in dln_
+  const double loss_sum = head(N, true, dloss_scale);  // leaves d(lnf) in dln_local_
 
-  Tensor dres = rows(dres_, N);
+  Tensor dres = rows(dres_, Ns);
   be.zero(dres);
-  be.rmsnorm_backward(dres, dw_.final_norm, rows(dln_, N), rows(resid_[L_], N), w_.final_norm,
-                      rows(rstdf_, N));
+  be.rmsnorm_backward(dres, dw_.final_norm, rows(dln_local_, Ns), rows(resid_[L_], Ns), w_.final_norm,
+                      rows(rstdf_, Ns));
   if (grad_ready_hook_) grad_ready_hook_(0);
   for (int l = L_ - 1; l >= 0; --l) {
     LayerActs a = acts_for(l, B, T);
-    layer_recompute(l, a, rows(resid_[l], N), B, T);
-    layer_backward(l, a, rows(resid_[l], N), dres, B, T);
+    layer_recompute(l, a, rows(resid_[l], Ns), B, T);
+    layer_backward(l, a, rows(resid_[l], Ns), dres, B, T);
     if (grad_ready_hook_) grad_ready_hook_(L_ - l);
   }
-  be.embedding_backward(dw_.wte, dres, rows(tokens_, N));
+  gather_rows(rows(dres_full_, N), dres);
+  be.embedding_backward(dw_.wte, rows(dres_full_, N), rows(tokens_, N));
   if (grad_ready_hook_) grad_ready_hook_(L_ + 1);
   return loss_sum / double(N);
 }

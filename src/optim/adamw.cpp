@@ -16,8 +16,9 @@ double lr_at(const OptimConfig& o, int total_steps, int step) {
   return min_lr + (o.lr - min_lr) * 0.5 * (1.0 + std::cos(M_PI * progress));
 }
 
-AdamW::AdamW(const OptimConfig& cfg, LlamaModel& model, Communicator* dp, bool zero)
-    : cfg_(cfg), model_(model), be_(model.backend()), dp_(dp), zero_(zero && dp && dp->size() > 1) {
+AdamW::AdamW(const OptimConfig& cfg, LlamaModel& model, Communicator* dp, bool zero, Communicator* tp)
+    : cfg_(cfg), model_(model), be_(model.backend()), dp_(dp), zero_(zero && dp && dp->size() > 1),
+      tp_(tp && tp->size() > 1 ? tp : nullptr) {
   const Tensor p = model.param_buffer();
   const DType md = be_.master_dtype();
   if (zero_) {
@@ -65,6 +66,22 @@ void AdamW::export_moments(Tensor m_full, Tensor v_full) {
   }
 }
 
+void AdamW::export_weights(Tensor w_full) {
+  if (!master_.defined()) {
+    be_.copy(w_full, model_.param_buffer());
+  } else if (zero_) {
+    be_.synchronize();
+    dp_->all_gather(w_full, master_);
+  } else {
+    be_.copy(w_full, master_);
+  }
+}
+
+void AdamW::import_weights(const Tensor& w_full) {
+  be_.copy(model_.param_buffer(), w_full);
+  if (master_.defined()) be_.copy(master_, range(w_full, shard_begin_, shard_n_));
+}
+
 void AdamW::import_moments(const Tensor& m_full, const Tensor& v_full) {
   be_.copy(m_, range(m_full, shard_begin_, shard_n_));
   be_.copy(v_, range(v_full, shard_begin_, shard_n_));
@@ -73,15 +90,30 @@ void AdamW::import_moments(const Tensor& m_full, const Tensor& v_full) {
 StepStats AdamW::step(int step, double lr) {
   const Tensor pbuf = model_.param_buffer(), gbuf = model_.grad_buffer();
   Tensor grads = gbuf;
-  double sumsq;
   if (zero_) {
     be_.synchronize();
     dp_->reduce_scatter_sum(grad_shard_, gbuf);
     grads = grad_shard_;
-    sumsq = dp_->sum(be_.sum_squares({grad_shard_}));
-  } else {
-    sumsq = be_.sum_squares({gbuf});  // already summed over ranks: the same on every rank
   }
+  const int64_t lo = shard_begin_, hi = shard_begin_ + shard_n_;
+  double sumsq;
+  if (!tp_) {
+    sumsq = be_.sum_squares({grads});
+  } else {
+    // Tensor parallelism: a sharded tensor's squares add up over the ranks; a replicated one
+    // (a norm, identical on every rank) must count once, so each rank adds 1/P of it.
+    sumsq = 0;
+    for (const auto& p : model_.params()) {
+      const int64_t off = (static_cast<const char*>(p.tensor.data) - static_cast<const char*>(pbuf.data)) /
+                          int64_t(dtype_size(pbuf.dtype));
+      const int64_t b = std::max(lo, off), e = std::min(hi, off + p.tensor.numel());
+      if (b >= e) continue;
+      const double ss = be_.sum_squares({zero_ ? range(grads, b - lo, e - b) : range(grads, b, e - b)});
+      sumsq += p.shard_dim < 0 ? ss / tp_->size() : ss;
+    }
+    sumsq = tp_->sum(sumsq);
+  }
+  if (zero_) sumsq = dp_->sum(sumsq);  // each data-parallel rank holds one shard; otherwise all the same
   StepStats s{};
   s.lr = lr;
   s.grad_norm = std::sqrt(sumsq);
@@ -89,7 +121,6 @@ StepStats AdamW::step(int step, double lr) {
   if (cfg_.grad_clip > 0 && s.grad_norm > cfg_.grad_clip) s.clip_scale = cfg_.grad_clip / s.grad_norm;
 
   // One fused update per tensor, restricted to this rank's shard; weight decay is per tensor.
-  const int64_t lo = shard_begin_, hi = shard_begin_ + shard_n_;
   for (const auto& p : model_.params()) {
     const int64_t off = (static_cast<const char*>(p.tensor.data) - static_cast<const char*>(pbuf.data)) /
                         int64_t(dtype_size(pbuf.dtype));

@@ -20,6 +20,7 @@ class SingleCommunicator final : public Communicator {
   int size() const override { return 1; }
   std::string name() const override { return "single"; }
   void all_reduce_sum(Tensor) override {}
+  void all_reduce_max(Tensor) override {}
   void reduce_scatter_sum(Tensor out, const Tensor& in) override { copy(out, in); }
   void all_gather(Tensor out, const Tensor& in) override { copy(out, in); }
   void broadcast(Tensor, int) override {}
@@ -72,6 +73,10 @@ class MpiCommunicator final : public Communicator {
   void all_reduce_sum(Tensor buf) override {
     if (size_ == 1) return;
     MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf.data, int(buf.numel()), mpi_type(buf.dtype), MPI_SUM, comm_));
+  }
+  void all_reduce_max(Tensor buf) override {
+    if (size_ == 1) return;
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf.data, int(buf.numel()), mpi_type(buf.dtype), MPI_MAX, comm_));
   }
   void reduce_scatter_sum(Tensor out, const Tensor& in) override {
     LTRAIN_CHECK(in.numel() == out.numel() * size_ && in.dtype == out.dtype, "reduce_scatter sizes");

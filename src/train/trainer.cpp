@@ -40,19 +40,41 @@ double evaluate(LlamaModel& model, DataLoader& loader, int B, int T, int max_bat
   return n ? sum / double(n) : NAN;
 }
 
-namespace {
-
-std::string fmt(const char* f, ...) __attribute__((format(printf, 1, 2)));
-std::string fmt(const char* f, ...) {
-  char buf[512];
-  va_list ap;
-  va_start(ap, f);
-  std::vsnprintf(buf, sizeof buf, f, ap);
-  va_end(ap);
-  return buf;
+ParallelComms make_parallel_comms(Backend& backend, int dp_size, int tp_size) {
+  ParallelContext& par = ParallelContext::get();
+  ParallelComms c;
+  if (backend.name().rfind("cuda", 0) == 0) {
+    const int gpu = cuda_device_for_rank(par.local_rank());
+    if (dp_size > 1) c.dp_nccl = make_nccl_communicator(par.data(), gpu);
+    if (tp_size > 1) c.tp_nccl = make_nccl_communicator(par.tensor(), gpu);
+  }
+  c.dp = c.dp_nccl ? c.dp_nccl.get() : &par.data();
+  c.tp = tp_size > 1 ? (c.tp_nccl ? c.tp_nccl.get() : &par.tensor()) : nullptr;
+  return c;
 }
 
-}  // namespace
+double train_step(LlamaModel& model, AdamW& opt, GradReducer* reducer, Communicator& dp, int dp_size,
+                  int accum, int B, int T, int step, double lr,
+                  const std::function<void(int32_t*, int32_t*)>& next_batch, StepStats* stats) {
+  thread_local std::vector<int32_t> in, tg;
+  in.resize(size_t(B) * T);
+  tg.resize(size_t(B) * T);
+  model.zero_grads();
+  double loss = 0;
+  for (int micro = 0; micro < accum; ++micro) {
+    next_batch(in.data(), tg.data());
+    if (reducer) reducer->arm(micro == accum - 1);
+    // The scale divides by every token of the global batch, so summing over ranks gives the mean.
+    loss += model.forward_backward(in.data(), tg.data(), B, T, 1.0 / (double(accum) * B * T * dp_size));
+  }
+  if (reducer) reducer->finish();
+  model.reduce_replicated_grads();  // tensor parallelism: the norms' gradients over the group
+  loss = dp.sum(loss / accum) / dp_size;
+  const StepStats st = opt.step(step, lr);
+  model.backend().synchronize();
+  if (stats) *stats = st;
+  return loss;
+}
 
 namespace {
 
@@ -115,39 +137,39 @@ double run_training(const Config& cfg, const std::string& resume) {
 
   auto backend = make_backend(cfg.device, par.local_rank());
   // The data-parallel communicator: MPI on host buffers for the CPU backend, NCCL on device
-  // buffers (bootstrapped through the MPI group) for the CUDA backend.
-  std::unique_ptr<Communicator> nccl;
-  if (backend->name().rfind("cuda", 0) == 0 && dp_size > 1)
-    nccl = make_nccl_communicator(par.data(), cuda_device_for_rank(par.local_rank()));
-  Communicator& dp = nccl ? *nccl : par.data();
+  // buffers (bootstrapped through the MPI group) for the CUDA backend; the same for the
+  // tensor-parallel group, whose collectives move activations.
+  const int tp_size = cfg.parallel.tensor;
+  ParallelComms comms = make_parallel_comms(*backend, dp_size, tp_size);
+  Communicator& dp = *comms.dp;
   const bool zero = cfg.parallel.zero == 1 && dp_size > 1;
-  LlamaModel model(cfg.model, *backend, B, T, parse_recompute(tc.recompute), zero ? 64 * dp_size : 1);
-  model.init_weights(tc.seed);  // the same seed on every rank: identical initial weights
-  AdamW opt(cfg.optim, model, &dp, zero);
+  LlamaModel model(cfg.model, *backend, B, T, parse_recompute(tc.recompute), zero ? 64 * dp_size : 1,
+                   comms.tp, &par.tensor());
+  model.init_weights(tc.seed);  // every rank draws the same whole tensors and keeps its part
+  AdamW opt(cfg.optim, model, &dp, zero, &par.tensor());
   int start_step = 0;
   if (ck) {
     // Weights, moments and the data position; the schedule continues from the step. The
-    // checkpoint holds whole tensors, so any data-parallel layout (with or without ZeRO) reads it.
-    load_checkpoint_weights(*ck, model);
-    load_checkpoint_optimizer(*ck, model, opt);
+    // checkpoint holds whole tensors, so any data x tensor layout (with or without ZeRO) reads it.
+    load_checkpoint_training_state(*ck, model, opt);
     if (!ck->meta.contains("data") || !ck->meta["data"].contains("train"))
       user_error(path_join(ck->dir, "meta.json"), ": has no data loader position to resume from");
     train_data.restore(LoaderState::from_json(ck->meta["data"]["train"]));
     start_step = ck->step;
-    log.info(fmt("resumed from %s at step %d", ck->dir.c_str(), start_step));
+    log.info(strfmt("resumed from %s at step %d", ck->dir.c_str(), start_step));
   }
   std::unique_ptr<GradReducer> reducer;
   if (dp_size > 1 && !zero) reducer = std::make_unique<GradReducer>(model, dp, cfg.parallel.bucket_mb);
   const int accum = cfg.grad_accum_steps(dp_size);
-  log.info(fmt("model: %.2fM parameters, %d layers, hidden %d, heads %d/%d kv, ffn %d, vocab %d | "
+  log.info(strfmt("model: %.2fM parameters, %d layers, hidden %d, heads %d/%d kv, ffn %d, vocab %d | "
                "backend %s | activations %.1f MiB",
                model.num_params() / 1e6, cfg.model.num_hidden_layers, cfg.model.hidden_size,
                cfg.model.num_attention_heads, cfg.model.kv_heads(), cfg.model.ffn_dim(),
                cfg.model.vocab_size, backend->name().c_str(), model.activation_bytes() / 1048576.0));
-  log.info(fmt("parallel: %d ranks = data %d x tensor %d%s%s", par.world_size(), dp_size,
+  log.info(strfmt("parallel: %d ranks = data %d x tensor %d%s%s", par.world_size(), dp_size,
                cfg.parallel.tensor, zero ? " | ZeRO-1" : "",
-               reducer ? fmt(" | %d gradient buckets", reducer->num_buckets()).c_str() : ""));
-  log.info(fmt("batch: %lld tokens/step = %d micro-batches x %d seqs x %d tokens x %d data ranks | "
+               reducer ? strfmt(" | %d gradient buckets", reducer->num_buckets()).c_str() : ""));
+  log.info(strfmt("batch: %lld tokens/step = %d micro-batches x %d seqs x %d tokens x %d data ranks | "
                "data: %llu train windows, %llu val windows",
                (long long)tc.global_batch_tokens, accum, B, T, dp_size,
                (unsigned long long)train_data.num_windows(), (unsigned long long)val_data.num_windows()));
@@ -159,24 +181,30 @@ double run_training(const Config& cfg, const std::string& resume) {
     // ranks' means is the global mean.
     const int per_rank = (tc.val_batches + dp_size - 1) / dp_size;
     double vl = dp.sum(evaluate(model, val_data, B, T, per_rank)) / dp_size;
-    log.info(fmt("step %6d | val_loss %.4f | val_ppl %.2f | %.1fs", step, vl, std::exp(vl),
+    log.info(strfmt("step %6d | val_loss %.4f | val_ppl %.2f | %.1fs", step, vl, std::exp(vl),
                  wall_time_seconds() - t0));
     log.record({{"step", step}, {"val_loss", vl}, {"val_ppl", std::exp(vl)}});
     return vl;
   };
   auto save = [&](int step) {
     double t0 = wall_time_seconds();
-    Tensor m = backend->alloc(model.param_buffer().shape, backend->master_dtype());
-    Tensor v = backend->alloc(model.param_buffer().shape, backend->master_dtype());
-    opt.export_moments(m, v);  // collective under ZeRO
+    // Whole fp32 tensors: gathered over ZeRO shards (export_*) and tensor-parallel parts
+    // (export_full), so that the checkpoint does not depend on the layout.
+    const Shape shape = model.param_buffer().shape;
+    Tensor w = backend->alloc(shape, backend->master_dtype()), m = backend->alloc(shape, backend->master_dtype()),
+           v = backend->alloc(shape, backend->master_dtype());
+    opt.export_weights(w);
+    opt.export_moments(m, v);
+    const auto weights = model.export_full(w), exp_avg = model.export_full(m), exp_avg_sq = model.export_full(v);
+    backend->free(w);
     if (main_rank) {
       TrainState state;
       state.step = step;
       state.tokens = int64_t(step) * tc.global_batch_tokens;
       state.data = {{"train", train_data.state().to_json()}};
-      state.layout = {{"data", dp_size}, {"tensor", cfg.parallel.tensor}, {"zero", zero ? 1 : 0}};
-      std::string dir = save_checkpoint(tc.run_dir, state, cfg, model, &m, &v, meta.tokenizer_path);
-      log.info(fmt("step %6d | saved %s (%.1fs)", step, dir.c_str(), wall_time_seconds() - t0));
+      state.layout = {{"data", dp_size}, {"tensor", tp_size}, {"zero", zero ? 1 : 0}};
+      std::string dir = save_checkpoint(tc.run_dir, state, cfg, weights, &exp_avg, &exp_avg_sq, meta.tokenizer_path);
+      log.info(strfmt("step %6d | saved %s (%.1fs)", step, dir.c_str(), wall_time_seconds() - t0));
       for (const auto& gone : prune_checkpoints(tc.run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.keep_every))
         log.info("removed old checkpoint " + gone);
     }
@@ -186,30 +214,20 @@ double run_training(const Config& cfg, const std::string& resume) {
   };
 
   for (int sig : {SIGTERM, SIGINT, SIGUSR1}) std::signal(sig, on_stop_signal);
-  std::vector<int32_t> in(size_t(B) * T), tg(size_t(B) * T);
   double last_val = ck ? NAN : validate(0);
   for (int step = start_step + 1; step <= tc.steps; ++step) {
     const double t0 = wall_time_seconds();
-    model.zero_grads();
-    double loss = 0;
-    for (int micro = 0; micro < accum; ++micro) {
-      train_data.next_batch(in.data(), tg.data());
-      if (reducer) reducer->arm(micro == accum - 1);
-      // The scale divides by every token of the global batch, so summing over ranks gives the mean.
-      loss += model.forward_backward(in.data(), tg.data(), B, T, 1.0 / (double(accum) * B * T * dp_size));
-    }
-    if (reducer) reducer->finish();
-    loss = dp.sum(loss / accum) / dp_size;
     const double lr = lr_at(cfg.optim, tc.steps, step);
-    const StepStats st = opt.step(step, lr);
-    backend->synchronize();
+    StepStats st;
+    const double loss = train_step(model, opt, reducer.get(), dp, dp_size, accum, B, T, step, lr,
+                                   [&](int32_t* in, int32_t* tg) { train_data.next_batch(in, tg); }, &st);
     const double dt = wall_time_seconds() - t0;
     const double tok_s = double(tc.global_batch_tokens) / dt;
     if (!std::isfinite(loss))
       user_error("training diverged: loss is ", loss, " at step ", step,
                  "; lower optim.lr or raise optim.warmup_steps");
     if (step % tc.log_every == 0 || step == start_step + 1 || step == tc.steps) {
-      log.info(fmt("step %6d/%d | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s (%.0f /rank) | %.1f ms",
+      log.info(strfmt("step %6d/%d | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s (%.0f /rank) | %.1f ms",
                    step, tc.steps, loss, lr, st.grad_norm, tok_s, tok_s / par.world_size(), dt * 1e3));
       log.record({{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", st.grad_norm},
                   {"tokens_per_sec", tok_s}, {"tokens_per_sec_per_rank", tok_s / par.world_size()},
@@ -224,8 +242,8 @@ double run_training(const Config& cfg, const std::string& resume) {
     const int stop = int(dp.max(double(g_stop_signal ? g_stop_signal : (out_of_time ? -1 : 0))));
     if ((tc.val_every > 0 && step % tc.val_every == 0) || step == tc.steps) last_val = validate(step);
     if (stop != 0 && step < tc.steps) {
-      log.info(stop > 0 ? fmt("step %6d | signal %d: saving and stopping", step, stop)
-                        : fmt("step %6d | train.max_runtime_minutes reached: saving and stopping", step));
+      log.info(stop > 0 ? strfmt("step %6d | signal %d: saving and stopping", step, stop)
+                        : strfmt("step %6d | train.max_runtime_minutes reached: saving and stopping", step));
       save(step);
       break;
     }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Data parallelism on the CPU under mpirun: 10 optimizer steps of a tiny model give the same
-# losses and final weights as one process with the same global batch, for data=2 (bucketed
-# all-reduce) and data=2 with ZeRO-1; and the layout errors are clear.
+# Data and tensor parallelism on the CPU under mpirun: 10 optimizer steps of a tiny model give
+# the same losses and final weights as one process with the same global batch, for data=2
+# (bucketed all-reduce), data=2 with ZeRO-1, data=4, tensor=2 (with sequence parallelism),
+# data=2 x tensor=2, and data=2 x tensor=2 with ZeRO-1; and the layout errors are clear.
 # Usage: bash test_parallel_cli.sh /path/to/ltrain WORKDIR
 set -uo pipefail
 
@@ -28,9 +29,12 @@ run_ok "tokenizer train" tokenizer train --input "$CORPUS" --vocab-size 512 --ou
 run_ok "prepare" prepare --tokenizer tok.model --input "$CORPUS" --out data --val-fraction 0.05
 
 run_ok "one process" train --config tiny.yaml train.run_dir=single
-for layout in "dp2:parallel.data=2" "zero2:parallel.data=2 parallel.zero=1" "dp4:parallel.data=4"; do
+for layout in "dp2:2:parallel.data=2" "zero2:2:parallel.data=2 parallel.zero=1" "dp4:4:parallel.data=4" \
+              "tp2:2:parallel.tensor=2" "dp2tp2:4:parallel.tensor=2" "zero2tp2:4:parallel.tensor=2 parallel.zero=1 train.recompute=selective"; do
   name=${layout%%:*}
-  np=${name: -1}
+  rest=${layout#*:}
+  np=${rest%%:*}
+  layout=$rest
   out=$($MPIRUN -np $np "$LTRAIN" train --config tiny.yaml train.run_dir=$name ${layout#*:} 2>&1)
   rc=$?
   if [ $rc -ne 0 ]; then fail "$name: mpirun exited $rc"; echo "$out" | tail -20 | sed 's/^/    /'; continue; fi
@@ -69,12 +73,15 @@ grep -q "ZeRO-1" zero2/train.log || fail "the ZeRO run did not report ZeRO-1"
 out=$($MPIRUN -np 3 "$LTRAIN" train --config tiny.yaml train.run_dir=bad1 parallel.data=2 2>&1); rc=$?
 [ $rc -ne 0 ] && [[ "$out" == *"does not factor as parallel.data (2) x parallel.tensor (1)"* ]] \
   && echo "ok: world that does not factor (exit $rc)" || { fail "world that does not factor"; echo "$out" | head -5; }
-out=$($MPIRUN -np 2 "$LTRAIN" train --config tiny.yaml train.run_dir=bad2 parallel.tensor=2 2>&1); rc=$?
-[ $rc -ne 0 ] && [[ "$out" == *"tensor parallelism is not implemented yet"* ]] \
-  && echo "ok: tensor parallelism refused (exit $rc)" || { fail "tensor parallelism refusal"; echo "$out" | head -5; }
+out=$($MPIRUN -np 4 "$LTRAIN" train --config tiny.yaml train.run_dir=bad2 parallel.tensor=4 2>&1); rc=$?
+[ $rc -ne 0 ] && [[ "$out" == *"model.num_key_value_heads (2) is smaller than parallel.tensor (4)"* ]] \
+  && echo "ok: fewer KV heads than tensor ranks refused (exit $rc)" || { fail "KV heads < tensor refusal"; echo "$out" | head -5; }
+out=$($MPIRUN -np 2 "$LTRAIN" train --config tiny.yaml train.run_dir=bad4 parallel.tensor=2 model.vocab_size=513 2>&1); rc=$?
+[ $rc -ne 0 ] && [[ "$out" == *"model.vocab_size (513) must be divisible by parallel.tensor (2)"* ]] \
+  && echo "ok: vocabulary not divisible by tensor ranks (exit $rc)" || { fail "vocab % tensor"; echo "$out" | head -5; }
 out=$($MPIRUN -np 2 "$LTRAIN" train --config tiny.yaml train.run_dir=bad3 train.global_batch_tokens=192 2>&1); rc=$?
 [ $rc -ne 0 ] && [[ "$out" == *"* 2 = 128"* ]] \
   && echo "ok: global batch vs data ranks (exit $rc)" || { fail "global batch vs data ranks"; echo "$out" | head -5; }
-[ -e bad1 ] || [ -e bad2 ] || [ -e bad3 ] && fail "a refused parallel run created its run directory"
+[ -e bad1 ] || [ -e bad2 ] || [ -e bad3 ] || [ -e bad4 ] && fail "a refused parallel run created its run directory"
 
 finish

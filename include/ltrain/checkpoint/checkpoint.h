@@ -36,11 +36,11 @@ struct TrainState {
   nlohmann::json layout;      // the parallel layout that wrote the checkpoint
 };
 
-// Writes the model's weights and, when given, the AdamW moments (full buffers in the layout of
-// model.param_buffer(); see AdamW::export_moments). Returns the checkpoint directory written.
+// Writes whole tensors (LlamaModel::export_full): the weights and, when given, the AdamW moments.
+// Returns the checkpoint directory written. One process writes; the others only gathered.
 std::string save_checkpoint(const std::string& run_dir, const TrainState& state, const Config& cfg,
-                            LlamaModel& model, const Tensor* m_full, const Tensor* v_full,
-                            const std::string& tokenizer_path);
+                            const std::vector<HostTensor>& weights, const std::vector<HostTensor>* exp_avg,
+                            const std::vector<HostTensor>* exp_avg_sq, const std::string& tokenizer_path);
 
 // Checks every file's size and CRC-32 against meta.json; UserError naming the file.
 void verify_checkpoint(const CheckpointInfo& info);
@@ -57,9 +57,10 @@ std::vector<std::string> prune_checkpoints(const std::string& run_dir, int keep_
 // Validates meta.json; UserError naming the file otherwise.
 CheckpointInfo open_checkpoint(const std::string& path);
 
-// Loads weights (and moments) into a model built from info.config.model. Checks every shape and
-// checksum; UserError naming the file and tensor on any mismatch.
+// Loads the weights into a model built from info.config.model (any tensor-parallel layout: each
+// rank keeps its part). Checks every shape and checksum; UserError naming the file and tensor.
 void load_checkpoint_weights(const CheckpointInfo& info, LlamaModel& model);
-void load_checkpoint_optimizer(const CheckpointInfo& info, LlamaModel& model, AdamW& optimizer);
+// For resuming: the fp32 weights into the optimizer's master copy and the model, and the moments.
+void load_checkpoint_training_state(const CheckpointInfo& info, LlamaModel& model, AdamW& optimizer);
 
 }  // namespace ltrain

@@ -56,7 +56,8 @@ class Backend {
                       float alpha = 1.0f, float beta = 0.0f) = 0;
 
   // ---- transformer ops ----------------------------------------------------------------------
-  // out (N, C) = wte (V, C) rows picked by tokens (N) i32
+  // out (N, C) = wte (V, C) rows picked by tokens (N) i32. A negative token gives a zero row and
+  // no gradient: with a vocabulary split over tensor-parallel ranks, ids of other shards are -1.
   virtual void embedding_forward(Tensor out, const Tensor& tokens, const Tensor& wte) = 0;
   // dwte (V, C) += scatter of dout (N, C) by tokens
   virtual void embedding_backward(Tensor dwte, const Tensor& dout, const Tensor& tokens) = 0;
@@ -97,6 +98,16 @@ class Backend {
   // (N, V) buffer.
   virtual void cross_entropy(Tensor losses, Tensor dlogits, const Tensor& logits,
                              const Tensor& targets, float dloss) = 0;
+  // Vocabulary-parallel cross-entropy, in two ops around a host-side merge of the shards' lse:
+  // logits (N, V/P) hold columns [vocab_offset, vocab_offset + V/P) of the full logits.
+  //   logsumexp_rows: lse (N) = logsumexp of each row of this shard;
+  //   cross_entropy_with_lse: with the full rows' lse (N), losses (N) = lse - logit[target] on the
+  //   rank that owns the target column and 0 elsewhere (the sum over ranks is the loss), and
+  //   dlogits = (exp(logits - lse) - onehot) * dloss, in place when dlogits aliases logits.
+  virtual void logsumexp_rows(Tensor lse, const Tensor& logits) = 0;
+  virtual void cross_entropy_with_lse(Tensor losses, Tensor dlogits, const Tensor& logits,
+                                      const Tensor& lse, const Tensor& targets, int vocab_offset,
+                                      float dloss) = 0;
 
   // ---- optimizer ----------------------------------------------------------------------------
   // Sum of squares over all elements of all tensors, in double.

@@ -47,4 +47,7 @@ class Progress {
 
 double wall_time_seconds();  // monotonic
 
+// printf into a std::string (for log lines).
+std::string strfmt(const char* f, ...) __attribute__((format(printf, 1, 2)));
+
 }  // namespace ltrain

@@ -9,6 +9,15 @@
 //   selective  the outputs of the matrix products and attention are kept; the RMSNorm outputs and
 //              the SwiGLU product are recomputed in backward (the LLaMA paper's choice);
 //   full       only each layer's input is kept; the whole layer is recomputed in backward.
+//
+// Tensor parallelism (Megatron-LM style, with sequence parallelism), over P ranks of `tp`:
+// Q, K, V, gate and up are column-parallel (each rank holds H/P query heads, KV/P key/value heads
+// and FF/P columns), o_proj and down_proj are row-parallel, the embedding and lm_head are split
+// by vocabulary and cross-entropy is computed without gathering the logits. Between the
+// parallel regions, the residual stream and the RMSNorms work on N/P rows per rank (sequence
+// parallelism): an all-gather enters each parallel region and a reduce-scatter leaves it, and in
+// backward each becomes the other. The collectives are visible in layer_forward/layer_backward
+// as gather_rows / reduce_scatter_rows. With P = 1 they vanish (the buffers alias).
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -18,6 +27,7 @@
 
 #include "ltrain/config/config.h"
 #include "ltrain/core/backend.h"
+#include "ltrain/parallel/communicator.h"
 
 namespace ltrain {
 
@@ -25,8 +35,17 @@ namespace ltrain {
 // LlamaForCausalLM; q_proj and k_proj rows are in Meta's interleaved RoPE layout.
 struct NamedTensor {
   std::string name;
-  Tensor tensor;
-  bool decay;  // weight decay applies (weight matrices: yes; norms: no)
+  Tensor tensor;        // this rank's part
+  bool decay;           // weight decay applies (weight matrices: yes; norms: no)
+  int shard_dim = -1;   // tensor parallelism: the dimension split over ranks; -1 = replicated
+  Shape global_shape;   // the whole tensor's shape
+};
+
+// A whole (unsharded) tensor on the host, in fp32: what checkpoints hold.
+struct HostTensor {
+  std::string name;
+  Shape shape;
+  std::vector<float> data;
 };
 
 enum class Recompute { kNone, kSelective, kFull };
@@ -36,26 +55,41 @@ class LlamaModel {
  public:
   // Builds the model for batches of up to max_batch sequences of up to max_seq tokens. The flat
   // parameter and gradient buffers are padded to a multiple of buffer_multiple elements (ZeRO-1
-  // splits them into equal shards).
+  // splits them into equal shards). tp: the tensor-parallel group (nullptr = no tensor
+  // parallelism); tp_host: the same ranks for host-side collectives (the MPI group; equal to tp on
+  // the CPU backend).
   LlamaModel(const ModelConfig& cfg, Backend& backend, int max_batch, int max_seq,
-             Recompute recompute = Recompute::kNone, int64_t buffer_multiple = 1);
+             Recompute recompute = Recompute::kNone, int64_t buffer_multiple = 1,
+             Communicator* tp = nullptr, Communicator* tp_host = nullptr);
   ~LlamaModel();
   LlamaModel(const LlamaModel&) = delete;
   LlamaModel& operator=(const LlamaModel&) = delete;
 
   const ModelConfig& config() const { return cfg_; }
   Backend& backend() { return backend_; }
+  int tensor_parallel_size() const { return P_; }
 
   // Normal(0, initializer_range) weight matrices (output projections scaled by 1/sqrt(2L)),
-  // norms at 1. Deterministic from the seed, whatever the backend.
+  // norms at 1. Deterministic from the seed, whatever the backend and the tensor-parallel size
+  // (each rank draws the whole tensor and keeps its part).
   void init_weights(uint64_t seed);
 
   const std::vector<NamedTensor>& params() const { return params_; }
   const std::vector<NamedTensor>& grads() const { return grads_; }
   Tensor param_buffer() const { return param_buf_; }
   Tensor grad_buffer() const { return grad_buf_; }
-  int64_t num_params() const;  // without the alignment padding between views
+  int64_t num_params() const;  // this rank's, without the alignment padding between views
   void zero_grads();
+  // Tensor parallelism: sums the gradients of replicated tensors (the norms, which each rank
+  // computed from its own rows) over the tensor-parallel ranks. Once per optimizer step, after
+  // the last backward.
+  void reduce_replicated_grads();
+
+  // Whole fp32 tensors from a flat buffer laid out like the parameters (the weights, or AdamW
+  // moments), gathered over the tensor-parallel ranks: every rank of the group must call it.
+  std::vector<HostTensor> export_full(const Tensor& flat);
+  // The reverse: `get(name)` returns the whole tensor; this rank keeps its part.
+  void import_full(Tensor flat, const std::function<const std::vector<float>&(const std::string&)>& get);
 
   // Gradient units, in the order backward finishes them: the head (final norm and lm_head),
   // layers L-1 .. 0, then the embedding. Each unit's gradients are one contiguous range of the
@@ -75,6 +109,7 @@ class LlamaModel {
   // Forward only; returns the mean loss.
   double forward_loss(const int32_t* tokens, const int32_t* targets, int B, int T);
   // Forward only; returns the logits (V) of the last position of sequence 0, on the host.
+  // Not under tensor parallelism.
   std::vector<float> forward_last_logits(const int32_t* tokens, int T);
 
   size_t activation_bytes() const;
@@ -82,77 +117,96 @@ class LlamaModel {
  private:
   struct LayerWeights {
     Tensor attn_norm;  // (C)
-    Tensor wq;         // (H*HD, C)
-    Tensor wk;         // (KV*HD, C)
-    Tensor wv;         // (KV*HD, C)
-    Tensor wo;         // (C, H*HD)
+    Tensor wq;         // (Hl*HD, C)
+    Tensor wk;         // (KVl*HD, C)
+    Tensor wv;         // (KVl*HD, C)
+    Tensor wo;         // (C, Hl*HD)
     Tensor mlp_norm;   // (C)
-    Tensor w1;         // (FF, C) gate
-    Tensor w3;         // (FF, C) up
-    Tensor w2;         // (C, FF) down
+    Tensor w1;         // (FFl, C) gate
+    Tensor w3;         // (FFl, C) up
+    Tensor w2;         // (C, FFl) down
   };
   struct Weights {
-    Tensor wte;                        // (V, C)
+    Tensor wte;                        // (Vl, C)
     std::vector<LayerWeights> layers;  // (L)
     Tensor final_norm;                 // (C)
-    Tensor lm_head;                    // (V, C); the same memory as wte when tied
+    Tensor lm_head;                    // (Vl, C); the same memory as wte when tied
   };
   // Activations of one layer; several layers share a buffer when recomputation allows it.
+  // Ns = N / P rows in the sequence-parallel regions (the residual stream and the norms).
   struct LayerActs {
-    Tensor rstd1;  // (N)
-    Tensor ln1;    // (N, C)
-    Tensor q;      // (B, T, H, HD) after RoPE
-    Tensor k;      // (B, T, KV, HD) after RoPE
-    Tensor v;      // (B, T, KV, HD)
-    Tensor att;    // (B, T, H, HD)
-    Tensor lse;    // (B, H, T)
-    Tensor x2;     // (N, C) residual after attention
-    Tensor rstd2;  // (N)
-    Tensor ln2;    // (N, C)
-    Tensor gate;   // (N, FF)
-    Tensor up;     // (N, FF)
-    Tensor h;      // (N, FF) silu(gate) * up
+    Tensor rstd1;  // (Ns)
+    Tensor ln1;    // (N, C) gathered over the tensor-parallel ranks
+    Tensor q;      // (B, T, Hl, HD) after RoPE
+    Tensor k;      // (B, T, KVl, HD) after RoPE
+    Tensor v;      // (B, T, KVl, HD)
+    Tensor att;    // (B, T, Hl, HD)
+    Tensor lse;    // (B, Hl, T)
+    Tensor x2;     // (Ns, C) residual after attention
+    Tensor rstd2;  // (Ns)
+    Tensor ln2;    // (N, C) gathered
+    Tensor gate;   // (N, FFl)
+    Tensor up;     // (N, FFl)
+    Tensor h;      // (N, FFl) silu(gate) * up
   };
 
   // Lays out the views over buf (a null buf only measures); returns the elements used.
   int64_t build_param_views(Tensor buf, Weights& w, std::vector<NamedTensor>* named);
   void alloc_activations();
-  Tensor rows(const Tensor& t, int64_t n) const;  // first n rows, re-shaped for this batch
   LayerActs acts_for(int l, int B, int T) const;
-  // x (N, C) is the layer input; writes y (N, C), the layer output.
+  // Sequence parallelism: the full (N, C) rows from every rank's (Ns, C) shard, and this rank's
+  // shard of the sum over ranks of a full (N, C) partial result. Identities when P = 1.
+  void gather_rows(Tensor full, const Tensor& local);
+  void reduce_scatter_rows(Tensor local, const Tensor& full);
+  // out = rmsnorm(x) gathered to all N rows (a norm entering a tensor-parallel region).
+  void norm_gathered(Tensor out_full, Tensor rstd, const Tensor& x, const Tensor& weight);
+  // out (Ns, C) = resid + the row-parallel product in @ w^T, summed over ranks.
+  void add_row_parallel(Tensor out, const Tensor& resid, const Tensor& in, const Tensor& w);
+  // x (Ns, C) is the layer input; writes y (Ns, C), the layer output.
   void layer_forward(int l, const LayerActs& a, const Tensor& x, Tensor y, int B, int T);
   // Recomputes what train.recompute dropped; no-op for kNone.
   void layer_recompute(int l, const LayerActs& a, const Tensor& x, int B, int T);
-  // dres (N, C): in: gradient of the layer output; out: gradient of the layer input.
+  // dres (Ns, C): in: gradient of the layer output; out: gradient of the layer input.
   void layer_backward(int l, const LayerActs& a, const Tensor& x, Tensor dres, int B, int T);
   void forward_trunk(const int32_t* tokens, int B, int T);
   // The output head in chunks of rows, so (N, V) logits never exist at once. With backward=true
-  // it also writes dlnf and accumulates the lm_head gradient. Returns the summed loss.
+  // it also leaves d(lnf) in dln_local_ and accumulates the lm_head gradient. Returns the summed
+  // loss over the N rows.
   double head(int64_t N, bool backward, double dloss_scale);
+  int64_t local_rows(int64_t N) const;  // N / P, checked
 
   ModelConfig cfg_;
   Backend& backend_;
   int max_batch_, max_seq_;
   Recompute recompute_;
-  int C_, H_, KV_, HD_, FF_, V_, L_;
+  Communicator* tp_;
+  Communicator* tp_host_;
+  int P_ = 1, p_ = 0;  // tensor-parallel size and rank
+  int C_, HD_, L_;
+  int Hl_, KVl_, FFl_, Vl_;  // this rank's query heads, kv heads, MLP columns, vocabulary rows
+  int vocab_offset_ = 0;     // first vocabulary id of this rank's shard
 
   Tensor param_buf_, grad_buf_;
-  std::vector<int64_t> unit_begin_;  // element offset where each layer's views start (L + 1 entries)
-  std::function<void(int)> grad_ready_hook_;
   Weights w_, dw_;
   std::vector<NamedTensor> params_, grads_;
+  std::vector<int64_t> unit_begin_;  // element offset where each layer's views start (L + 1 entries)
+  std::function<void(int)> grad_ready_hook_;
 
   Tensor freqs_;                  // (max_seq, HD/2, 2) RoPE cos/sin
-  Tensor tokens_, targets_;       // (N) i32
-  std::vector<Tensor> resid_;     // (L+1) x (N, C): the input of each layer, then the final one
+  Tensor tokens_, targets_;       // (N) i32; tokens_ holds this vocabulary shard's ids (-1: another's)
+  std::vector<Tensor> resid_;     // (L+1) x (Ns, C): the input of each layer, then the final one
   std::vector<LayerActs> acts_;   // per layer; members shared between layers where recomputed
   std::vector<Tensor> owned_;     // every activation buffer, for freeing
-  Tensor rstdf_, lnf_;            // final norm: (N), (N, C)
-  Tensor logits_;                 // (chunk, V), the head's working buffer
+  Tensor rstdf_, lnf_local_, lnf_;  // final norm: (Ns), (Ns, C), (N, C) gathered (aliases when P = 1)
+  Tensor logits_;                 // (chunk, Vl), the head's working buffer
   Tensor losses_;                 // (N)
+  Tensor lse_;                    // (chunk) the head's full-row logsumexp (P > 1)
   int64_t head_chunk_;
-  // backward scratch
-  Tensor dres_, dln_, datt_, dq_, dk_, dv_, dh_, dgate_, dup_;
+  // Scratch of the tensor-parallel regions (P > 1 only): a norm's local rows before the gather,
+  // a row-parallel partial sum before the reduce-scatter, and its reduced shard.
+  Tensor ln_local_, partial_, reduced_;
+  // backward scratch; the *_full_ / *_local_ pairs alias when P = 1
+  Tensor dres_, dres_full_, dln_, dln_local_, datt_, dq_, dk_, dv_, dh_, dgate_, dup_;
 };
 
 }  // namespace ltrain

@@ -32,8 +32,10 @@ struct StepStats {
 class AdamW {
  public:
   // dp: the data-parallel communicator (nullptr = one rank). With zero, the model's buffers must
-  // be padded to a multiple of dp->size() (LlamaModel's buffer_multiple).
-  AdamW(const OptimConfig& cfg, LlamaModel& model, Communicator* dp = nullptr, bool zero = false);
+  // be padded to a multiple of dp->size() (LlamaModel's buffer_multiple). tp: the
+  // tensor-parallel group, for the global gradient norm over sharded tensors (host scalars).
+  AdamW(const OptimConfig& cfg, LlamaModel& model, Communicator* dp = nullptr, bool zero = false,
+        Communicator* tp = nullptr);
   ~AdamW();
   AdamW(const AdamW&) = delete;
   AdamW& operator=(const AdamW&) = delete;
@@ -45,6 +47,10 @@ class AdamW {
   // (export) or scatter (import) the shards: every data-parallel rank must call them.
   void export_moments(Tensor m_full, Tensor v_full);
   void import_moments(const Tensor& m_full, const Tensor& v_full);
+  // The fp32 weights (the master copy where there is one, else the model's), whole-buffer
+  // layout; collective under ZeRO. import_weights sets both the master copy and the model's.
+  void export_weights(Tensor w_full);
+  void import_weights(const Tensor& w_full);
   // Call after loading weights into the model, so the master copy (if any) follows them.
   void sync_master_from_model();
 
@@ -57,6 +63,7 @@ class AdamW {
   Backend& be_;
   Communicator* dp_;
   bool zero_;
+  Communicator* tp_;
   int64_t shard_begin_ = 0, shard_n_ = 0;
   Tensor m_, v_;       // (shard_n) moments
   Tensor master_;      // (shard_n) fp32 master weights; undefined when the model's are the master

@@ -18,8 +18,9 @@ class Communicator {
   virtual int size() const = 0;
   virtual std::string name() const = 0;
 
-  // In place: buf = sum over ranks of buf.
+  // In place: buf = sum (max) over ranks of buf.
   virtual void all_reduce_sum(Tensor buf) = 0;
+  virtual void all_reduce_max(Tensor buf) = 0;
   // in (size * n) summed over ranks; this rank receives chunk rank() in out (n).
   virtual void reduce_scatter_sum(Tensor out, const Tensor& in) = 0;
   // out (size * n) = the concatenation of every rank's in (n), in rank order. `in` may be this

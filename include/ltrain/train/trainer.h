@@ -6,8 +6,33 @@
 #include "ltrain/config/config.h"
 #include "ltrain/data/dataset.h"
 #include "ltrain/model/llama.h"
+#include "ltrain/optim/adamw.h"
+#include "ltrain/parallel/communicator.h"
+#include "ltrain/parallel/grad_reducer.h"
+
+#include <functional>
+#include <memory>
 
 namespace ltrain {
+
+// The collectives of this rank's layout: NCCL on device buffers when the backend is CUDA, the
+// MPI groups of the ParallelContext otherwise. tp is null without tensor parallelism.
+struct ParallelComms {
+  std::unique_ptr<Communicator> dp_nccl, tp_nccl;
+  Communicator* dp = nullptr;
+  Communicator* tp = nullptr;
+};
+ParallelComms make_parallel_comms(Backend& backend, int dp_size, int tp_size);
+
+// One optimizer step, as `ltrain train` and `ltrain bench` run it: zero the gradients, forward
+// and backward over `accum` micro-batches (next_batch fills each (B, T) input and target), the
+// data-parallel reduction (reducer, or ZeRO-1 inside AdamW), the tensor-parallel reduction of
+// replicated gradients, then clipping and AdamW. Returns the global mean loss; *stats gets the
+// optimizer's figures.
+double train_step(LlamaModel& model, AdamW& opt, GradReducer* reducer, Communicator& dp, int dp_size,
+                  int accum, int B, int T, int step, double lr,
+                  const std::function<void(int32_t* inputs, int32_t* targets)>& next_batch,
+                  StepStats* stats = nullptr);
 
 // resume: "" (a fresh run), "auto" (the newest valid checkpoint of train.run_dir, or a fresh run
 // when there is none) or a checkpoint/run directory. Returns the last validation loss.

@@ -1,0 +1,198 @@
+// `ltrain bench`: real training steps (forward, backward, clipping, AdamW, and under mpirun the
+// data-parallel gradient reduction) on synthetic tokens, timed, with FLOP accounting and MFU.
+//
+// The pieces are usable on their own (and tested on their own):
+//  - the FLOP formulas of ../shared/REFERENCE.md (causal-attention and PaLM);
+//  - the table of dense bf16 peaks keyed by device name;
+//  - ProfilingBackend: a Backend decorator that forwards every op to another backend and, when
+//    enabled, synchronizes around each op and adds its wall time to the op's family;
+//  - TimingCommunicator: a Communicator decorator that adds up the wall time of every call.
+// docs/benchmarking.md describes every figure and how it is measured.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "ltrain/config/config.h"
+#include "ltrain/core/backend.h"
+#include "ltrain/parallel/communicator.h"
+
+namespace ltrain {
+
+// ---- FLOPs ---------------------------------------------------------------------------------------
+// FLOPs per trained token (forward + backward, matrix products counted once, recomputation not
+// counted), for sequences of seq_len tokens:
+//   causal: 6 * [L*(C*(H + 2KV)*HD + H*HD*C + 3*C*FF) + C*V] + 6 * L*H*HD*T
+//   PaLM:   the same with 12 * L*H*HD*T (attention scores over the whole square)
+// The bracket is ModelConfig::num_matmul_params() (the lm_head counts even when tied; the input
+// embedding is a lookup and does not).
+double flops_per_token(const ModelConfig& m, int seq_len);
+double flops_per_token_palm(const ModelConfig& m, int seq_len);
+
+// ---- peak table ----------------------------------------------------------------------------------
+struct PeakEntry {
+  const char* match;  // substring of the device name (CUDA's cudaDeviceProp::name)
+  double flops;       // dense bf16 tensor-core peak, FLOP/s (never the "with sparsity" figure)
+  const char* note;
+};
+// First match wins, so more specific names come first (H100 PCIe before H100).
+const std::vector<PeakEntry>& peak_table();
+// The peak for a device name, or nullopt when no entry matches. `matched` receives the entry's
+// match string.
+std::optional<double> lookup_peak_flops(const std::string& device_name, std::string* matched = nullptr);
+
+// ---- ProfilingBackend ----------------------------------------------------------------------------
+enum class OpFamily {
+  kMatmul,
+  kAttention,
+  kRmsnorm,
+  kRope,
+  kSwiglu,
+  kCrossEntropy,
+  kEmbedding,
+  kAdd,        // residual adds
+  kOptimizer,  // adamw_update, sum_squares
+  kMemory,     // alloc, free, copy, zero, host transfers
+  kCount
+};
+constexpr int kNumOpFamilies = int(OpFamily::kCount);
+const char* op_family_name(OpFamily f);
+
+// Every Backend op must be forwarded here (a new pure virtual op fails to compile until it is).
+// Wraps `inner` (which must outlive it) and forwards every method. Disabled, it only forwards.
+// Enabled, every op is bracketed by inner.synchronize() and host wall-clock reads, and its time is
+// added to its family: on an asynchronous backend (CUDA) that attributes device time to ops, at the
+// cost of one synchronization per op, which slows the step (the profile is taken on extra steps,
+// never on the timed ones).
+class ProfilingBackend final : public Backend {
+ public:
+  explicit ProfilingBackend(Backend& inner) : inner_(inner) {}
+  Backend& inner() { return inner_; }
+  void set_enabled(bool on) { enabled_ = on; }
+  bool enabled() const { return enabled_; }
+  void reset();
+  double seconds(OpFamily f) const { return seconds_[size_t(f)]; }
+  int64_t calls(OpFamily f) const { return calls_[size_t(f)]; }
+  double total_seconds() const;
+
+  std::string name() const override { return inner_.name(); }
+  DType compute_dtype() const override { return inner_.compute_dtype(); }
+  DType master_dtype() const override { return inner_.master_dtype(); }
+  Tensor alloc(Shape shape, DType dtype) override;
+  void free(Tensor& t) override;
+  void from_host(Tensor dst, const void* src, DType src_dtype) override;
+  void to_host(void* dst, DType dst_dtype, const Tensor& src) override;
+  void copy(Tensor dst, const Tensor& src) override;
+  void zero(Tensor t) override;
+  void synchronize() override { inner_.synchronize(); }
+  size_t bytes_allocated() const override { return inner_.bytes_allocated(); }
+  void matmul(Tensor out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha,
+              float beta) override;
+  void embedding_forward(Tensor out, const Tensor& tokens, const Tensor& wte) override;
+  void embedding_backward(Tensor dwte, const Tensor& dout, const Tensor& tokens) override;
+  void rmsnorm_forward(Tensor out, Tensor rstd, const Tensor& inp, const Tensor& weight,
+                       float eps) override;
+  void rmsnorm_backward(Tensor dinp, Tensor dweight, const Tensor& dout, const Tensor& inp,
+                        const Tensor& weight, const Tensor& rstd) override;
+  void rope_forward(Tensor out, const Tensor& inp, const Tensor& freqs) override;
+  void rope_backward(Tensor dinp, const Tensor& dout, const Tensor& freqs) override;
+  void attention_forward(Tensor out, Tensor lse, const Tensor& q, const Tensor& k,
+                         const Tensor& v) override;
+  void attention_backward(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Tensor& q,
+                          const Tensor& k, const Tensor& v, const Tensor& out,
+                          const Tensor& lse) override;
+  void swiglu_forward(Tensor out, const Tensor& gate, const Tensor& up) override;
+  void swiglu_backward(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate,
+                       const Tensor& up) override;
+  void add(Tensor out, const Tensor& a, const Tensor& b) override;
+  void cross_entropy(Tensor losses, Tensor dlogits, const Tensor& logits, const Tensor& targets,
+                     float dloss) override;
+  void logsumexp_rows(Tensor lse, const Tensor& logits) override;
+  void cross_entropy_with_lse(Tensor losses, Tensor dlogits, const Tensor& logits, const Tensor& lse,
+                              const Tensor& targets, int vocab_offset, float dloss) override;
+  double sum_squares(const std::vector<Tensor>& tensors) override;
+  void adamw_update(Tensor param, const Tensor& grad, Tensor m, Tensor v,
+                    const AdamWStep& s) override;
+
+ private:
+  template <class F>
+  auto timed(OpFamily f, F&& fn) -> decltype(fn());
+  Backend& inner_;
+  bool enabled_ = false;
+  std::array<double, kNumOpFamilies> seconds_{};
+  std::array<int64_t, kNumOpFamilies> calls_{};
+};
+
+// ---- TimingCommunicator --------------------------------------------------------------------------
+// Wraps `inner` (which must outlive it), forwards every call and adds up the host wall time spent
+// inside the calls: for a non-blocking all-reduce that is the launch plus the wait, i.e. the
+// communication the step waits for, not what overlaps the backward.
+class TimingCommunicator final : public Communicator {
+ public:
+  explicit TimingCommunicator(Communicator& inner) : inner_(inner) {}
+  double seconds() const { return seconds_; }
+  int64_t calls() const { return calls_; }
+  void reset() { seconds_ = 0, calls_ = 0; }
+
+  int rank() const override { return inner_.rank(); }
+  int size() const override { return inner_.size(); }
+  std::string name() const override { return inner_.name(); }
+  void all_reduce_sum(Tensor buf) override;
+  void all_reduce_max(Tensor buf) override;
+  void reduce_scatter_sum(Tensor out, const Tensor& in) override;
+  void all_gather(Tensor out, const Tensor& in) override;
+  void broadcast(Tensor buf, int root) override;
+  int all_reduce_sum_start(Tensor buf) override;
+  void wait(int ticket) override;
+  double sum(double x) override;
+  double max(double x) override;
+  void barrier() override;
+
+ private:
+  template <class F>
+  auto timed(F&& fn) -> decltype(fn());
+  Communicator& inner_;
+  double seconds_ = 0;
+  int64_t calls_ = 0;
+};
+
+// ---- the benchmark -------------------------------------------------------------------------------
+struct BenchOptions {
+  std::string config_path;              // recorded in the result
+  std::vector<std::string> overrides;   // recorded in the result
+  int warmup = 3;
+  int steps = 10;
+  bool profile = false;
+  double peak_tflops = 0;               // > 0 overrides the peak table (per GPU/rank, TFLOP/s)
+  // tokens_per_sec_per_rank of an earlier (one-rank) bench for the scaling efficiency; only rank 0
+  // uses it. baseline_path is recorded in the result.
+  std::optional<double> baseline_tokens_per_sec_per_rank;
+  std::optional<double> baseline_flops_per_token;
+  std::string baseline_path;
+};
+
+// Reads an earlier `--json` result for --baseline: fills the baseline fields of `o`. UserError
+// naming the file when it is unreadable or lacks tokens_per_sec_per_rank.
+void read_bench_baseline(const std::string& path, BenchOptions& o);
+
+// The device the backend runs on, for the report and the peak table: the CUDA device's name
+// (cudaGetDeviceProperties of the current device), or the CPU model with the thread count.
+std::string describe_device(const Backend& backend);
+
+// Resolves the parallel layout for `world_size` ranks and validates the config for it (what
+// run_bench does first); returns the data-parallel size. UserError for layouts bench cannot run.
+int check_bench_layout(const Config& cfg, int world_size);
+
+// Runs the benchmark on the current ParallelContext (every rank must call it; the layout is
+// resolved and the config validated first). Returns the figures (docs/benchmarking.md lists the
+// fields) on every rank; the per-rank lists and the baseline efficiency are complete on rank 0.
+nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt);
+
+// The human-readable report of a run_bench() result.
+std::string format_bench_report(const nlohmann::json& r);
+
+}  // namespace ltrain

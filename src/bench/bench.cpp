@@ -1,0 +1,674 @@
+// `ltrain bench` (include/ltrain/bench/bench.h): the FLOP formulas, the peak table, the profiling
+// and timing decorators, and the benchmark loop. The step is the trainer's (src/train/trainer.cpp):
+// zero the gradients, forward+backward over the micro-batches with the global-batch loss scale,
+// the bucketed gradient all-reduce under data parallelism, the global loss sum, AdamW with
+// clipping, and a synchronize so the step's device work is inside its time. Only the data differ:
+// seeded random token ids instead of a DataLoader.
+#include "ltrain/bench/bench.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdarg>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <sstream>
+
+#include "ltrain/core/backend_factory.h"
+#include "ltrain/core/check.h"
+#include "ltrain/core/io.h"
+#include "ltrain/model/llama.h"
+#include "ltrain/optim/adamw.h"
+#include "ltrain/parallel/grad_reducer.h"
+#include "ltrain/train/trainer.h"
+
+#ifdef LTRAIN_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace ltrain {
+
+// ---- FLOPs ---------------------------------------------------------------------------------------
+
+namespace {
+
+double attention_flops_unit(const ModelConfig& m, int seq_len) {
+  // L * H * HD * T: one multiply-add pass of the scores or of the weighted values, per token.
+  return double(m.num_hidden_layers) * double(m.num_attention_heads) * double(m.head_dim()) * double(seq_len);
+}
+
+}  // namespace
+
+double flops_per_token(const ModelConfig& m, int seq_len) {
+  return 6.0 * double(m.num_matmul_params()) + 6.0 * attention_flops_unit(m, seq_len);
+}
+
+double flops_per_token_palm(const ModelConfig& m, int seq_len) {
+  return 6.0 * double(m.num_matmul_params()) + 12.0 * attention_flops_unit(m, seq_len);
+}
+
+// ---- peak table ----------------------------------------------------------------------------------
+
+const std::vector<PeakEntry>& peak_table() {
+  // Dense bf16 tensor-core peaks from NVIDIA's datasheets (half the "with sparsity" figures).
+  static const std::vector<PeakEntry> table = {
+      {"H200", 989e12, "H200 SXM (also matches GH200, an H100-class part with the same peak)"},
+      {"H100 PCIe", 756e12, "H100 PCIe"},
+      {"H100 NVL", 835e12, "H100 NVL"},
+      {"H100", 989e12, "H100 SXM"},
+      {"H800", 989e12, "H800 SXM"},
+      {"A100", 312e12, "A100 (SXM and PCIe, 40 and 80 GB)"},
+      {"A800", 312e12, "A800"},
+  };
+  return table;
+}
+
+std::optional<double> lookup_peak_flops(const std::string& device_name, std::string* matched) {
+  for (const auto& e : peak_table()) {
+    if (device_name.find(e.match) != std::string::npos) {
+      if (matched) *matched = e.match;
+      return e.flops;
+    }
+  }
+  return std::nullopt;
+}
+
+// ---- ProfilingBackend ----------------------------------------------------------------------------
+
+const char* op_family_name(OpFamily f) {
+  switch (f) {
+    case OpFamily::kMatmul: return "matmul";
+    case OpFamily::kAttention: return "attention";
+    case OpFamily::kRmsnorm: return "rmsnorm";
+    case OpFamily::kRope: return "rope";
+    case OpFamily::kSwiglu: return "swiglu";
+    case OpFamily::kCrossEntropy: return "cross_entropy";
+    case OpFamily::kEmbedding: return "embedding";
+    case OpFamily::kAdd: return "add";
+    case OpFamily::kOptimizer: return "optimizer";
+    case OpFamily::kMemory: return "memory";
+    case OpFamily::kCount: break;
+  }
+  return "?";
+}
+
+void ProfilingBackend::reset() {
+  seconds_.fill(0.0);
+  calls_.fill(0);
+}
+
+double ProfilingBackend::total_seconds() const {
+  double s = 0;
+  for (double x : seconds_) s += x;
+  return s;
+}
+
+template <class F>
+auto ProfilingBackend::timed(OpFamily f, F&& fn) -> decltype(fn()) {
+  if (!enabled_) return fn();
+  // Synchronize first so the op's time does not include earlier queued work, and after so it
+  // includes its own.
+  inner_.synchronize();
+  const double t0 = wall_time_seconds();
+  struct Account {  // also on the return path of a value-returning op
+    ProfilingBackend* self;
+    OpFamily f;
+    double t0;
+    ~Account() {
+      self->inner_.synchronize();
+      self->seconds_[size_t(f)] += wall_time_seconds() - t0;
+      self->calls_[size_t(f)] += 1;
+    }
+  } account{this, f, t0};
+  return fn();
+}
+
+Tensor ProfilingBackend::alloc(Shape shape, DType dtype) {
+  return timed(OpFamily::kMemory, [&] { return inner_.alloc(shape, dtype); });
+}
+void ProfilingBackend::free(Tensor& t) {
+  timed(OpFamily::kMemory, [&] { inner_.free(t); });
+}
+void ProfilingBackend::from_host(Tensor dst, const void* src, DType src_dtype) {
+  timed(OpFamily::kMemory, [&] { inner_.from_host(dst, src, src_dtype); });
+}
+void ProfilingBackend::to_host(void* dst, DType dst_dtype, const Tensor& src) {
+  timed(OpFamily::kMemory, [&] { inner_.to_host(dst, dst_dtype, src); });
+}
+void ProfilingBackend::copy(Tensor dst, const Tensor& src) {
+  timed(OpFamily::kMemory, [&] { inner_.copy(dst, src); });
+}
+void ProfilingBackend::zero(Tensor t) {
+  timed(OpFamily::kMemory, [&] { inner_.zero(t); });
+}
+void ProfilingBackend::matmul(Tensor out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
+                              float alpha, float beta) {
+  timed(OpFamily::kMatmul, [&] { inner_.matmul(out, a, b, trans_a, trans_b, alpha, beta); });
+}
+void ProfilingBackend::embedding_forward(Tensor out, const Tensor& tokens, const Tensor& wte) {
+  timed(OpFamily::kEmbedding, [&] { inner_.embedding_forward(out, tokens, wte); });
+}
+void ProfilingBackend::embedding_backward(Tensor dwte, const Tensor& dout, const Tensor& tokens) {
+  timed(OpFamily::kEmbedding, [&] { inner_.embedding_backward(dwte, dout, tokens); });
+}
+void ProfilingBackend::rmsnorm_forward(Tensor out, Tensor rstd, const Tensor& inp, const Tensor& weight,
+                                       float eps) {
+  timed(OpFamily::kRmsnorm, [&] { inner_.rmsnorm_forward(out, rstd, inp, weight, eps); });
+}
+void ProfilingBackend::rmsnorm_backward(Tensor dinp, Tensor dweight, const Tensor& dout, const Tensor& inp,
+                                        const Tensor& weight, const Tensor& rstd) {
+  timed(OpFamily::kRmsnorm, [&] { inner_.rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd); });
+}
+void ProfilingBackend::rope_forward(Tensor out, const Tensor& inp, const Tensor& freqs) {
+  timed(OpFamily::kRope, [&] { inner_.rope_forward(out, inp, freqs); });
+}
+void ProfilingBackend::rope_backward(Tensor dinp, const Tensor& dout, const Tensor& freqs) {
+  timed(OpFamily::kRope, [&] { inner_.rope_backward(dinp, dout, freqs); });
+}
+void ProfilingBackend::attention_forward(Tensor out, Tensor lse, const Tensor& q, const Tensor& k,
+                                         const Tensor& v) {
+  timed(OpFamily::kAttention, [&] { inner_.attention_forward(out, lse, q, k, v); });
+}
+void ProfilingBackend::attention_backward(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout,
+                                          const Tensor& q, const Tensor& k, const Tensor& v,
+                                          const Tensor& out, const Tensor& lse) {
+  timed(OpFamily::kAttention, [&] { inner_.attention_backward(dq, dk, dv, dout, q, k, v, out, lse); });
+}
+void ProfilingBackend::swiglu_forward(Tensor out, const Tensor& gate, const Tensor& up) {
+  timed(OpFamily::kSwiglu, [&] { inner_.swiglu_forward(out, gate, up); });
+}
+void ProfilingBackend::swiglu_backward(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate,
+                                       const Tensor& up) {
+  timed(OpFamily::kSwiglu, [&] { inner_.swiglu_backward(dgate, dup, dout, gate, up); });
+}
+void ProfilingBackend::add(Tensor out, const Tensor& a, const Tensor& b) {
+  timed(OpFamily::kAdd, [&] { inner_.add(out, a, b); });
+}
+void ProfilingBackend::cross_entropy(Tensor losses, Tensor dlogits, const Tensor& logits,
+                                     const Tensor& targets, float dloss) {
+  timed(OpFamily::kCrossEntropy, [&] { inner_.cross_entropy(losses, dlogits, logits, targets, dloss); });
+}
+void ProfilingBackend::logsumexp_rows(Tensor lse, const Tensor& logits) {
+  timed(OpFamily::kCrossEntropy, [&] { inner_.logsumexp_rows(lse, logits); });
+}
+void ProfilingBackend::cross_entropy_with_lse(Tensor losses, Tensor dlogits, const Tensor& logits,
+                                              const Tensor& lse, const Tensor& targets, int vocab_offset,
+                                              float dloss) {
+  timed(OpFamily::kCrossEntropy,
+        [&] { inner_.cross_entropy_with_lse(losses, dlogits, logits, lse, targets, vocab_offset, dloss); });
+}
+double ProfilingBackend::sum_squares(const std::vector<Tensor>& tensors) {
+  return timed(OpFamily::kOptimizer, [&] { return inner_.sum_squares(tensors); });
+}
+void ProfilingBackend::adamw_update(Tensor param, const Tensor& grad, Tensor m, Tensor v,
+                                    const AdamWStep& s) {
+  timed(OpFamily::kOptimizer, [&] { inner_.adamw_update(param, grad, m, v, s); });
+}
+
+// ---- TimingCommunicator --------------------------------------------------------------------------
+
+template <class F>
+auto TimingCommunicator::timed(F&& fn) -> decltype(fn()) {
+  struct Account {
+    TimingCommunicator* self;
+    double t0;
+    ~Account() {
+      self->seconds_ += wall_time_seconds() - t0;
+      self->calls_ += 1;
+    }
+  } account{this, wall_time_seconds()};
+  return fn();
+}
+
+void TimingCommunicator::all_reduce_sum(Tensor buf) { timed([&] { inner_.all_reduce_sum(buf); }); }
+void TimingCommunicator::all_reduce_max(Tensor buf) { timed([&] { inner_.all_reduce_max(buf); }); }
+void TimingCommunicator::reduce_scatter_sum(Tensor out, const Tensor& in) {
+  timed([&] { inner_.reduce_scatter_sum(out, in); });
+}
+void TimingCommunicator::all_gather(Tensor out, const Tensor& in) { timed([&] { inner_.all_gather(out, in); }); }
+void TimingCommunicator::broadcast(Tensor buf, int root) { timed([&] { inner_.broadcast(buf, root); }); }
+int TimingCommunicator::all_reduce_sum_start(Tensor buf) {
+  return timed([&] { return inner_.all_reduce_sum_start(buf); });
+}
+void TimingCommunicator::wait(int ticket) { timed([&] { inner_.wait(ticket); }); }
+double TimingCommunicator::sum(double x) { return timed([&] { return inner_.sum(x); }); }
+double TimingCommunicator::max(double x) { return timed([&] { return inner_.max(x); }); }
+void TimingCommunicator::barrier() { timed([&] { inner_.barrier(); }); }
+
+// ---- helpers -------------------------------------------------------------------------------------
+
+namespace {
+
+bool is_cuda(const Backend& b) { return b.name().rfind("cuda", 0) == 0; }
+
+std::string cpu_model_name() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      auto colon = line.find(':');
+      if (colon != std::string::npos) {
+        std::string s = line.substr(colon + 1);
+        s.erase(0, s.find_first_not_of(" \t"));
+        return s;
+      }
+    }
+  }
+  return "unknown CPU";
+}
+
+// Bytes in use on the current CUDA device (all processes and the context included), or -1.
+double cuda_device_memory_used() {
+#ifdef LTRAIN_WITH_CUDA
+  size_t free_b = 0, total_b = 0;
+  if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) return double(total_b - free_b);
+  cudaGetLastError();
+#endif
+  return -1;
+}
+
+// Every rank's x, in rank order, on every rank (the communicator only sums scalars).
+std::vector<double> gather_scalar(Communicator& c, double x) {
+  std::vector<double> v(size_t(c.size()));
+  for (int i = 0; i < c.size(); ++i) v[size_t(i)] = c.sum(c.rank() == i ? x : 0.0);
+  return v;
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return NAN;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+double mean(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return v.empty() ? NAN : s / double(v.size());
+}
+
+uint64_t splitmix64(uint64_t& state) {
+  uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// JSON number, or null for "not available" (NaN).
+nlohmann::json num_or_null(double x) { return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr); }
+
+}  // namespace
+
+std::string describe_device(const Backend& backend) {
+#ifdef LTRAIN_WITH_CUDA
+  if (is_cuda(backend)) {
+    int dev = 0;
+    cudaDeviceProp prop{};
+    if (cudaGetDevice(&dev) == cudaSuccess && cudaGetDeviceProperties(&prop, dev) == cudaSuccess)
+      return std::string(prop.name);
+    cudaGetLastError();
+    return "unknown CUDA device";
+  }
+#endif
+  if (is_cuda(backend)) return "unknown CUDA device";
+  const int threads = omp_get_max_threads();
+  return cpu_model_name() + strfmt(" (%d thread%s)", threads, threads == 1 ? "" : "s");
+}
+
+void read_bench_baseline(const std::string& path, BenchOptions& o) {
+  const std::string text = read_text_file(path);  // UserError naming the file when unreadable
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const std::exception& e) {
+    user_error("--baseline '", path, "' is not JSON written by `ltrain bench --json`: ", e.what());
+  }
+  if (!j.is_object() || !j.contains("tokens_per_sec_per_rank") || !j["tokens_per_sec_per_rank"].is_number() ||
+      !(j["tokens_per_sec_per_rank"].get<double>() > 0))
+    user_error("--baseline '", path, "' has no positive tokens_per_sec_per_rank; give the --json file of an "
+               "earlier `ltrain bench` run");
+  o.baseline_tokens_per_sec_per_rank = j["tokens_per_sec_per_rank"].get<double>();
+  if (j.contains("flops_per_token") && j["flops_per_token"].is_number())
+    o.baseline_flops_per_token = j["flops_per_token"].get<double>();
+  o.baseline_path = path;
+}
+
+// ---- the benchmark -------------------------------------------------------------------------------
+
+int check_bench_layout(const Config& cfg, int world_size) {
+  const int dp_size = resolve_parallel_layout(cfg, world_size);
+  validate_config(cfg, dp_size);
+  return dp_size;
+}
+
+nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt) {
+  if (opt.steps < 1) user_error("ltrain bench: --steps must be >= 1, got ", opt.steps);
+  if (opt.warmup < 0) user_error("ltrain bench: --warmup must be >= 0, got ", opt.warmup);
+  const auto& tc = cfg.train;
+  ParallelContext& par = ParallelContext::get();
+  const int world = par.world_size();
+  const int dp_size = check_bench_layout(cfg, world);
+  par.setup_grid(dp_size, cfg.parallel.tensor);
+  const int dp_rank = par.data_rank();
+  const int B = tc.micro_batch_size, T = tc.seq_len;
+  const int accum = cfg.grad_accum_steps(dp_size);
+
+  // As in the trainer: the backend of this rank's GPU (or the CPU), NCCL for data parallelism on
+  // CUDA, the MPI group otherwise. The model is built on the profiling decorator, which only
+  // forwards until --profile's extra steps enable it.
+  auto raw = make_backend(cfg.device, par.local_rank());
+  ProfilingBackend be(*raw);
+  const int tp_size = cfg.parallel.tensor;
+  ParallelComms comms = make_parallel_comms(*raw, dp_size, tp_size);
+  // Every collective of the step goes through a timing wrapper: communication vs compute.
+  TimingCommunicator dp(*comms.dp);
+  std::unique_ptr<TimingCommunicator> tp;
+  if (comms.tp) tp = std::make_unique<TimingCommunicator>(*comms.tp);
+  const bool zero = cfg.parallel.zero == 1 && dp_size > 1;
+  LlamaModel model(cfg.model, be, B, T, parse_recompute(tc.recompute), zero ? 64 * dp_size : 1, tp.get(),
+                   &par.tensor());
+  model.init_weights(tc.seed);
+  AdamW adamw(cfg.optim, model, &dp, zero, &par.tensor());
+  std::unique_ptr<GradReducer> reducer;
+  if (dp_size > 1 && !zero) reducer = std::make_unique<GradReducer>(model, dp, cfg.parallel.bucket_mb);
+  auto comm_seconds = [&] { return dp.seconds() + (tp ? tp->seconds() : 0.0); };
+
+  // Synthetic tokens: seeded uniform ids < vocab, different on each data-parallel rank; targets
+  // are the next ids of the same stream. A few distinct micro-batches are cycled through, built
+  // before the clock starts.
+  const int pool = std::max(1, std::min(accum, 4));
+  std::vector<std::vector<int32_t>> ins(static_cast<size_t>(pool)), tgs(static_cast<size_t>(pool));
+  uint64_t rng = tc.seed * 0x2545F4914F6CDD1Dull + uint64_t(dp_rank) * 0x9E3779B97F4A7C15ull + 1;
+  const uint64_t V = uint64_t(cfg.model.vocab_size);
+  for (int p = 0; p < pool; ++p) {
+    ins[size_t(p)].resize(size_t(B) * T);
+    tgs[size_t(p)].resize(size_t(B) * T);
+    for (int b = 0; b < B; ++b) {
+      int32_t prev = int32_t(splitmix64(rng) % V);
+      for (int t = 0; t < T; ++t) {
+        const int32_t next = int32_t(splitmix64(rng) % V);
+        ins[size_t(p)][size_t(b) * T + t] = prev;
+        tgs[size_t(p)][size_t(b) * T + t] = next;
+        prev = next;
+      }
+    }
+  }
+
+  const int total_steps = opt.warmup + opt.steps * (opt.profile ? 2 : 1);
+  int step_no = 0, next_batch = 0;
+  size_t peak_bytes = be.bytes_allocated();
+  // One optimizer step, exactly as `ltrain train` runs it (train_step, src/train/trainer.cpp).
+  auto bench_step = [&]() {
+    ++step_no;
+    const double loss = train_step(model, adamw, reducer.get(), dp, dp_size, accum, B, T, step_no,
+                                   lr_at(cfg.optim, total_steps, step_no), [&](int32_t* in, int32_t* tg) {
+                                     const int p = next_batch++ % pool;
+                                     std::copy(ins[size_t(p)].begin(), ins[size_t(p)].end(), in);
+                                     std::copy(tgs[size_t(p)].begin(), tgs[size_t(p)].end(), tg);
+                                   });
+    peak_bytes = std::max(peak_bytes, be.bytes_allocated());
+    return loss;
+  };
+
+  for (int i = 0; i < opt.warmup; ++i) bench_step();
+  be.synchronize();
+  par.world().barrier();  // the ranks start the timed steps together
+
+  std::vector<double> step_ms, comm_ms, losses;
+  for (int i = 0; i < opt.steps; ++i) {
+    const double c0 = comm_seconds();
+    const double t0 = wall_time_seconds();
+    losses.push_back(bench_step());
+    const double dt = wall_time_seconds() - t0;
+    step_ms.push_back(dt * 1e3);
+    comm_ms.push_back((comm_seconds() - c0) * 1e3);
+  }
+
+  // --profile: as many extra steps with every op synchronized and timed.
+  nlohmann::json profile = nullptr;
+  if (opt.profile) {
+    be.synchronize();
+    par.world().barrier();
+    be.reset();
+    be.set_enabled(true);
+    std::vector<double> prof_ms;
+    const double c0 = comm_seconds();
+    for (int i = 0; i < opt.steps; ++i) {
+      const double t0 = wall_time_seconds();
+      bench_step();
+      prof_ms.push_back((wall_time_seconds() - t0) * 1e3);
+    }
+    be.set_enabled(false);
+    const double n = opt.steps;
+    const double prof_mean = mean(prof_ms);
+    const double comm = (comm_seconds() - c0) * 1e3 / n;
+    nlohmann::json fams = nlohmann::json::array();
+    double attributed = 0;
+    for (int f = 0; f < kNumOpFamilies; ++f) {
+      const double ms = be.seconds(OpFamily(f)) * 1e3 / n;
+      attributed += ms;
+      fams.push_back({{"name", op_family_name(OpFamily(f))},
+                      {"ms_per_step", ms},
+                      {"percent", 100.0 * ms / prof_mean},
+                      {"calls_per_step", double(be.calls(OpFamily(f))) / n}});
+    }
+    const double other = std::max(0.0, prof_mean - attributed - comm);
+    profile = {{"steps", opt.steps},
+               {"rank", par.world_rank()},
+               {"step_ms", prof_mean},
+               {"families", fams},
+               {"communication_ms_per_step", comm},
+               {"communication_percent", 100.0 * comm / prof_mean},
+               {"other_ms_per_step", other},
+               {"other_percent", 100.0 * other / prof_mean},
+               {"method", "host timers around ops synchronized before and after (inner.synchronize())"}};
+  }
+
+  // ---- figures ----
+  Communicator& w = par.world();
+  const double my_median = median(step_ms);
+  const double my_min = *std::min_element(step_ms.begin(), step_ms.end());
+  const double my_max = *std::max_element(step_ms.begin(), step_ms.end());
+  const double my_mean = mean(step_ms);
+  const double my_comm = mean(comm_ms);
+  const std::vector<double> rank_median = gather_scalar(w, my_median);
+  const std::vector<double> rank_comm = gather_scalar(w, my_comm);
+  const std::vector<double> rank_mean = gather_scalar(w, my_mean);
+  const double job_median = *std::max_element(rank_median.begin(), rank_median.end());
+  const double job_min = -w.max(-my_min), job_max = w.max(my_max);
+  const double tokens_per_step = double(tc.global_batch_tokens);
+  const double tokens_per_rank = tokens_per_step / world;  // each token once, whatever the layout
+  std::vector<double> rank_tok_s;
+  for (double ms : rank_median) rank_tok_s.push_back(tokens_per_rank / (ms / 1e3));
+  const double tok_s = tokens_per_step / (job_median / 1e3);
+  const double tok_s_rank = tok_s / world;
+  const double comm_mean = mean(rank_comm);
+  const double step_mean = mean(rank_mean);
+
+  const double fpt = flops_per_token(cfg.model, T), fpt_palm = flops_per_token_palm(cfg.model, T);
+  const double achieved = fpt * tok_s_rank, achieved_palm = fpt_palm * tok_s_rank;
+  const std::string device_name = describe_device(*raw);
+  double peak = NAN;
+  std::string peak_source;
+  if (opt.peak_tflops > 0) {
+    peak = opt.peak_tflops * 1e12;
+    peak_source = "--peak-tflops";
+  } else if (is_cuda(*raw)) {
+    std::string matched;
+    if (auto p = lookup_peak_flops(device_name, &matched)) {
+      peak = *p;
+      peak_source = "table: " + matched;
+    }
+  }
+  const double peak_mem = w.max(double(peak_bytes));
+  const double dev_mem = w.max(cuda_device_memory_used());
+
+  nlohmann::json r;
+  r["config"] = opt.config_path;
+  r["overrides"] = opt.overrides;
+  r["backend"] = raw->name();
+  r["device_name"] = device_name;
+  r["world_size"] = world;
+  r["data_parallel"] = dp_size;
+  r["tensor_parallel"] = cfg.parallel.tensor;
+  r["zero"] = zero ? 1 : 0;
+  r["model"] = {{"params", cfg.model.num_params()},
+                {"matmul_params", cfg.model.num_matmul_params()},
+                {"layers", cfg.model.num_hidden_layers},
+                {"hidden_size", cfg.model.hidden_size},
+                {"heads", cfg.model.num_attention_heads},
+                {"kv_heads", cfg.model.kv_heads()},
+                {"head_dim", cfg.model.head_dim()},
+                {"ffn_dim", cfg.model.ffn_dim()},
+                {"vocab_size", cfg.model.vocab_size}};
+  r["seq_len"] = T;
+  r["micro_batch_size"] = B;
+  r["grad_accum_steps"] = accum;
+  r["recompute"] = tc.recompute;
+  r["tokens_per_step"] = tc.global_batch_tokens;
+  r["warmup_steps"] = opt.warmup;
+  r["steps"] = opt.steps;
+  r["step_ms"] = job_median;
+  r["step_ms_min"] = job_min;
+  r["step_ms_max"] = job_max;
+  r["step_ms_mean"] = step_mean;
+  r["step_ms_all"] = step_ms;  // this rank's (rank 0's in the file)
+  r["tokens_per_sec"] = tok_s;
+  r["tokens_per_sec_per_rank"] = tok_s_rank;
+  r["per_rank_tokens_per_sec"] = rank_tok_s;
+  r["per_rank_step_ms"] = rank_median;
+  r["flops_per_token"] = fpt;
+  r["flops_per_token_palm"] = fpt_palm;
+  r["tflops_per_rank"] = achieved / 1e12;
+  r["tflops_per_rank_palm"] = achieved_palm / 1e12;
+  r["peak_tflops_per_rank"] = num_or_null(peak / 1e12);
+  r["peak_source"] = peak_source.empty() ? nlohmann::json(nullptr) : nlohmann::json(peak_source);
+  r["mfu"] = num_or_null(achieved / peak);
+  r["mfu_palm"] = num_or_null(achieved_palm / peak);
+  r["memory_bytes"] = peak_mem;
+  r["device_memory_used_bytes"] = dev_mem >= 0 ? nlohmann::json(dev_mem) : nlohmann::json(nullptr);
+  r["comm_ms_per_step"] = comm_mean;
+  r["compute_ms_per_step"] = step_mean - comm_mean;
+  r["comm_fraction"] = step_mean > 0 ? comm_mean / step_mean : 0.0;
+  r["per_rank_comm_ms_per_step"] = rank_comm;
+  r["loss_first"] = num_or_null(losses.front());
+  r["loss_last"] = num_or_null(losses.back());
+  r["baseline"] = nullptr;
+  r["scaling_efficiency"] = nullptr;
+  if (opt.baseline_tokens_per_sec_per_rank) {
+    r["baseline"] = {{"file", opt.baseline_path}, {"tokens_per_sec_per_rank", *opt.baseline_tokens_per_sec_per_rank}};
+    r["scaling_efficiency"] = tok_s_rank / *opt.baseline_tokens_per_sec_per_rank;
+  }
+  r["profile"] = profile;
+  return r;
+}
+
+// ---- the report ----------------------------------------------------------------------------------
+
+namespace {
+
+std::string thousands(double x) {
+  if (!std::isfinite(x)) return "n/a";
+  long long v = llround(x);
+  std::string s = std::to_string(v < 0 ? -v : v), out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i && (s.size() - i) % 3 == 0) out += ',';
+    out += s[i];
+  }
+  return (v < 0 ? "-" : "") + out;
+}
+
+std::string human(double x, const char* unit) {
+  const char* pre[] = {"", "K", "M", "G", "T", "P"};
+  int i = 0;
+  while (std::fabs(x) >= 1000 && i < 5) x /= 1000, ++i;
+  return strfmt("%.3g %s%s", x, pre[i], unit);
+}
+
+std::string mib(double bytes) {
+  return bytes >= 1024.0 * 1048576 ? strfmt("%.2f GiB", bytes / (1024.0 * 1048576)) : strfmt("%.1f MiB", bytes / 1048576);
+}
+
+double num(const nlohmann::json& j, const char* key) {
+  return j.contains(key) && j[key].is_number() ? j[key].get<double>() : NAN;
+}
+
+}  // namespace
+
+std::string format_bench_report(const nlohmann::json& r) {
+  std::ostringstream os;
+  auto row = [&](const char* what, const std::string& v) { os << strfmt("  %-14s %s\n", what, v.c_str()); };
+  const auto& m = r["model"];
+  const int world = r["world_size"], dp = r["data_parallel"], tp = r["tensor_parallel"];
+  row("device", r["backend"].get<std::string>() + ": " + r["device_name"].get<std::string>());
+  row("model", strfmt("%.2fM params (%.2fM in matrix products) | L=%d C=%d H=%d KV=%d HD=%d FF=%d V=%d",
+                   m["params"].get<double>() / 1e6, m["matmul_params"].get<double>() / 1e6,
+                   m["layers"].get<int>(), m["hidden_size"].get<int>(), m["heads"].get<int>(),
+                   m["kv_heads"].get<int>(), m["head_dim"].get<int>(), m["ffn_dim"].get<int>(),
+                   m["vocab_size"].get<int>()));
+  row("layout", strfmt("%d rank%s = data %d x tensor %d | ZeRO-1 %s", world, world > 1 ? "s" : "", dp, tp,
+                    r["zero"].get<int>() ? "on" : "off"));
+  row("tokens/step", strfmt("%s = %d micro-batch%s x %d seqs x %d tokens x %d data ranks | recompute %s",
+                         thousands(num(r, "tokens_per_step")).c_str(), r["grad_accum_steps"].get<int>(),
+                         r["grad_accum_steps"].get<int>() > 1 ? "es" : "", r["micro_batch_size"].get<int>(),
+                         r["seq_len"].get<int>(), dp, r["recompute"].get<std::string>().c_str()));
+  row("steps", strfmt("%d warm-up + %d timed", r["warmup_steps"].get<int>(), r["steps"].get<int>()));
+  row("step time", strfmt("%.1f ms median (min %.1f, max %.1f)", num(r, "step_ms"), num(r, "step_ms_min"),
+                       num(r, "step_ms_max")));
+  row("tokens/s", strfmt("%s total | %s per rank", thousands(num(r, "tokens_per_sec")).c_str(),
+                      thousands(num(r, "tokens_per_sec_per_rank")).c_str()));
+  std::string memory = mib(num(r, "memory_bytes")) + " peak allocated by the backend";
+  if (r["device_memory_used_bytes"].is_number())
+    memory += " | " + mib(num(r, "device_memory_used_bytes")) + " in use on the device (cudaMemGetInfo)";
+  row("memory", memory);
+  row("FLOPs/token", human(num(r, "flops_per_token"), "FLOP") + " causal | " +
+                         human(num(r, "flops_per_token_palm"), "FLOP") + " PaLM");
+  row("achieved", strfmt("%.4g TFLOP/s per rank (causal) | %.4g (PaLM)", num(r, "tflops_per_rank"),
+                      num(r, "tflops_per_rank_palm")));
+  if (r["mfu"].is_number()) {
+    row("MFU", strfmt("%.1f%% (causal) | %.1f%% PaLM | peak %.4g TFLOP/s (%s)", 100 * num(r, "mfu"),
+                   100 * num(r, "mfu_palm"), num(r, "peak_tflops_per_rank"),
+                   r["peak_source"].get<std::string>().c_str()));
+  } else {
+    row("MFU", "n/a: no peak known for '" + r["device_name"].get<std::string>() +
+                   "'; pass --peak-tflops X (dense bf16 TFLOP/s per GPU)");
+  }
+  if (world > 1) {
+    std::string per;
+    const auto& pr = r["per_rank_tokens_per_sec"];
+    for (size_t i = 0; i < pr.size(); ++i) per += (i ? ", " : "") + thousands(pr[i].get<double>());
+    row("per rank", "tokens/s " + per);
+    const double step = num(r, "step_ms_mean"), comm = num(r, "comm_ms_per_step");
+    row("comm/compute", strfmt("%.1f ms communication (%.1f%%) | %.1f ms compute per step (mean over ranks)", comm,
+                            100 * num(r, "comm_fraction"), step - comm));
+  }
+  if (r["scaling_efficiency"].is_number()) {
+    row("scaling", strfmt("%.1f%% of %s tokens/s per rank in %s", 100 * num(r, "scaling_efficiency"),
+                       thousands(r["baseline"]["tokens_per_sec_per_rank"].get<double>()).c_str(),
+                       r["baseline"]["file"].get<std::string>().c_str()));
+  }
+  row("loss", strfmt("%.4f -> %.4f (synthetic tokens; ln V = %.4f)", num(r, "loss_first"), num(r, "loss_last"),
+                  std::log(num(r["model"], "vocab_size"))));
+  const auto& p = r["profile"];
+  if (p.is_object()) {
+    os << strfmt("\n  profile (rank %d, %d extra steps, every op synchronized: %.1f ms/step)\n",
+              p["rank"].get<int>(), p["steps"].get<int>(), num(p, "step_ms"));
+    os << strfmt("  %-16s %12s %8s %10s\n", "family", "ms/step", "%", "calls/step");
+    std::vector<nlohmann::json> fams(p["families"].begin(), p["families"].end());
+    std::stable_sort(fams.begin(), fams.end(), [](const nlohmann::json& a, const nlohmann::json& b) {
+      return a["ms_per_step"].get<double>() > b["ms_per_step"].get<double>();
+    });
+    for (const auto& f : fams)
+      if (num(f, "calls_per_step") > 0)  // families the model never calls (e.g. add, fused away)
+        os << strfmt("  %-16s %12.3f %7.1f%% %10.0f\n", f["name"].get<std::string>().c_str(), num(f, "ms_per_step"),
+                num(f, "percent"), num(f, "calls_per_step"));
+    os << strfmt("  %-16s %12.3f %7.1f%%\n", "communication", num(p, "communication_ms_per_step"),
+              num(p, "communication_percent"));
+    os << strfmt("  %-16s %12.3f %7.1f%%\n", "other (host)", num(p, "other_ms_per_step"), num(p, "other_percent"));
+  }
+  return os.str();
+}
+
+}  // namespace ltrain

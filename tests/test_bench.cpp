@@ -1,0 +1,262 @@
+// `ltrain bench` pieces: the FLOP formulas against hand-computed values, the peak table, the
+// profiling backend (it must not change a single bit of training), the timing communicator, and a
+// tiny in-process benchmark run.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <random>
+
+#include "ltrain/bench/bench.h"
+#include "ltrain/core/check.h"
+#include "ltrain/model/llama.h"
+#include "ltrain/optim/adamw.h"
+#include "test_util.h"
+
+namespace ltrain {
+namespace {
+
+ModelConfig llama2_7b() {
+  ModelConfig m;
+  m.hidden_size = 4096;
+  m.intermediate_size = 11008;
+  m.num_hidden_layers = 32;
+  m.num_attention_heads = 32;
+  m.num_key_value_heads = 32;
+  m.vocab_size = 32000;
+  m.max_position_embeddings = 4096;
+  return m;
+}
+
+TEST(BenchFlops, Llama2_7B_At4096) {
+  // The formula of ../shared/REFERENCE.md with LLaMA-2 7B's literal sizes:
+  // L=32, d=4096, H=32, KV=32, hd=128, ffn=11008, V=32000, T=4096.
+  const double bracket = 32.0 * (4096.0 * (32 + 2 * 32) * 128 + 32.0 * 128 * 4096 + 3.0 * 4096 * 11008) +
+                         4096.0 * 32000;
+  const double attn = 32.0 * 32 * 128 * 4096;
+  EXPECT_EQ(bracket, 6607077376.0);  // 6.61e9 parameters in matrix products
+  EXPECT_EQ(flops_per_token(llama2_7b(), 4096), 6 * bracket + 6 * attn);
+  EXPECT_EQ(flops_per_token(llama2_7b(), 4096), 42863689728.0);
+  EXPECT_EQ(flops_per_token_palm(llama2_7b(), 4096), 6 * bracket + 12 * attn);
+  EXPECT_EQ(flops_per_token_palm(llama2_7b(), 4096), 46084915200.0);
+  // The attention term scales with T, the rest does not.
+  EXPECT_EQ(flops_per_token(llama2_7b(), 2048), 6 * bracket + 3 * attn);
+}
+
+TEST(BenchFlops, GroupedQueryAndTiedEmbeddings) {
+  // TinyLlama: d=2048, H=32, KV=4, hd=64, ffn=5632, L=22, V=32000, T=2048.
+  ModelConfig m;
+  m.hidden_size = 2048;
+  m.intermediate_size = 5632;
+  m.num_hidden_layers = 22;
+  m.num_attention_heads = 32;
+  m.num_key_value_heads = 4;
+  m.vocab_size = 32000;
+  const double bracket = 22.0 * (2048.0 * (32 + 2 * 4) * 64 + 32.0 * 64 * 2048 + 3.0 * 2048 * 5632) + 2048.0 * 32000;
+  EXPECT_EQ(flops_per_token(m, 2048), 6 * bracket + 6 * 22.0 * 32 * 64 * 2048);
+  EXPECT_EQ(flops_per_token_palm(m, 2048), 6 * bracket + 12 * 22.0 * 32 * 64 * 2048);
+  // Tied embeddings: the output projection is still a matrix product of d*V.
+  m.tie_word_embeddings = true;
+  EXPECT_EQ(flops_per_token(m, 2048), 6 * bracket + 6 * 22.0 * 32 * 64 * 2048);
+}
+
+TEST(BenchPeak, TableByDeviceName) {
+  std::string matched;
+  EXPECT_EQ(lookup_peak_flops("NVIDIA H100 80GB HBM3", &matched), 989e12);
+  EXPECT_EQ(matched, "H100");
+  EXPECT_EQ(lookup_peak_flops("NVIDIA H200"), 989e12);
+  EXPECT_EQ(lookup_peak_flops("NVIDIA H200 NVL"), 989e12);
+  EXPECT_EQ(lookup_peak_flops("NVIDIA A100-SXM4-80GB"), 312e12);
+  EXPECT_EQ(lookup_peak_flops("NVIDIA A100-PCIE-40GB"), 312e12);
+  EXPECT_EQ(lookup_peak_flops("NVIDIA H100 PCIe", &matched), 756e12);  // the specific entry wins
+  EXPECT_EQ(matched, "H100 PCIe");
+  EXPECT_FALSE(lookup_peak_flops("NVIDIA GeForce RTX 4090").has_value());
+  EXPECT_FALSE(lookup_peak_flops("Intel(R) Xeon(R) Processor (2 threads)").has_value());
+  EXPECT_FALSE(lookup_peak_flops("").has_value());
+  for (const auto& e : peak_table()) EXPECT_GT(e.flops, 1e14) << e.match;
+}
+
+ModelConfig tiny_config() {
+  ModelConfig m;
+  m.hidden_size = 32;
+  m.num_attention_heads = 4;
+  m.num_key_value_heads = 2;
+  m.intermediate_size = 48;
+  m.num_hidden_layers = 2;
+  m.vocab_size = 37;
+  m.max_position_embeddings = 16;
+  return m;
+}
+
+std::vector<float> host(Backend& be, const Tensor& t) {
+  std::vector<float> v(size_t(t.numel()));
+  be.to_host(v.data(), DType::kF32, t);
+  return v;
+}
+
+TEST(BenchProfilingBackend, ForwardsBitForBitAndTimesOps) {
+  const ModelConfig cfg = tiny_config();
+  const int B = 2, T = 9;
+  std::mt19937_64 rng(5);
+  std::vector<int32_t> tokens(B * T), targets(B * T);
+  for (int i = 0; i < B * T; ++i) tokens[i] = int32_t(rng() % 37), targets[i] = int32_t(rng() % 37);
+
+  auto raw_a = make_cpu_backend(DType::kF32);
+  auto raw_b = make_cpu_backend(DType::kF32);
+  ProfilingBackend prof(*raw_b);
+  prof.set_enabled(true);
+  EXPECT_EQ(prof.name(), raw_b->name());
+  EXPECT_EQ(prof.compute_dtype(), raw_b->compute_dtype());
+  EXPECT_EQ(prof.master_dtype(), raw_b->master_dtype());
+
+  LlamaModel ma(cfg, *raw_a, B, T, Recompute::kSelective);
+  LlamaModel mb(cfg, prof, B, T, Recompute::kSelective);
+  EXPECT_EQ(prof.bytes_allocated(), raw_b->bytes_allocated());
+  EXPECT_EQ(prof.bytes_allocated(), raw_a->bytes_allocated());
+  ma.init_weights(3);
+  mb.init_weights(3);
+  OptimConfig oc;
+  oc.grad_clip = 0.01;  // clipping active, so sum_squares feeds the update
+  AdamW oa(oc, ma), ob(oc, mb);
+  prof.reset();
+  for (int step = 1; step <= 2; ++step) {
+    ma.zero_grads();
+    mb.zero_grads();
+    const double la = ma.forward_backward(tokens.data(), targets.data(), B, T, 1.0 / (B * T));
+    const double lb = mb.forward_backward(tokens.data(), targets.data(), B, T, 1.0 / (B * T));
+    EXPECT_EQ(la, lb) << "step " << step;
+    auto ga = host(*raw_a, ma.grad_buffer()), gb = host(*raw_b, mb.grad_buffer());
+    ASSERT_EQ(ga.size(), gb.size());
+    EXPECT_EQ(0, std::memcmp(ga.data(), gb.data(), ga.size() * sizeof(float))) << "gradients differ, step " << step;
+    const StepStats sa = oa.step(step, 1e-2), sb = ob.step(step, 1e-2);
+    EXPECT_EQ(sa.grad_norm, sb.grad_norm);
+    auto wa = host(*raw_a, ma.param_buffer()), wb = host(*raw_b, mb.param_buffer());
+    EXPECT_EQ(0, std::memcmp(wa.data(), wb.data(), wa.size() * sizeof(float))) << "weights differ, step " << step;
+  }
+  for (OpFamily f : {OpFamily::kMatmul, OpFamily::kAttention, OpFamily::kRmsnorm, OpFamily::kRope,
+                     OpFamily::kSwiglu, OpFamily::kCrossEntropy, OpFamily::kEmbedding, OpFamily::kOptimizer}) {
+    EXPECT_GT(prof.calls(f), 0) << op_family_name(f);
+    EXPECT_GT(prof.seconds(f), 0.0) << op_family_name(f);
+  }
+  EXPECT_GT(prof.total_seconds(), prof.seconds(OpFamily::kMatmul));
+
+  // Disabled, it only forwards.
+  prof.reset();
+  prof.set_enabled(false);
+  mb.zero_grads();
+  mb.forward_backward(tokens.data(), targets.data(), B, T, 1.0 / (B * T));
+  EXPECT_EQ(prof.total_seconds(), 0.0);
+  EXPECT_EQ(prof.calls(OpFamily::kMatmul), 0);
+}
+
+TEST(BenchTimingCommunicator, ForwardsAndCounts) {
+  auto single = make_single_communicator();
+  TimingCommunicator c(*single);
+  EXPECT_EQ(c.rank(), 0);
+  EXPECT_EQ(c.size(), 1);
+  EXPECT_EQ(c.sum(2.5), 2.5);
+  EXPECT_EQ(c.max(-1.0), -1.0);
+  float x[3] = {1, 2, 3};
+  Tensor t;
+  t.data = x;
+  t.shape = Shape{3};
+  c.wait(c.all_reduce_sum_start(t));
+  c.barrier();
+  EXPECT_EQ(x[2], 3.0f);
+  EXPECT_EQ(c.calls(), 5);
+  EXPECT_GE(c.seconds(), 0.0);
+  c.reset();
+  EXPECT_EQ(c.calls(), 0);
+}
+
+Config tiny_bench_config() {
+  Config c;
+  c.device = "cpu";
+  c.model = tiny_config();
+  c.train.seq_len = 16;
+  c.train.micro_batch_size = 2;
+  c.train.global_batch_tokens = 64;  // two micro-batches
+  return c;
+}
+
+TEST(BenchRun, FiguresAreConsistent) {
+  BenchOptions o;
+  o.warmup = 1;
+  o.steps = 3;
+  o.profile = true;
+  const auto r = run_bench(tiny_bench_config(), o);
+  EXPECT_EQ(r["backend"], "cpu");
+  EXPECT_EQ(r["world_size"], 1);
+  EXPECT_EQ(r["grad_accum_steps"], 2);
+  EXPECT_EQ(r["tokens_per_step"], 64);
+  EXPECT_EQ(r["step_ms_all"].size(), 3u);
+  const double step_ms = r["step_ms"];
+  EXPECT_GT(step_ms, 0);
+  EXPECT_LE(r["step_ms_min"].get<double>(), step_ms);
+  EXPECT_GE(r["step_ms_max"].get<double>(), step_ms);
+  EXPECT_NEAR(r["tokens_per_sec"].get<double>(), 64 / (step_ms / 1e3), 1e-6);
+  EXPECT_EQ(r["tokens_per_sec_per_rank"], r["tokens_per_sec"]);
+  EXPECT_EQ(r["flops_per_token"].get<double>(), flops_per_token(tiny_config(), 16));
+  EXPECT_NEAR(r["tflops_per_rank"].get<double>(),
+              flops_per_token(tiny_config(), 16) * r["tokens_per_sec"].get<double>() / 1e12, 1e-12);
+  EXPECT_TRUE(r["mfu"].is_null());  // the CPU has no peak
+  EXPECT_TRUE(r["mfu_palm"].is_null());
+  EXPECT_TRUE(r["scaling_efficiency"].is_null());
+  EXPECT_GT(r["memory_bytes"].get<double>(), 0);
+  EXPECT_NEAR(r["loss_first"].get<double>(), std::log(37.0), 0.5);
+  ASSERT_TRUE(r["profile"].is_object());
+  bool matmul_seen = false;
+  for (const auto& f : r["profile"]["families"])
+    if (f["name"] == "matmul") matmul_seen = f["ms_per_step"].get<double>() > 0;
+  EXPECT_TRUE(matmul_seen);
+  const std::string report = format_bench_report(r);
+  EXPECT_NE(report.find("tokens/s"), std::string::npos);
+  EXPECT_NE(report.find("MFU            n/a"), std::string::npos) << report;
+  EXPECT_NE(report.find("matmul"), std::string::npos) << report;
+
+  // A given peak gives an MFU, and the baseline an efficiency.
+  o.profile = false;
+  o.peak_tflops = 0.001;
+  o.baseline_tokens_per_sec_per_rank = 1000.0;
+  const auto r2 = run_bench(tiny_bench_config(), o);
+  EXPECT_NEAR(r2["mfu"].get<double>(), r2["tflops_per_rank"].get<double>() / 0.001, 1e-9);
+  EXPECT_NEAR(r2["mfu_palm"].get<double>(), r2["tflops_per_rank_palm"].get<double>() / 0.001, 1e-9);
+  EXPECT_GT(r2["mfu_palm"].get<double>(), r2["mfu"].get<double>());
+  EXPECT_EQ(r2["peak_source"], "--peak-tflops");
+  EXPECT_NEAR(r2["scaling_efficiency"].get<double>(), r2["tokens_per_sec_per_rank"].get<double>() / 1000.0, 1e-12);
+  EXPECT_TRUE(r2["profile"].is_null());
+  EXPECT_NE(format_bench_report(r2).find("scaling"), std::string::npos);
+}
+
+TEST(BenchRun, RefusesBadInput) {
+  BenchOptions o;
+  o.steps = 0;
+  EXPECT_THROW(run_bench(tiny_bench_config(), o), UserError);
+  Config c = tiny_bench_config();
+  c.train.global_batch_tokens = 40;  // not a multiple of 2 x 16
+  o.steps = 1;
+  EXPECT_THROW(run_bench(c, o), UserError);
+  Config tp = tiny_bench_config();
+  tp.parallel.tensor = 2;
+  EXPECT_THROW(check_bench_layout(tp, 1), UserError);  // one rank cannot hold a tensor-parallel pair
+  EXPECT_EQ(check_bench_layout(tiny_bench_config(), 1), 1);
+}
+
+TEST(BenchBaseline, ReadsAndRefuses) {
+  test::TempDir dir("bench_baseline");
+  BenchOptions o;
+  EXPECT_THROW(read_bench_baseline(dir.file("missing.json"), o), UserError);
+  std::ofstream(dir.file("bad.json")) << "{not json";
+  EXPECT_THROW(read_bench_baseline(dir.file("bad.json"), o), UserError);
+  std::ofstream(dir.file("nofield.json")) << R"({"tokens_per_sec": 5})";
+  EXPECT_THROW(read_bench_baseline(dir.file("nofield.json"), o), UserError);
+  std::ofstream(dir.file("ok.json")) << R"({"tokens_per_sec_per_rank": 1234.5, "flops_per_token": 99})";
+  read_bench_baseline(dir.file("ok.json"), o);
+  EXPECT_EQ(*o.baseline_tokens_per_sec_per_rank, 1234.5);
+  EXPECT_EQ(*o.baseline_flops_per_token, 99.0);
+  EXPECT_EQ(o.baseline_path, dir.file("ok.json"));
+}
+
+}  // namespace
+}  // namespace ltrain
