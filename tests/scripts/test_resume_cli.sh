@@ -123,6 +123,16 @@ OMP_NUM_THREADS=1 $MPIRUN -np 2 "$LTRAIN" train --config tiny.yaml train.run_dir
   || { fail "resume on 2 ranks"; tail -5 dp1to2b.log; }
 close_run full dp1to2 || fail "data 1 -> 2 resume differs"
 
+# Tensor parallelism: 2 ranks to 1, and 1 to 2 (checkpoints hold whole tensors).
+LTRAIN_TEST_STOP_AT_STEP=6 OMP_NUM_THREADS=1 $MPIRUN -np 2 "$LTRAIN" train --config tiny.yaml train.run_dir=tp2to1 parallel.tensor=2 > tp2to1.log 2>&1 \
+  || { fail "tensor 2 first half"; tail -5 tp2to1.log; }
+run_ok "resume a tensor-parallel checkpoint on 1 rank" train --config tiny.yaml train.run_dir=tp2to1 --resume auto
+close_run full tp2to1 || fail "tensor 2 -> 1 resume differs"
+LTRAIN_TEST_STOP_AT_STEP=6 "$LTRAIN" train --config tiny.yaml train.run_dir=tp1to2 > tp1to2.log 2>&1 || fail "tensor 1 first half"
+OMP_NUM_THREADS=1 $MPIRUN -np 2 "$LTRAIN" train --config tiny.yaml train.run_dir=tp1to2 parallel.tensor=2 --resume auto > tp1to2b.log 2>&1 \
+  || { fail "resume on 2 tensor ranks"; tail -5 tp1to2b.log; }
+close_run full tp1to2 || fail "tensor 1 -> 2 resume differs"
+
 # 6. Retention: keep the newest 2 and every multiple of 8.
 run_ok "retention" train --config tiny.yaml train.run_dir=keep checkpoint.interval=2 checkpoint.keep_last=2 checkpoint.keep_every=8
 kept=$(ls keep/checkpoints | grep -v latest | tr '\n' ' ')
