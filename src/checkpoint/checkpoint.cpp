@@ -229,31 +229,60 @@ CheckpointInfo open_checkpoint(const std::string& path) {
   return info;
 }
 
+std::vector<HostTensor> read_checkpoint_tensors(const CheckpointInfo& info, const std::string& section) {
+  const std::string meta_path = path_join(info.dir, "meta.json");
+  if (!info.meta.contains(section)) user_error(meta_path, ": has no '", section, "' section");
+  std::map<std::string, std::string> file_cache;
+  std::vector<HostTensor> out;
+  for (const auto& e : info.meta[section]) {
+    HostTensor t;
+    t.name = e.at("name").get<std::string>();
+    for (int64_t d : e.at("shape").get<std::vector<int64_t>>()) t.shape.dims[t.shape.ndim++] = d;
+    const std::string file = path_join(info.dir, e.at("file").get<std::string>());
+    auto fc = file_cache.find(file);
+    if (fc == file_cache.end()) fc = file_cache.emplace(file, read_text_file(file)).first;
+    const std::string& data = fc->second;
+    const uint64_t offset = e.at("offset").get<uint64_t>(), bytes = e.at("bytes").get<uint64_t>();
+    if (bytes != uint64_t(t.shape.numel()) * 4 || offset + bytes > data.size())
+      user_error(file, ": truncated or inconsistent (tensor '", t.name, "')");
+    if (crc32(data.data() + offset, bytes) != e.at("crc32").get<uint32_t>())
+      user_error(file, ": corrupt: checksum mismatch in tensor '", t.name, "'");
+    t.data.resize(size_t(t.shape.numel()));
+    std::memcpy(t.data.data(), data.data() + offset, bytes);
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
 void load_checkpoint_weights(const CheckpointInfo& info, LlamaModel& model) {
   auto tensors = read_tensors(info.dir, info.meta["tensors"], model, "");
   model.import_full(model.param_buffer(), [&](const std::string& n) -> const std::vector<float>& { return tensors.at(n); });
 }
 
-void load_checkpoint_training_state(const CheckpointInfo& info, LlamaModel& model, AdamW& optimizer) {
+void load_checkpoint_training_state(const CheckpointInfo& info, LlamaModel& model, AdamW& optimizer,
+                                    bool with_moments) {
   const std::string meta_path = path_join(info.dir, "meta.json");
-  if (!info.meta.contains("optimizer")) user_error(meta_path, ": has no optimizer state to resume from");
+  if (with_moments && !info.meta.contains("optimizer"))
+    user_error(meta_path, ": has no optimizer state to resume from");
   Backend& be = model.backend();
   const Shape shape = model.param_buffer().shape;
   // Whole tensors are read, each rank keeps its tensor-parallel part in a buffer laid out like
-  // the parameters, and the optimizer keeps its ZeRO shard of that.
-  Tensor w = be.alloc(shape, be.master_dtype()), m = be.alloc(shape, be.master_dtype()),
-         v = be.alloc(shape, be.master_dtype());
+  // the parameters, and the optimizer keeps its ZeRO shard of that. The fp32 weights go to the
+  // optimizer's master copy as they are (not through the bf16 compute copy).
+  Tensor w = be.alloc(shape, be.master_dtype());
   {
     auto tensors = read_tensors(info.dir, info.meta["tensors"], model, "");
     model.import_full(w, [&](const std::string& n) -> const std::vector<float>& { return tensors.at(n); });
   }
+  optimizer.import_weights(w);
+  be.free(w);
+  if (!with_moments) return;
+  Tensor m = be.alloc(shape, be.master_dtype()), v = be.alloc(shape, be.master_dtype());
   for (auto [suffix, target] : {std::pair<const char*, Tensor>{".exp_avg", m}, {".exp_avg_sq", v}}) {
     auto tensors = read_tensors(info.dir, info.meta["optimizer"], model, suffix);
     model.import_full(target, [&](const std::string& n) -> const std::vector<float>& { return tensors.at(n); });
   }
-  optimizer.import_weights(w);
   optimizer.import_moments(m, v);
-  be.free(w);
   be.free(m);
   be.free(v);
 }

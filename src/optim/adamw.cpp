@@ -51,10 +51,6 @@ Tensor AdamW::range(const Tensor& flat, int64_t begin, int64_t n) const {
   return t;
 }
 
-void AdamW::sync_master_from_model() {
-  if (master_.defined()) be_.copy(master_, range(model_.param_buffer(), shard_begin_, shard_n_));
-}
-
 void AdamW::export_moments(Tensor m_full, Tensor v_full) {
   if (zero_) {
     be_.synchronize();

@@ -157,6 +157,12 @@ double run_training(const Config& cfg, const std::string& resume) {
     train_data.restore(LoaderState::from_json(ck->meta["data"]["train"]));
     start_step = ck->step;
     log.info(strfmt("resumed from %s at step %d", ck->dir.c_str(), start_step));
+  } else if (!tc.init_from.empty()) {
+    // Continued pretraining: weights only; the optimizer, the schedule and the data start fresh.
+    CheckpointInfo init = open_checkpoint(tc.init_from);
+    verify_checkpoint(init);
+    load_checkpoint_training_state(init, model, opt, /*with_moments=*/false);
+    log.info(strfmt("initialized the weights from %s (step %d of its run)", init.dir.c_str(), init.step));
   }
   std::unique_ptr<GradReducer> reducer;
   if (dp_size > 1 && !zero) reducer = std::make_unique<GradReducer>(model, dp, cfg.parallel.bucket_mb);

@@ -133,6 +133,17 @@ OMP_NUM_THREADS=1 $MPIRUN -np 2 "$LTRAIN" train --config tiny.yaml train.run_dir
   || { fail "resume on 2 tensor ranks"; tail -5 tp1to2b.log; }
 close_run full tp1to2 || fail "tensor 1 -> 2 resume differs"
 
+# Continued pretraining from another run's weights: fresh optimizer and schedule, trained weights.
+run_ok "init_from" train --config tiny.yaml train.run_dir=cont train.init_from=full train.steps=2
+grep -q "initialized the weights from full/checkpoints/step_00000012" cont/train.log || fail "init_from not reported"
+$PY - full cont <<'PYEOF' || fail "init_from did not start from the trained weights"
+import json, sys
+first = lambda run: [json.loads(l) for l in open(f"{run}/metrics.jsonl") if '"loss"' in l][0]
+a, b = first(sys.argv[1]), first(sys.argv[2])
+print(f"    first-step loss: fresh {a['loss']:.3f}, from trained weights {b['loss']:.3f}")
+assert b["step"] == 1 and b["loss"] < a["loss"] - 0.1
+PYEOF
+
 # 6. Retention: keep the newest 2 and every multiple of 8.
 run_ok "retention" train --config tiny.yaml train.run_dir=keep checkpoint.interval=2 checkpoint.keep_last=2 checkpoint.keep_every=8
 kept=$(ls keep/checkpoints | grep -v latest | tr '\n' ' ')

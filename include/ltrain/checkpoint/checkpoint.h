@@ -57,10 +57,16 @@ std::vector<std::string> prune_checkpoints(const std::string& run_dir, int keep_
 // Validates meta.json; UserError naming the file otherwise.
 CheckpointInfo open_checkpoint(const std::string& path);
 
+// Every tensor of a section ("tensors": the weights, "optimizer": the moments), whole, in file
+// order, checksums verified.
+std::vector<HostTensor> read_checkpoint_tensors(const CheckpointInfo& info, const std::string& section);
+
 // Loads the weights into a model built from info.config.model (any tensor-parallel layout: each
 // rank keeps its part). Checks every shape and checksum; UserError naming the file and tensor.
 void load_checkpoint_weights(const CheckpointInfo& info, LlamaModel& model);
-// For resuming: the fp32 weights into the optimizer's master copy and the model, and the moments.
-void load_checkpoint_training_state(const CheckpointInfo& info, LlamaModel& model, AdamW& optimizer);
+// For training: the fp32 weights into the optimizer's master copy and the model, and (for
+// resuming) the moments.
+void load_checkpoint_training_state(const CheckpointInfo& info, LlamaModel& model, AdamW& optimizer,
+                                    bool with_moments = true);
 
 }  // namespace ltrain

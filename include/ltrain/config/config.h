@@ -58,6 +58,7 @@ struct TrainConfig {
   int val_every = 100;                // 0 disables periodic validation
   int val_batches = 20;               // micro-batches per validation; 0 = the whole val split
   double max_runtime_minutes = 0;     // save and stop after this long; 0 = no limit
+  std::string init_from;              // start from these weights (a checkpoint or run dir); fresh optimizer
   std::string recompute = "none";     // none | selective | full
 };
 
@@ -133,6 +134,8 @@ void visit_config(C& c, V&& v) {
   v("train.val_every", c.train.val_every, "validate every N steps; 0 = only at the end");
   v("train.val_batches", c.train.val_batches,
     "micro-batches per validation, shared by the data-parallel ranks; 0 = the whole val split");
+  v("train.init_from", c.train.init_from,
+    "initialize the weights from a checkpoint or run directory (e.g. an imported Hugging Face model); the optimizer and step start fresh");
   v("train.max_runtime_minutes", c.train.max_runtime_minutes,
     "finish the current step, save a checkpoint and exit 0 after this many minutes; 0 = no limit");
   v("train.recompute", c.train.recompute,

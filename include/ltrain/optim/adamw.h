@@ -51,8 +51,6 @@ class AdamW {
   // layout; collective under ZeRO. import_weights sets both the master copy and the model's.
   void export_weights(Tensor w_full);
   void import_weights(const Tensor& w_full);
-  // Call after loading weights into the model, so the master copy (if any) follows them.
-  void sync_master_from_model();
 
  private:
   // The part of the flat buffers this rank updates: all of it, or its ZeRO shard.
