@@ -60,6 +60,8 @@ int main(int argc, char** argv) {
     else if (cmd == "ckpt") rc = ltrain::cmd_ckpt(sub_argc, sub_argv);
     else
       return fail(2, ("unknown command '" + cmd + "' (commands: tokenizer, prepare, train, eval, generate, config, bench, ckpt)").c_str());
+  } catch (const ltrain::RunStopped& e) {
+    return fail(ltrain::RunStopped::kExitCode, e.what());
   } catch (const ltrain::UserError& e) {
     return fail(2, e.what());
   } catch (const std::exception& e) {

@@ -113,6 +113,7 @@ std::string save_checkpoint(const std::string& run_dir, const TrainState& state,
   meta["layout"] = state.layout;
   meta["shards"] = 1;
   meta["data"] = state.data;
+  if (!state.guard.is_null()) meta["guard"] = state.guard;
   meta["tensors"] = write_tensors(path_join(tmp_dir, "model_00000.bin"), "model_00000.bin", weights, "", files);
   // Test hook (tests/scripts/test_resume_cli.sh): die between two files of the save of step N,
   // as a kill -9 or a node failure during a save would.

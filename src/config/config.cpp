@@ -256,6 +256,14 @@ void validate_config(const Config& c, int dp_world) {
   if (t.val_every < 0 || t.val_batches < 0)
     user_error("config keys train.val_every and train.val_batches must be >= 0");
   if (t.max_runtime_minutes < 0) user_error("config key 'train.max_runtime_minutes' must be >= 0 (0 = no limit)");
+  const auto& g = c.guard;
+  if (g.window < 1 || g.min_history < 1 || g.max_skipped_in_a_row < 1 || g.rollback_after < 1 ||
+      g.max_rollbacks < 0 || g.replica_check_interval < 0)
+    user_error("config keys guard.window, guard.min_history, guard.max_skipped_in_a_row and "
+               "guard.rollback_after must be >= 1, guard.max_rollbacks and guard.replica_check_interval >= 0");
+  if (!(g.spike_sigma > 0)) user_error("config key 'guard.spike_sigma' must be positive");
+  if (!(g.rollback_lr_factor > 0 && g.rollback_lr_factor <= 1))
+    user_error("config key 'guard.rollback_lr_factor' must be in (0, 1], got ", g.rollback_lr_factor);
   const auto& ck = c.checkpoint;
   if (ck.interval < 0 || ck.keep_last < 0 || ck.keep_every < 0)
     user_error("config keys checkpoint.interval, checkpoint.keep_last and checkpoint.keep_every must be >= 0");

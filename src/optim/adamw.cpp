@@ -84,6 +84,16 @@ void AdamW::import_moments(const Tensor& m_full, const Tensor& v_full) {
 }
 
 StepStats AdamW::step(int step, double lr) {
+  const double norm = reduce_and_norm();
+  apply(step, lr, norm);
+  return StepStats{norm, clip_scale(norm), lr};
+}
+
+double AdamW::clip_scale(double grad_norm) const {
+  return cfg_.grad_clip > 0 && grad_norm > cfg_.grad_clip ? cfg_.grad_clip / grad_norm : 1.0;
+}
+
+double AdamW::reduce_and_norm() {
   const Tensor pbuf = model_.param_buffer(), gbuf = model_.grad_buffer();
   Tensor grads = gbuf;
   if (zero_) {
@@ -110,12 +120,14 @@ StepStats AdamW::step(int step, double lr) {
     sumsq = tp_->sum(sumsq);
   }
   if (zero_) sumsq = dp_->sum(sumsq);  // each data-parallel rank holds one shard; otherwise all the same
-  StepStats s{};
-  s.lr = lr;
-  s.grad_norm = std::sqrt(sumsq);
-  s.clip_scale = 1.0;
-  if (cfg_.grad_clip > 0 && s.grad_norm > cfg_.grad_clip) s.clip_scale = cfg_.grad_clip / s.grad_norm;
+  return std::sqrt(sumsq);
+}
 
+void AdamW::apply(int step, double lr, double grad_norm) {
+  const Tensor pbuf = model_.param_buffer();
+  const Tensor grads = zero_ ? grad_shard_ : model_.grad_buffer();
+  const int64_t lo = shard_begin_, hi = shard_begin_ + shard_n_;
+  const double scale = clip_scale(grad_norm);
   // One fused update per tensor, restricted to this rank's shard; weight decay is per tensor.
   for (const auto& p : model_.params()) {
     const int64_t off = (static_cast<const char*>(p.tensor.data) - static_cast<const char*>(pbuf.data)) /
@@ -128,7 +140,7 @@ StepStats AdamW::step(int step, double lr) {
     a.beta2 = cfg_.beta2;
     a.eps = cfg_.eps;
     a.weight_decay = p.decay ? cfg_.weight_decay : 0.0;
-    a.grad_scale = s.clip_scale;
+    a.grad_scale = scale;
     a.step = step;
     Tensor target = master_.defined() ? range(master_, b - lo, e - b) : range(pbuf, b, e - b);
     Tensor g = zero_ ? range(grads, b - lo, e - b) : range(grads, b, e - b);
@@ -140,7 +152,6 @@ StepStats AdamW::step(int step, double lr) {
     be_.synchronize();
     dp_->all_gather(pbuf, own);
   }
-  return s;
 }
 
 }  // namespace ltrain

@@ -5,6 +5,7 @@
 #include <cstdarg>
 #include <cstdlib>
 #include <optional>
+#include <sstream>
 #include <cstdio>
 #include <vector>
 
@@ -17,6 +18,7 @@
 #include "ltrain/parallel/communicator.h"
 #include "ltrain/parallel/grad_reducer.h"
 #include "ltrain/parallel/nccl_communicator.h"
+#include "ltrain/train/guard.h"
 
 namespace ltrain {
 
@@ -53,9 +55,8 @@ ParallelComms make_parallel_comms(Backend& backend, int dp_size, int tp_size) {
   return c;
 }
 
-double train_step(LlamaModel& model, AdamW& opt, GradReducer* reducer, Communicator& dp, int dp_size,
-                  int accum, int B, int T, int step, double lr,
-                  const std::function<void(int32_t*, int32_t*)>& next_batch, StepStats* stats) {
+double compute_gradients(LlamaModel& model, GradReducer* reducer, Communicator& dp, int dp_size, int accum,
+                         int B, int T, const std::function<void(int32_t*, int32_t*)>& next_batch) {
   thread_local std::vector<int32_t> in, tg;
   in.resize(size_t(B) * T);
   tg.resize(size_t(B) * T);
@@ -69,7 +70,13 @@ double train_step(LlamaModel& model, AdamW& opt, GradReducer* reducer, Communica
   }
   if (reducer) reducer->finish();
   model.reduce_replicated_grads();  // tensor parallelism: the norms' gradients over the group
-  loss = dp.sum(loss / accum) / dp_size;
+  return dp.sum(loss / accum) / dp_size;
+}
+
+double train_step(LlamaModel& model, AdamW& opt, GradReducer* reducer, Communicator& dp, int dp_size,
+                  int accum, int B, int T, int step, double lr,
+                  const std::function<void(int32_t*, int32_t*)>& next_batch, StepStats* stats) {
+  const double loss = compute_gradients(model, reducer, dp, dp_size, accum, B, T, next_batch);
   const StepStats st = opt.step(step, lr);
   model.backend().synchronize();
   if (stats) *stats = st;
@@ -82,6 +89,89 @@ namespace {
 // the loop finishes its step, saves and exits 0.
 volatile std::sig_atomic_t g_stop_signal = 0;
 extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+// A range of training data skipped after a rollback: [from, to) in loader positions.
+struct SkipRange {
+  LoaderState from, to;
+  int step;  // the optimizer step at which the rollback happened
+};
+
+std::vector<SkipRange> read_skip_ranges(const std::string& path) {
+  std::vector<SkipRange> out;
+  if (!file_exists(path)) return out;
+  std::istringstream in(read_text_file(path));
+  std::string line;
+  int n = 0;
+  while (std::getline(in, line)) {
+    ++n;
+    if (line.empty()) continue;
+    try {
+      auto j = nlohmann::json::parse(line);
+      out.push_back({LoaderState::from_json(j.at("from")), LoaderState::from_json(j.at("to")), j.at("step").get<int>()});
+    } catch (const nlohmann::json::exception& e) {
+      user_error(path, ":", n, ": not a skipped-range record (", e.what(), ")");
+    }
+  }
+  return out;
+}
+
+void append_skip_range(const std::string& path, const SkipRange& r) {
+  const std::string old = file_exists(path) ? read_text_file(path) : "";
+  const nlohmann::json j = {{"step", r.step}, {"from", r.from.to_json()}, {"to", r.to.to_json()}};
+  write_text_file_atomic(path, old + j.dump() + "\n");
+}
+
+// Data-parallel replicas must hold the same weights. Each compares a hash (the sum of squares of
+// its parameter buffer, reduced in a fixed order) with rank 0's.
+void check_replicas(LlamaModel& model, Communicator& dp, int dp_rank, int step, MetricsLogger& log) {
+  const double mine = model.backend().sum_squares({model.param_buffer()});
+  const double ref = dp.sum(dp_rank == 0 ? mine : 0.0);
+  const double bad = dp.sum(mine != ref ? 1.0 : 0.0);
+  // The lowest disagreeing rank, known to all.
+  const double first_bad = -dp.max(mine != ref ? -double(dp_rank) : -1e9);
+  log.record({{"step", step}, {"event", "replica_check"}, {"ok", bad == 0}});
+  if (bad > 0)
+    throw RunStopped(strfmt("replica check at step %d: %d data-parallel rank(s) hold different weights than rank 0 "
+                            "(first: data rank %d, hash %.17g vs %.17g); stopping",
+                            step, int(bad), int(first_bad), dp_rank == int(first_bad) ? mine : ref, ref));
+}
+
+// Test hooks (tests/scripts/test_guard_cli.sh), inert unless their variable is set:
+//   LTRAIN_TEST_NAN_AT_STEP=k       a NaN in the gradients on the first attempt of step k
+//   LTRAIN_TEST_SPIKE_STEPS=a-b[,x] gradients x1000 at every attempt of steps a..b, in the first x+1
+//                                   rounds (x rollbacks; default 0; "inf" = always)
+//   LTRAIN_TEST_PERTURB_RANK=r@k    world rank r nudges one weight after step k's backward
+void test_hooks_after_backward(LlamaModel& model, int step, int attempt, int rollbacks, int world_rank) {
+  static int nan_done = 0;
+  Backend& be = model.backend();
+  auto scale_grads = [&](double factor) {
+    std::vector<double> g(size_t(model.grad_buffer().numel()));
+    be.to_host(g.data(), DType::kF64, model.grad_buffer());
+    for (auto& x : g) x *= factor;
+    be.from_host(model.grad_buffer(), g.data(), DType::kF64);
+  };
+  if (const char* v = std::getenv("LTRAIN_TEST_NAN_AT_STEP"); v && std::atoi(v) == step && !nan_done) {
+    nan_done = 1;
+    scale_grads(NAN);
+  }
+  if (const char* v = std::getenv("LTRAIN_TEST_SPIKE_STEPS")) {
+    int a = 0, b = 0;
+    char rounds[16] = "0";
+    if (std::sscanf(v, "%d-%d,%15s", &a, &b, rounds) >= 2 && step >= a && step <= b &&
+        (std::string(rounds) == "inf" || rollbacks <= std::atoi(rounds)))
+      scale_grads(1000.0);
+  }
+  if (const char* v = std::getenv("LTRAIN_TEST_PERTURB_RANK")) {
+    int r = -1, k = -1;
+    if (std::sscanf(v, "%d@%d", &r, &k) == 2 && r == world_rank && k == step) {
+      Tensor p = model.param_buffer();
+      p.shape = Shape{1};
+      const double one = 1.0;
+      be.from_host(p, &one, DType::kF64);
+    }
+  }
+  (void)attempt;
+}
 
 // Chooses the checkpoint to resume from: `auto` is the newest one in the run directory that
 // verifies (none: a fresh start), anything else is a checkpoint or run directory that must verify.
@@ -180,6 +270,9 @@ double run_training(const Config& cfg, const std::string& resume) {
                (long long)tc.global_batch_tokens, accum, B, T, dp_size,
                (unsigned long long)train_data.num_windows(), (unsigned long long)val_data.num_windows()));
 
+  StepGuard guard(cfg.guard);  // src/train/guard.cpp; its history travels in checkpoints
+  if (ck && ck->meta.contains("guard")) guard.restore(ck->meta["guard"]);
+
   auto validate = [&](int step) {
     double t0 = wall_time_seconds();
     // train.val_batches counts micro-batches of the whole job: each data-parallel rank evaluates
@@ -209,6 +302,7 @@ double run_training(const Config& cfg, const std::string& resume) {
       state.tokens = int64_t(step) * tc.global_batch_tokens;
       state.data = {{"train", train_data.state().to_json()}};
       state.layout = {{"data", dp_size}, {"tensor", tp_size}, {"zero", zero ? 1 : 0}};
+      state.guard = guard.to_json();
       std::string dir = save_checkpoint(tc.run_dir, state, cfg, weights, &exp_avg, &exp_avg_sq, meta.tokenizer_path);
       log.info(strfmt("step %6d | saved %s (%.1fs)", step, dir.c_str(), wall_time_seconds() - t0));
       for (const auto& gone : prune_checkpoints(tc.run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.keep_every))
@@ -220,25 +314,98 @@ double run_training(const Config& cfg, const std::string& resume) {
   };
 
   for (int sig : {SIGTERM, SIGINT, SIGUSR1}) std::signal(sig, on_stop_signal);
+
+  // What a rollback needs: skipped sample ranges are kept in
+  // RUN_DIR/skipped_samples.jsonl and read back whenever a run starts in that directory (a
+  // resume, or a rerun with the file copied in), so the same data is skipped again.
+  const std::string skip_file = path_join(tc.run_dir, "skipped_samples.jsonl");
+  std::vector<SkipRange> skips = read_skip_ranges(skip_file);
+  if (!skips.empty()) log.info(strfmt("skipping %zu data range(s) listed in %s", skips.size(), skip_file.c_str()));
+  int rollbacks = 0;
+  double lr_scale = 1.0;
+  LoaderState spike_window_start;  // where the data of the current run of spikes began
+  bool in_spike_window = false;
+  auto next_batch = [&](int32_t* in, int32_t* tg) {
+    // Jump over recorded ranges: the data that made an earlier rollback necessary.
+    for (bool moved = true; moved;) {
+      moved = false;
+      const LoaderState at = train_data.state();
+      for (const auto& r : skips)
+        if (at.epoch == r.from.epoch && at.cursor >= r.from.cursor && (at.epoch < r.to.epoch || at.cursor < r.to.cursor)) {
+          train_data.restore(r.to);
+          moved = true;
+        }
+    }
+    train_data.next_batch(in, tg);
+  };
+
   double last_val = ck ? NAN : validate(0);
-  for (int step = start_step + 1; step <= tc.steps; ++step) {
+  int attempt = 0;
+  for (int step = start_step + 1; step <= tc.steps;) {
     const double t0 = wall_time_seconds();
-    const double lr = lr_at(cfg.optim, tc.steps, step);
-    StepStats st;
-    const double loss = train_step(model, opt, reducer.get(), dp, dp_size, accum, B, T, step, lr,
-                                   [&](int32_t* in, int32_t* tg) { train_data.next_batch(in, tg); }, &st);
+    const double lr = lr_at(cfg.optim, tc.steps, step) * lr_scale;
+    const LoaderState data_before = train_data.state();
+    ++attempt;
+    const double loss = compute_gradients(model, reducer.get(), dp, dp_size, accum, B, T, next_batch);
+    test_hooks_after_backward(model, step, attempt, rollbacks, par.world_rank());
+    const double grad_norm = opt.reduce_and_norm();
+    const StepGuard::Decision verdict = guard.check(loss, grad_norm);
+
+    if (verdict.verdict != StepGuard::Verdict::kAccept) {
+      const LoaderState data_after = train_data.state();
+      log.info(strfmt("step %6d | skipped: %s | data epoch %llu windows %llu..%llu", step, verdict.reason.c_str(),
+                      (unsigned long long)data_before.epoch, (unsigned long long)data_before.cursor,
+                      (unsigned long long)data_after.cursor));
+      log.record({{"step", step}, {"event", "skipped_step"}, {"reason", verdict.reason},
+                  {"data_from", data_before.to_json()}, {"data_to", data_after.to_json()},
+                  {"skipped_steps", guard.skipped_total()}});
+      if (!in_spike_window) spike_window_start = data_before, in_spike_window = true;
+      if (verdict.verdict == StepGuard::Verdict::kSkip) continue;  // the same step, on the next data
+      // Rollback: the newest valid checkpoint, minus the data that caused this.
+      if (++rollbacks > cfg.guard.max_rollbacks)
+        throw RunStopped(strfmt("guard: %d rollbacks did not help (%s at step %d); stopping. Look at "
+                                "%s and consider a lower optim.lr", cfg.guard.max_rollbacks,
+                                verdict.reason.c_str(), step, skip_file.c_str()));
+      std::vector<std::string> warnings;
+      const std::optional<CheckpointInfo> back = find_latest_valid_checkpoint(tc.run_dir, &warnings);
+      for (const auto& w : warnings) log.info("WARNING: corrupt or incomplete checkpoint: " + w);
+      if (!back)
+        throw RunStopped(strfmt("guard: %s at step %d, and no checkpoint to roll back to in %s; stopping",
+                                verdict.reason.c_str(), step, tc.run_dir.c_str()));
+      SkipRange range{spike_window_start, data_after, step};
+      skips.push_back(range);
+      if (main_rank) append_skip_range(skip_file, range);
+      load_checkpoint_training_state(*back, model, opt);
+      train_data.restore(LoaderState::from_json(back->meta["data"]["train"]));
+      lr_scale *= cfg.guard.rollback_lr_factor;
+      guard.reset();
+      in_spike_window = false;
+      log.info(strfmt("step %6d | ROLLBACK %d/%d to %s (%s); skipping data epoch %llu windows %llu..%llu "
+                      "(recorded in %s); lr x %g", step, rollbacks, cfg.guard.max_rollbacks, back->dir.c_str(),
+                      verdict.reason.c_str(), (unsigned long long)range.from.epoch,
+                      (unsigned long long)range.from.cursor, (unsigned long long)range.to.cursor,
+                      skip_file.c_str(), lr_scale));
+      log.record({{"step", step}, {"event", "rollback"}, {"reason", verdict.reason}, {"to_step", back->step},
+                  {"skipped_data_from", range.from.to_json()}, {"skipped_data_to", range.to.to_json()},
+                  {"rollbacks", rollbacks}, {"lr_scale", lr_scale}});
+      step = back->step + 1;
+      continue;
+    }
+    in_spike_window = false;
+    opt.apply(step, lr, grad_norm);
+    backend->synchronize();
     const double dt = wall_time_seconds() - t0;
     const double tok_s = double(tc.global_batch_tokens) / dt;
-    if (!std::isfinite(loss))
-      user_error("training diverged: loss is ", loss, " at step ", step,
-                 "; lower optim.lr or raise optim.warmup_steps");
     if (step % tc.log_every == 0 || step == start_step + 1 || step == tc.steps) {
       log.info(strfmt("step %6d/%d | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s (%.0f /rank) | %.1f ms",
-                   step, tc.steps, loss, lr, st.grad_norm, tok_s, tok_s / par.world_size(), dt * 1e3));
-      log.record({{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", st.grad_norm},
+                      step, tc.steps, loss, lr, grad_norm, tok_s, tok_s / par.world_size(), dt * 1e3));
+      log.record({{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
                   {"tokens_per_sec", tok_s}, {"tokens_per_sec_per_rank", tok_s / par.world_size()},
-                  {"ms_per_step", dt * 1e3}, {"tokens", int64_t(step) * tc.global_batch_tokens}});
+                  {"ms_per_step", dt * 1e3}, {"tokens", int64_t(step) * tc.global_batch_tokens},
+                  {"skipped_steps", guard.skipped_total()}});
     }
+    if (cfg.guard.replica_check_interval > 0 && dp_size > 1 && step % cfg.guard.replica_check_interval == 0)
+      check_replicas(model, dp, par.data_rank(), step, log);
     // Every rank must stop at the same step: a signal or the time limit on any rank stops all.
     const bool out_of_time = tc.max_runtime_minutes > 0 &&
                              wall_time_seconds() - start_time > tc.max_runtime_minutes * 60.0;
@@ -254,6 +421,7 @@ double run_training(const Config& cfg, const std::string& resume) {
       break;
     }
     if ((cfg.checkpoint.interval > 0 && step % cfg.checkpoint.interval == 0) || step == tc.steps) save(step);
+    ++step;
   }
   return last_val;
 }

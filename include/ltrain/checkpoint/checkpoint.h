@@ -34,6 +34,7 @@ struct TrainState {
   int64_t tokens = 0;         // tokens trained on
   nlohmann::json data;        // the data loader's position (a global window index)
   nlohmann::json layout;      // the parallel layout that wrote the checkpoint
+  nlohmann::json guard;       // the step guard's history (StepGuard::to_json)
 };
 
 // Writes whole tensors (LlamaModel::export_full): the weights and, when given, the AdamW moments.

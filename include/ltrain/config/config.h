@@ -74,6 +74,18 @@ struct CheckpointConfig {
   int keep_every = 0;  // also keep every checkpoint whose step is a multiple of N, for good
 };
 
+struct GuardConfig {
+  bool enabled = true;
+  int window = 100;                 // steps of loss / grad-norm history for the spike statistics
+  int min_history = 20;             // no spike verdicts before this many accepted steps
+  double spike_sigma = 6.0;         // a step this many deviations above the mean is a spike
+  int max_skipped_in_a_row = 5;     // non-finite steps in a row before a rollback
+  int rollback_after = 3;           // spikes within `window` attempts before a rollback
+  double rollback_lr_factor = 1.0;  // multiply the learning rate by this at each rollback
+  int max_rollbacks = 3;            // then stop (exit code 3)
+  int replica_check_interval = 100; // compare the data-parallel replicas' weights; 0 = never
+};
+
 struct ParallelConfig {
   int data = 0;           // data-parallel ranks; 0 = world size / tensor
   int tensor = 1;         // tensor-parallel ranks (consecutive ranks)
@@ -89,6 +101,7 @@ struct Config {
   DataConfig data;
   ParallelConfig parallel;
   CheckpointConfig checkpoint;
+  GuardConfig guard;
 
   // Derived: micro-batches per optimizer step for `dp_world` data-parallel ranks.
   int grad_accum_steps(int dp_world = 1) const;
@@ -148,6 +161,17 @@ void visit_config(C& c, V&& v) {
   v("checkpoint.keep_last", c.checkpoint.keep_last, "keep only the newest N checkpoints; 0 = keep all");
   v("checkpoint.keep_every", c.checkpoint.keep_every,
     "besides the newest, keep for good every checkpoint whose step is a multiple of N; 0 = none");
+  v("guard.enabled", c.guard.enabled, "skip non-finite and spiking steps, roll back after repeated ones");
+  v("guard.window", c.guard.window, "steps of loss and grad-norm history behind the spike statistics");
+  v("guard.min_history", c.guard.min_history, "accepted steps needed before a step can count as a spike");
+  v("guard.spike_sigma", c.guard.spike_sigma,
+    "a loss or grad norm this many standard deviations above its running mean is a spike (the step is skipped)");
+  v("guard.max_skipped_in_a_row", c.guard.max_skipped_in_a_row, "non-finite steps in a row that trigger a rollback");
+  v("guard.rollback_after", c.guard.rollback_after, "spikes within guard.window attempts that trigger a rollback");
+  v("guard.rollback_lr_factor", c.guard.rollback_lr_factor, "learning-rate multiplier applied at each rollback");
+  v("guard.max_rollbacks", c.guard.max_rollbacks, "rollbacks before the run stops with exit code 3");
+  v("guard.replica_check_interval", c.guard.replica_check_interval,
+    "every N steps the data-parallel replicas compare a hash of their weights; 0 = never");
   v("parallel.data", c.parallel.data, "data-parallel ranks; 0 = world size / parallel.tensor");
   v("parallel.tensor", c.parallel.tensor, "tensor-parallel ranks, consecutive ranks of a node");
   v("parallel.zero", c.parallel.zero, "1 = ZeRO-1: shard AdamW state and master weights over data-parallel ranks");

@@ -17,6 +17,14 @@ class UserError : public std::runtime_error {
   explicit UserError(const std::string& msg) : std::runtime_error(msg) {}
 };
 
+// The run stopped itself for a documented reason (the guard's rollback limit, a replica
+// mismatch): one line, and exit code 3 rather than 2, so schedulers can tell it from bad input.
+class RunStopped : public std::runtime_error {
+ public:
+  explicit RunStopped(const std::string& msg) : std::runtime_error(msg) {}
+  static constexpr int kExitCode = 3;
+};
+
 // Throws UserError with the concatenation of the arguments.
 template <class... Args>
 [[noreturn]] void user_error(const Args&... args) {

@@ -42,6 +42,12 @@ class AdamW {
 
   // One update from the gradients in the model's gradient buffer. `step` is 1-based.
   StepStats step(int step, double lr);
+  // The same in two halves, so a guard can look at the norm before anything changes:
+  // reduce_and_norm reduce-scatters the gradients under ZeRO and returns the global L2 norm;
+  // apply clips with that norm and updates weights and moments.
+  double reduce_and_norm();
+  void apply(int step, double lr, double grad_norm);
+  double clip_scale(double grad_norm) const;
 
   // The moments in the layout of model.param_buffer(), for checkpoints. With ZeRO these gather
   // (export) or scatter (import) the shards: every data-parallel rank must call them.

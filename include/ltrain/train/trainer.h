@@ -24,7 +24,13 @@ struct ParallelComms {
 };
 ParallelComms make_parallel_comms(Backend& backend, int dp_size, int tp_size);
 
-// One optimizer step, as `ltrain train` and `ltrain bench` run it: zero the gradients, forward
+// The gradients of one optimizer step: zero them, forward and backward over `accum`
+// micro-batches, the data-parallel reduction (bucketed; ZeRO-1's happens in AdamW) and the
+// tensor-parallel reduction of replicated gradients. Returns the global mean loss.
+double compute_gradients(LlamaModel& model, GradReducer* reducer, Communicator& dp, int dp_size, int accum,
+                         int B, int T, const std::function<void(int32_t* inputs, int32_t* targets)>& next_batch);
+
+// One optimizer step, as `ltrain bench` runs it: zero the gradients, forward
 // and backward over `accum` micro-batches (next_batch fills each (B, T) input and target), the
 // data-parallel reduction (reducer, or ZeRO-1 inside AdamW), the tensor-parallel reduction of
 // replicated gradients, then clipping and AdamW. Returns the global mean loss; *stats gets the
