@@ -21,6 +21,8 @@ const char* kUsage =
     "  generate          sample a continuation of a prompt from a checkpoint\n"
     "  config            show a resolved config, or the reference of every key\n"
     "  ckpt info|verify  what a checkpoint holds / check its checksums\n"
+    "  export-hf         a checkpoint as a Hugging Face LlamaForCausalLM directory (safetensors)\n"
+    "  import-hf         a Hugging Face Llama directory as an ltrain checkpoint\n"
     "  bench             tokens/s, step time, memory and MFU of real training steps on synthetic tokens\n"
     "\n"
     "`ltrain <command> --help` lists a command's flags.\n";
@@ -58,8 +60,10 @@ int main(int argc, char** argv) {
     else if (cmd == "config") rc = ltrain::cmd_config(sub_argc, sub_argv);
     else if (cmd == "bench") rc = ltrain::cmd_bench(sub_argc, sub_argv);
     else if (cmd == "ckpt") rc = ltrain::cmd_ckpt(sub_argc, sub_argv);
+    else if (cmd == "export-hf") rc = ltrain::cmd_export_hf(sub_argc, sub_argv);
+    else if (cmd == "import-hf") rc = ltrain::cmd_import_hf(sub_argc, sub_argv);
     else
-      return fail(2, ("unknown command '" + cmd + "' (commands: tokenizer, prepare, train, eval, generate, config, bench, ckpt)").c_str());
+      return fail(2, ("unknown command '" + cmd + "' (commands: tokenizer, prepare, train, eval, generate, config, bench, ckpt, export-hf, import-hf)").c_str());
   } catch (const ltrain::RunStopped& e) {
     return fail(ltrain::RunStopped::kExitCode, e.what());
   } catch (const ltrain::UserError& e) {

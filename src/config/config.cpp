@@ -6,6 +6,8 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <limits>
 #include <cmath>
 #include <cstdlib>
 #include <set>
@@ -45,12 +47,20 @@ namespace {
 
 using FlatMap = std::map<std::string, std::string>;
 
+// Bounded: YAML aliases can make a small file expand exponentially (a map of two references to
+// a map of two references ...), and a config is only ever a few dozen keys two levels deep.
 void flatten(const YAML::Node& node, const std::string& prefix, FlatMap& out,
-             const std::string& origin) {
+             const std::string& origin, int depth = 0) {
+  constexpr int kMaxDepth = 8;
+  constexpr size_t kMaxKeys = 4096;
+  if (depth > kMaxDepth || out.size() > kMaxKeys)
+    user_error(origin, ": the config nests too deeply or has too many keys (YAML aliases?); a config is a "
+               "mapping of sections to key: value pairs");
   if (node.IsMap()) {
     for (const auto& kv : node) {
+      if (!kv.first.IsScalar()) user_error(origin, ": config keys must be plain names");
       std::string key = kv.first.as<std::string>();
-      flatten(kv.second, prefix.empty() ? key : prefix + "." + key, out, origin);
+      flatten(kv.second, prefix.empty() ? key : prefix + "." + key, out, origin, depth + 1);
     }
   } else if (node.IsScalar()) {
     out[prefix] = node.as<std::string>();
@@ -74,6 +84,7 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 }
 
 std::string closest_key(const std::string& key) {
+  if (key.size() > 100) return "";  // no plausible typo, and edit distance is quadratic
   std::string best;
   size_t best_d = SIZE_MAX;
   Config c;
@@ -93,7 +104,30 @@ const char* type_name() {
   if constexpr (std::is_same_v<T, bool>) return "true or false";
   else if constexpr (std::is_integral_v<T>) return "an integer";
   else if constexpr (std::is_floating_point_v<T>) return "a number";
-  else return "a string";
+  else return "a (UTF-8) string";
+}
+
+// Well-formed UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing above U+10FFFF.
+bool valid_utf8(const std::string& s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const size_t n = s.size();
+  for (size_t i = 0; i < n;) {
+    const unsigned c = p[i];
+    int len;
+    unsigned lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+    if (c < 0x80) len = 1;
+    else if (c >= 0xC2 && c <= 0xDF) len = 2;
+    else if (c >= 0xE0 && c <= 0xEF) len = 3, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+    else if (c >= 0xF0 && c <= 0xF4) len = 4, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+    else return false;
+    if (i + size_t(len) > n) return false;
+    for (int k = 1; k < len; ++k) {
+      const unsigned b = p[i + size_t(k)];
+      if (k == 1 ? (b < lo || b > hi) : (b < 0x80 || b > 0xBF)) return false;
+    }
+    i += size_t(len);
+  }
+  return true;
 }
 
 template <class T>
@@ -109,23 +143,28 @@ bool parse_value(const std::string& s, T& out) {
       if (ch != '_') t += ch;
     if (t.empty()) return false;
     char* end = nullptr;
+    errno = 0;
     long long v = std::strtoll(t.c_str(), &end, 10);
+    if (errno == ERANGE) return false;
     if (*end != '\0') {
       double d = std::strtod(t.c_str(), &end);
       if (*end != '\0' || d != std::floor(d) || std::fabs(d) > 9.2e18) return false;
       v = static_cast<long long>(d);
     }
     if (std::is_unsigned_v<T> && v < 0) return false;
+    if constexpr (!std::is_unsigned_v<T>)
+      if (v < (long long)std::numeric_limits<T>::min() || v > (long long)std::numeric_limits<T>::max()) return false;
     out = static_cast<T>(v);
     return true;
   } else if constexpr (std::is_floating_point_v<T>) {
     if (s.empty()) return false;
     char* end = nullptr;
     double v = std::strtod(s.c_str(), &end);
-    if (*end != '\0') return false;
+    if (*end != '\0' || !std::isfinite(v)) return false;  // nan and inf are never meant
     out = static_cast<T>(v);
     return true;
   } else {
+    if (!valid_utf8(s)) return false;  // paths and names end up in JSON files and logs
     out = s;
     return true;
   }
@@ -156,15 +195,15 @@ Config config_from_flat(FlatMap flat, const std::string& origin) {
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
   if (!file_exists(path)) user_error("config file not found: '", path, "'");
   YAML::Node root;
+  FlatMap flat;
   try {
     root = YAML::LoadFile(path);
+    if (!root.IsNull()) {
+      if (!root.IsMap()) user_error(path, ": the config must be a mapping of keys to values");
+      flatten(root, "", flat, path);
+    }
   } catch (const YAML::Exception& e) {
     user_error(path, ": not valid YAML or JSON: ", e.what());
-  }
-  FlatMap flat;
-  if (!root.IsNull()) {
-    if (!root.IsMap()) user_error(path, ": the config must be a mapping of keys to values");
-    flatten(root, "", flat, path);
   }
   for (const auto& ov : overrides) {
     auto eq = ov.find('=');

@@ -9,6 +9,24 @@ static int g_error_rank = 0;
 
 void set_error_rank(int rank) { g_error_rank = rank; }
 
+std::string one_line(const std::string& s) {
+  std::string out;
+  out.reserve(s.size());
+  for (unsigned char c : s) {
+    if (c == '\n') out += "\\n";
+    else if (c == '\r') out += "\\r";
+    else if (c == '\t') out += "\\t";
+    else if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else {
+      out += char(c);
+    }
+  }
+  return out;
+}
+
 void fatal_error(const char* file, int line, const char* func, const char* expr,
                  const std::string& msg) {
   std::fprintf(stderr, "[rank %d] ltrain internal error at %s:%d in %s: check '%s' failed%s%s\n",

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <exception>
 #include <mutex>
@@ -71,11 +72,11 @@ std::string read_text_file(const std::string& path) {
   return ss.str();
 }
 
-void write_file_atomic(const std::string& path, const void* data, size_t size) {
+void write_file_atomic(const std::string& path, const std::function<bool(FILE*)>& write) {
   std::string tmp = path + ".tmp." + std::to_string(::getpid());
   FILE* f = std::fopen(tmp.c_str(), "wb");
   if (!f) user_error("cannot write file '", tmp, "': ", std::strerror(errno));
-  bool ok = size == 0 || std::fwrite(data, 1, size, f) == size;
+  bool ok = write(f);
   ok = (std::fflush(f) == 0) && ok;
   ok = (::fsync(::fileno(f)) == 0) && ok;
   ok = (std::fclose(f) == 0) && ok;
@@ -87,6 +88,10 @@ void write_file_atomic(const std::string& path, const void* data, size_t size) {
     std::remove(tmp.c_str());
     user_error("cannot rename '", tmp, "' to '", path, "': ", std::strerror(errno));
   }
+}
+
+void write_file_atomic(const std::string& path, const void* data, size_t size) {
+  write_file_atomic(path, [&](FILE* f) { return size == 0 || std::fwrite(data, 1, size, f) == size; });
 }
 
 void write_text_file_atomic(const std::string& path, const std::string& text) {

@@ -3,6 +3,7 @@
 #include "ltrain/data/dataset.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -32,7 +33,8 @@ uint64_t field_u64(const json& j, const char* key, const std::string& file) {
 }
 int field_int(const json& j, const char* key, const std::string& file) {
   const json& v = field(j, key, file);
-  if (!v.is_number_integer()) user_error("'", file, "': field '", key, "' must be an integer, got ", v.dump());
+  if (!v.is_number_integer() || v.get<int64_t>() < INT32_MIN || v.get<int64_t>() > INT32_MAX)
+    user_error("'", file, "': field '", key, "' must be a 32-bit integer, got ", v.dump());
   return v.get<int>();
 }
 std::string field_str(const json& j, const char* key, const std::string& file) {
@@ -80,7 +82,7 @@ DatasetMeta load_dataset_meta(const std::string& dir) {
     user_error("'", meta_path, "' is not valid JSON (", e.what(), "); re-run `ltrain prepare`");
   }
   if (!root.is_object()) user_error("'", meta_path, "' is not a JSON object; re-run `ltrain prepare`");
-  if (root.value("format", std::string()) != "ltrain-dataset")
+  if (!root.contains("format") || !root["format"].is_string() || root["format"] != "ltrain-dataset")
     user_error("'", meta_path, "' is not an ltrain dataset description (\"format\" is not \"ltrain-dataset\")");
   int version = field_int(root, "version", meta_path);
   if (version != kDatasetFormatVersion)
@@ -96,7 +98,7 @@ DatasetMeta load_dataset_meta(const std::string& dir) {
   if (meta.vocab_size <= 0 || meta.bytes_per_token != shard_bytes_per_token(meta.vocab_size))
     user_error("'", meta_path, "': vocab_size ", meta.vocab_size, " and bytes_per_token ",
                meta.bytes_per_token, " do not fit together");
-  std::string tok = root.value("tokenizer", std::string("tokenizer.model"));
+  const std::string tok = root.contains("tokenizer") ? field_str(root, "tokenizer", meta_path) : "tokenizer.model";
   // Absolute so that the path stays valid in checkpoints and after a chdir.
   meta.tokenizer_path = std::filesystem::absolute(path_join(dir, tok)).lexically_normal().string();
   load_split(root, "train", meta_path, meta, &meta.train_shards, &meta.train_tokens);

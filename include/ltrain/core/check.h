@@ -26,11 +26,15 @@ class RunStopped : public std::runtime_error {
 };
 
 // Throws UserError with the concatenation of the arguments.
+// Control characters (a newline inside a value the user wrote) are escaped, so the message
+// stays one line.
+std::string one_line(const std::string& s);
+
 template <class... Args>
 [[noreturn]] void user_error(const Args&... args) {
   std::ostringstream os;
   (os << ... << args);
-  throw UserError(os.str());
+  throw UserError(one_line(os.str()));
 }
 
 [[noreturn]] void fatal_error(const char* file, int line, const char* func, const char* expr,

@@ -4,6 +4,8 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -18,6 +20,8 @@ void make_dirs(const std::string& path);  // mkdir -p; UserError naming the path
 uint64_t file_size(const std::string& path);  // UserError if missing
 std::string read_text_file(const std::string& path);  // UserError naming the file if unreadable
 void write_file_atomic(const std::string& path, const void* data, size_t size);
+// The same for content written piece by piece: `write` returns false on a failed write.
+void write_file_atomic(const std::string& path, const std::function<bool(FILE*)>& write);
 void write_text_file_atomic(const std::string& path, const std::string& text);
 void remove_tree(const std::string& path);  // rm -rf; no error if missing
 // Atomically replaces directory `dst` by `src` (a fully written temporary directory).
