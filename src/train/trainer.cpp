@@ -141,7 +141,7 @@ void check_replicas(LlamaModel& model, Communicator& dp, int dp_rank, int step, 
 //   LTRAIN_TEST_SPIKE_STEPS=a-b[,x] gradients x1000 at every attempt of steps a..b, in the first x+1
 //                                   rounds (x rollbacks; default 0; "inf" = always)
 //   LTRAIN_TEST_PERTURB_RANK=r@k    world rank r nudges one weight after step k's backward
-void test_hooks_after_backward(LlamaModel& model, int step, int attempt, int rollbacks, int world_rank) {
+void test_hooks_after_backward(LlamaModel& model, int step, int rollbacks, int world_rank) {
   static int nan_done = 0;
   Backend& be = model.backend();
   auto scale_grads = [&](double factor) {
@@ -170,7 +170,6 @@ void test_hooks_after_backward(LlamaModel& model, int step, int attempt, int rol
       be.from_host(p, &one, DType::kF64);
     }
   }
-  (void)attempt;
 }
 
 // Chooses the checkpoint to resume from: `auto` is the newest one in the run directory that
@@ -340,14 +339,12 @@ double run_training(const Config& cfg, const std::string& resume) {
   };
 
   double last_val = ck ? NAN : validate(0);
-  int attempt = 0;
   for (int step = start_step + 1; step <= tc.steps;) {
     const double t0 = wall_time_seconds();
     const double lr = lr_at(cfg.optim, tc.steps, step) * lr_scale;
     const LoaderState data_before = train_data.state();
-    ++attempt;
     const double loss = compute_gradients(model, reducer.get(), dp, dp_size, accum, B, T, next_batch);
-    test_hooks_after_backward(model, step, attempt, rollbacks, par.world_rank());
+    test_hooks_after_backward(model, step, rollbacks, par.world_rank());
     const double grad_norm = opt.reduce_and_norm();
     const StepGuard::Decision verdict = guard.check(loss, grad_norm);
 
