@@ -11,6 +11,7 @@ pkgs=(
   libgtest-dev
   libopenmpi-dev openmpi-bin
   python3-torch python3-numpy  # the independent PyTorch reference in the tests
+  python3-matplotlib python3-yaml  # scripts/plot_metrics.py, scripts/bench_pytorch.py
 )
 
 missing=()

@@ -23,6 +23,7 @@ const char* kUsage =
     "  ckpt info|verify  what a checkpoint holds / check its checksums\n"
     "  export-hf         a checkpoint as a Hugging Face LlamaForCausalLM directory (safetensors)\n"
     "  import-hf         a Hugging Face Llama directory as an ltrain checkpoint\n"
+    "  estimate          days, GPU-hours, energy and CO2 of a run; tokens/s/GPU projected on a cluster\n"
     "  bench             tokens/s, step time, memory and MFU of real training steps on synthetic tokens\n"
     "\n"
     "`ltrain <command> --help` lists a command's flags.\n";
@@ -62,8 +63,9 @@ int main(int argc, char** argv) {
     else if (cmd == "ckpt") rc = ltrain::cmd_ckpt(sub_argc, sub_argv);
     else if (cmd == "export-hf") rc = ltrain::cmd_export_hf(sub_argc, sub_argv);
     else if (cmd == "import-hf") rc = ltrain::cmd_import_hf(sub_argc, sub_argv);
+    else if (cmd == "estimate") rc = ltrain::cmd_estimate(sub_argc, sub_argv);
     else
-      return fail(2, ("unknown command '" + cmd + "' (commands: tokenizer, prepare, train, eval, generate, config, bench, ckpt, export-hf, import-hf)").c_str());
+      return fail(2, ("unknown command '" + cmd + "' (commands: tokenizer, prepare, train, eval, generate, config, bench, ckpt, export-hf, import-hf, estimate)").c_str());
   } catch (const ltrain::RunStopped& e) {
     return fail(ltrain::RunStopped::kExitCode, e.what());
   } catch (const ltrain::UserError& e) {
