@@ -15,7 +15,7 @@ namespace ltrain {
 int cmd_eval(int argc, char** argv) {
   ArgParser args("eval");
   args.add_flag("checkpoint", "checkpoint directory, or a run directory (its latest checkpoint)");
-  args.add_flag("data", "data directory written by `ltrain prepare` (its val split is used)");
+  args.add_flag("data", "data as data.path takes it: an `ltrain prepare` directory, a Megatron prefix or llm.c shards (its val split is used)");
   args.add_flag("batches", "micro-batches to evaluate (default: the whole val split)");
   args.add_flag("device", "auto, cpu or cuda (default: auto)");
   args.parse(argc, argv);

@@ -17,6 +17,8 @@ int cmd_prepare(int argc, char** argv) {
   args.add_flag("out", "output dataset directory");
   args.add_flag("val-fraction", "fraction of documents held out for validation (default 0.01)");
   args.add_flag("shard-tokens", "tokens per shard file (default 100000000)");
+  args.add_flag("format", "output format: ltrain (default), megatron (OUT/train.bin+.idx, OUT/val.bin+.idx), "
+                "llmc (OUT/tokens_train_000000.bin..., OUT/tokens_val_000000.bin...)");
   args.add_flag("doc-boundary", "plain-text documents: paragraph (blank lines, default), line, file");
   args.add_flag("force", "overwrite an existing prepared dataset in --out", true);
   args.add_flag("quiet", "no progress bar", true);
@@ -38,6 +40,7 @@ int cmd_prepare(int argc, char** argv) {
   if (shard_tokens <= 0) user_error("--shard-tokens must be positive, got ", shard_tokens);
   opt.shard_tokens = static_cast<uint64_t>(shard_tokens);
   opt.boundary = parse_doc_boundary(args.get("doc-boundary", "paragraph"));
+  opt.format = parse_data_format(args.get("format", "ltrain"));
   opt.force = args.get_bool("force");
   opt.progress = !args.get_bool("quiet");
 
@@ -53,6 +56,10 @@ int cmd_prepare(int argc, char** argv) {
   if (s.val_docs == 0 && opt.val_fraction > 0)
     std::printf("  note: no validation documents (only %llu documents; --val-fraction %g needs at least %.0f)\n",
                 static_cast<unsigned long long>(s.docs), opt.val_fraction, std::ceil(1.0 / opt.val_fraction));
+  if (opt.format != DataFormat::kLtrain) std::printf("  format: %s\n", data_format_name(opt.format));
+  if (opt.format == DataFormat::kMegatron)
+    std::printf("  train with data.path=%s/train (the val split is read from %s/val)\n", opt.out_dir.c_str(),
+                opt.out_dir.c_str());
   return 0;
 }
 

@@ -2,8 +2,11 @@
 // conventions and docs/data-format.md for the meta.json fields.
 #include "ltrain/data/dataset.h"
 
+#include <glob.h>
+
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -16,6 +19,15 @@ namespace ltrain {
 using nlohmann::json;
 
 const char* split_name(Split s) { return s == Split::kTrain ? "train" : "val"; }
+
+const char* data_format_name(DataFormat f) {
+  switch (f) {
+    case DataFormat::kLtrain: return "ltrain";
+    case DataFormat::kMegatron: return "megatron";
+    case DataFormat::kLlmc: return "llmc";
+  }
+  return "?";
+}
 
 namespace {
 
@@ -42,6 +54,17 @@ std::string field_str(const json& j, const char* key, const std::string& file) {
   if (!v.is_string()) user_error("'", file, "': field '", key, "' must be a string, got ", v.dump());
   return v.get<std::string>();
 }
+
+class ShardSource : public TokenSource {
+ public:
+  explicit ShardSource(TokenShard s) : s_(std::move(s)) {}
+  uint64_t num_tokens() const override { return s_.num_tokens(); }
+  void read(uint64_t start, uint64_t n, int32_t* out) const override { s_.read(start, n, out); }
+  const std::string& path() const override { return s_.path(); }
+
+ private:
+  TokenShard s_;
+};
 
 void load_split(const json& root, const char* name, const std::string& meta_path,
                 const DatasetMeta& meta, std::vector<std::string>* shards, uint64_t* tokens) {
@@ -71,10 +94,10 @@ void load_split(const json& root, const char* name, const std::string& meta_path
 
 }  // namespace
 
-DatasetMeta load_dataset_meta(const std::string& dir) {
+namespace {
+
+DatasetMeta load_ltrain_meta(const std::string& dir) {
   std::string meta_path = path_join(dir, "meta.json");
-  if (!is_directory(dir) || !file_exists(meta_path))
-    user_error("'", dir, "' is not a prepared data directory (no meta.json); create one with `ltrain prepare`");
   json root;
   try {
     root = json::parse(read_text_file(meta_path));
@@ -104,6 +127,199 @@ DatasetMeta load_dataset_meta(const std::string& dir) {
   load_split(root, "train", meta_path, meta, &meta.train_shards, &meta.train_tokens);
   load_split(root, "val", meta_path, meta, &meta.val_shards, &meta.val_tokens);
   return meta;
+}
+
+// ---- Megatron-LM / llm.c ------------------------------------------------------------------------
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+std::string absolute_path(const std::string& p) {
+  return std::filesystem::absolute(p).lexically_normal().string();
+}
+
+TokenSpan span_of(const MappedTokens& t, uint64_t file_bytes) {
+  TokenSpan s;
+  s.path = t.path();
+  s.dtype = t.dtype();
+  s.byte_offset = t.byte_offset();
+  s.tokens = t.num_tokens();
+  s.file_bytes = file_bytes;
+  return s;
+}
+
+// Maps a span's file again, refusing it if it changed size since load_dataset_meta.
+MappedTokens open_span(const TokenSpan& s) {
+  auto f = MappedFile::open(s.path, "token data file");
+  if (f->size() != s.file_bytes)
+    user_error("token data file '", s.path, "' changed since it was opened: ", f->size(), " bytes, was ",
+               s.file_bytes);
+  return MappedTokens(f, s.dtype, s.byte_offset, s.tokens);
+}
+
+// DIR/ltrain-data.json (optional) and the vocabulary size: from it, else the largest id + 1.
+void finish_foreign_meta(DatasetMeta& meta, const std::string& data_dir) {
+  const std::string side = path_join(data_dir, kSidecarName);
+  std::string tok = "tokenizer.model";
+  meta.bytes_per_token = 0;
+  for (const auto& v : {&meta.train_spans, &meta.val_spans})
+    for (const auto& s : *v) {
+      meta.bytes_per_token = std::max(meta.bytes_per_token, dtype_size(s.dtype));
+      (v == &meta.train_spans ? meta.train_tokens : meta.val_tokens) += s.tokens;
+    }
+  if (file_exists(side)) {
+    json root;
+    try {
+      root = json::parse(read_text_file(side));
+    } catch (const json::exception& e) {
+      user_error("'", side, "' is not valid JSON (", e.what(), ")");
+    }
+    if (!root.is_object()) user_error("'", side, "' is not a JSON object (expected {\"vocab_size\": N, ...})");
+    meta.vocab_size = field_int(root, "vocab_size", side);
+    if (meta.vocab_size <= 0) user_error("'", side, "': vocab_size must be positive, got ", meta.vocab_size);
+    if (root.contains("bos_id")) meta.bos_id = field_int(root, "bos_id", side);
+    if (root.contains("eos_id")) meta.eos_id = field_int(root, "eos_id", side);
+    if (root.contains("tokenizer")) tok = field_str(root, "tokenizer", side);
+  } else {
+    // The formats do not store the vocabulary: the largest id + 1 is the smallest model vocabulary
+    // that can train on the data, so the model check stays sound. One pass over the tokens.
+    int64_t max_id = -1;
+    for (const auto& v : {&meta.train_spans, &meta.val_spans})
+      for (const auto& s : *v) max_id = std::max(max_id, open_span(s).max_id());
+    if (max_id < 0) user_error("data '", meta.dir, "' holds no tokens");
+    if (max_id >= INT32_MAX) user_error("data '", meta.dir, "' holds token id ", max_id, ", too large for a vocabulary");
+    meta.vocab_size = static_cast<int>(max_id + 1);
+    meta.vocab_from_scan = true;
+    std::fprintf(stderr,
+                 "note: no '%s': vocabulary size %d taken from the largest token id (scanned %llu tokens); write "
+                 "{\"vocab_size\": N} there to set it\n",
+                 side.c_str(), meta.vocab_size,
+                 static_cast<unsigned long long>(meta.train_tokens + meta.val_tokens));
+  }
+  meta.tokenizer_path = absolute_path(path_join(data_dir, tok));
+}
+
+// PREFIX of a Megatron dataset named by `path` (PREFIX, PREFIX.bin or PREFIX.idx), or "". An
+// existing .idx is enough: a missing .bin is then reported by MegatronDataset::open.
+std::string megatron_prefix(const std::string& path) {
+  auto is_file = [](const std::string& p) { return file_exists(p) && !is_directory(p); };
+  if (is_file(path + ".idx")) return path;
+  if (ends_with(path, ".idx") && is_file(path)) return path.substr(0, path.size() - 4);
+  if (ends_with(path, ".bin") && is_file(path.substr(0, path.size() - 4) + ".idx"))
+    return path.substr(0, path.size() - 4);
+  return "";
+}
+
+constexpr uint64_t kMegatronValPercent = 1;  // of the documents, when no val prefix exists
+
+DatasetMeta load_megatron_meta(const std::string& path, const std::string& prefix) {
+  DatasetMeta meta;
+  meta.dir = path;
+  meta.format = DataFormat::kMegatron;
+  MegatronDataset train = MegatronDataset::open(prefix);
+  const std::string base = basename_of(prefix);
+  std::string val_prefix;
+  if (ends_with(base, "train")) {
+    const std::string vp = path_join(dirname_of(prefix), base.substr(0, base.size() - 5) + "val");
+    if (file_exists(vp + ".idx") || file_exists(vp + ".bin")) val_prefix = vp;
+  }
+  meta.train_shards.push_back(train.bin_path());
+  if (!val_prefix.empty()) {
+    MegatronDataset val = MegatronDataset::open(val_prefix);
+    meta.val_shards.push_back(val.bin_path());
+    meta.train_spans.push_back(span_of(train.docs(0, train.num_docs()), train.bin_bytes()));
+    meta.val_spans.push_back(span_of(val.docs(0, val.num_docs()), val.bin_bytes()));
+    meta.train_docs = train.num_docs();
+    meta.val_docs = val.num_docs();
+  } else {
+    const uint64_t D = train.num_docs();
+    if (D < 2)
+      user_error("Megatron dataset '", prefix, "' holds ", D, " document(s): at least 2 are needed to hold the last "
+                 "one out for validation (or name the prefix *train and put a *val prefix next to it)");
+    const uint64_t n_val = std::max<uint64_t>(1, (D * kMegatronValPercent + 99) / 100);
+    const uint64_t n_train = D - n_val;
+    meta.val_shards.push_back(train.bin_path());
+    meta.train_spans.push_back(span_of(train.docs(0, n_train), train.bin_bytes()));
+    meta.val_spans.push_back(span_of(train.docs(n_train, D), train.bin_bytes()));
+    meta.train_docs = n_train;
+    meta.val_docs = n_val;
+  }
+  finish_foreign_meta(meta, dirname_of(prefix));
+  return meta;
+}
+
+bool has_glob_chars(const std::string& p) { return p.find_first_of("*?[") != std::string::npos; }
+
+DatasetMeta load_llmc_meta(const std::string& path) {
+  DatasetMeta meta;
+  meta.dir = path;
+  meta.format = DataFormat::kLlmc;
+  std::vector<std::string> files;
+  std::string data_dir;
+  if (is_directory(path)) {
+    data_dir = path;
+    std::string idx;
+    for (const auto& name : list_directory(path)) {
+      if (ends_with(name, ".bin")) files.push_back(path_join(path, name));
+      if (ends_with(name, ".idx") && idx.empty()) idx = name;
+    }
+    for (const auto& f : files) {
+      const std::string name = basename_of(f);
+      if ((name.rfind("train_", 0) == 0 || name.rfind("val_", 0) == 0) && !contains(name, "_train_") &&
+          !contains(name, "_val_"))
+        user_error("'", path, "' is not a prepared data directory (no meta.json) but holds ltrain shards ('", name,
+                   "'): an interrupted `ltrain prepare`? Re-run it");
+    }
+    if (!idx.empty())
+      user_error("'", path, "' holds a Megatron indexed dataset ('", idx, "'): point data.path at its prefix, e.g. '",
+                 path_join(path, idx.substr(0, idx.size() - 4)), "'");
+    if (files.empty())
+      user_error("'", path, "' is not a prepared data directory (no meta.json) and holds no llm.c shards (*.bin); "
+                 "create one with `ltrain prepare`");
+  } else if (has_glob_chars(path)) {
+    glob_t g;
+    const int rc = ::glob(path.c_str(), 0, nullptr, &g);
+    if (rc == 0)
+      for (size_t i = 0; i < g.gl_pathc; ++i) files.push_back(g.gl_pathv[i]);  // sorted by glob
+    ::globfree(&g);
+    if (files.empty()) user_error("data path '", path, "' matches no files");
+    data_dir = dirname_of(files[0]);
+  } else {
+    files.push_back(path);
+    data_dir = dirname_of(path);
+  }
+  for (const auto& f : files) {
+    const std::string name = basename_of(f);
+    const bool val = contains(name, "_val_") || ends_with(name, "_val.bin");
+    const bool train = !val && (contains(name, "_train_") || ends_with(name, "_train.bin"));
+    if (!val && !train)
+      user_error("llm.c shard '", f, "' is neither a train nor a val shard by name (llm.c names them "
+                 "*_train_*.bin and *_val_*.bin)");
+    MappedTokens t = open_llmc_shard(f);
+    (val ? meta.val_shards : meta.train_shards).push_back(f);
+    const uint64_t file_bytes = kLlmcHeaderBytes + t.num_tokens() * dtype_size(t.dtype());
+    (val ? meta.val_spans : meta.train_spans).push_back(span_of(t, file_bytes));
+  }
+  if (meta.val_shards.empty())
+    user_error("data '", path, "' has no llm.c validation shard (*_val_*.bin, e.g. fineweb_val_000000.bin)");
+  if (meta.train_shards.empty())
+    user_error("data '", path, "' has no llm.c training shard (*_train_*.bin, e.g. fineweb_train_000001.bin)");
+  finish_foreign_meta(meta, data_dir);
+  return meta;
+}
+
+}  // namespace
+
+DatasetMeta load_dataset_meta(const std::string& path) {
+  if (is_directory(path) && file_exists(path_join(path, "meta.json"))) return load_ltrain_meta(path);
+  const std::string prefix = megatron_prefix(path);
+  if (!prefix.empty()) return load_megatron_meta(path, prefix);
+  if (is_directory(path) || has_glob_chars(path) || (ends_with(path, ".bin") && file_exists(path)))
+    return load_llmc_meta(path);
+  user_error("'", path, "' is not a prepared data directory (no meta.json), a Megatron dataset prefix (PREFIX.bin + ",
+             "PREFIX.idx) or llm.c shards; create one with `ltrain prepare`");
 }
 
 // ---- LoaderState --------------------------------------------------------------------------------
@@ -162,17 +378,26 @@ DataLoader::DataLoader(const DatasetMeta& meta, Split split, int batch_size, int
   if (batch_size <= 0) user_error("batch size must be positive, got ", batch_size);
   if (seq_len <= 0) user_error("sequence length must be positive, got ", seq_len);
   LTRAIN_CHECK(world >= 1 && rank >= 0 && rank < world, "rank " << rank << " world " << world);
-  const auto& paths = split == Split::kTrain ? meta.train_shards : meta.val_shards;
   window_offsets_.push_back(0);
-  for (const auto& p : paths) {
-    shards_.push_back(TokenShard::open(p, verify));
-    uint64_t n = shards_.back().num_tokens();
+  if (meta.format == DataFormat::kLtrain) {
+    for (const auto& p : split == Split::kTrain ? meta.train_shards : meta.val_shards)
+      sources_.push_back(std::make_unique<ShardSource>(TokenShard::open(p, verify)));
+  } else {
+    for (const auto& span : split == Split::kTrain ? meta.train_spans : meta.val_spans) {
+      MappedTokens t = open_span(span);
+      if (verify) t.check_ids(meta.vocab_size);  // one pass, as the ltrain shards' checksums
+      sources_.push_back(std::make_unique<MappedTokens>(std::move(t)));
+    }
+  }
+  for (const auto& src : sources_) {
+    uint64_t n = src->num_tokens();
     uint64_t windows = n >= uint64_t(T_) + 1 ? (n - 1) / T_ : 0;
     window_offsets_.push_back(window_offsets_.back() + windows);
   }
   const uint64_t global = uint64_t(world_) * B_;
   if (num_windows() < global)
-    user_error("data dir '", dir_, "': the ", split_name(split), " split has ", num_windows(),
+    user_error(meta.format == DataFormat::kLtrain ? "data dir '" : "data '", dir_, "': the ", split_name(split),
+               " split has ", num_windows(),
                " windows of seq_len+1 = ", T_ + 1, " tokens, but one batch needs world*batch_size = ",
                world_, "*", B_, " = ", global, "; use a smaller batch size or seq_len, or more data");
   window_buf_.resize(T_ + 1);
@@ -206,7 +431,7 @@ void DataLoader::next_batch(int32_t* inputs, int32_t* targets) {
     // Shard s holds global windows [window_offsets_[s], window_offsets_[s+1]).
     size_t s = std::upper_bound(window_offsets_.begin(), window_offsets_.end(), g) - window_offsets_.begin() - 1;
     uint64_t start = (g - window_offsets_[s]) * T_;
-    shards_[s].read(start, T_ + 1, window_buf_.data());
+    sources_[s]->read(start, T_ + 1, window_buf_.data());
     std::copy(window_buf_.begin(), window_buf_.begin() + T_, inputs + size_t(b) * T_);
     std::copy(window_buf_.begin() + 1, window_buf_.end(), targets + size_t(b) * T_);
   }

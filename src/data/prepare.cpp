@@ -14,6 +14,7 @@
 #include "ltrain/core/check.h"
 #include "ltrain/core/io.h"
 #include "ltrain/data/dataset.h"
+#include "ltrain/data/formats.h"
 #include "ltrain/data/shard.h"
 #include "ltrain/data/tokenizer.h"
 
@@ -26,6 +27,13 @@ DocBoundary parse_doc_boundary(const std::string& name) {
   if (name == "line") return DocBoundary::kLine;
   if (name == "file") return DocBoundary::kFile;
   user_error("--doc-boundary '", name, "' is not one of paragraph, line, file");
+}
+
+DataFormat parse_data_format(const std::string& name) {
+  if (name == "ltrain") return DataFormat::kLtrain;
+  if (name == "megatron") return DataFormat::kMegatron;
+  if (name == "llmc") return DataFormat::kLlmc;
+  user_error("--format '", name, "' is not one of ltrain, megatron, llmc");
 }
 
 const char* doc_boundary_name(DocBoundary b) {
@@ -144,33 +152,59 @@ bool DocumentReader::next_in_file(std::string* doc) {
 
 namespace {
 
-// Collects whole documents for one split and writes a shard once it reaches the target size.
+// Collects whole documents for one split and writes a shard once it reaches the target size
+// (ltrain and llm.c shards), or streams them into one Megatron .bin/.idx pair.
 struct ShardBuilder {
-  ShardBuilder(std::string dir_, std::string prefix_, uint32_t vocab, uint64_t target,
+  ShardBuilder(DataFormat fmt_, std::string dir_, std::string prefix_, uint32_t vocab, uint64_t target,
                std::vector<std::string>* written_)
-      : dir(std::move(dir_)), prefix(std::move(prefix_)), vocab_size(vocab), target_tokens(target),
-        written(written_) {}
+      : fmt(fmt_), dir(std::move(dir_)), prefix(std::move(prefix_)), vocab_size(vocab), target_tokens(target),
+        written(written_) {
+    if (fmt == DataFormat::kMegatron) {
+      const std::string p = path_join(dir, prefix);
+      written->push_back(p + ".bin");
+      written->push_back(p + ".idx");
+      mega = std::make_unique<MegatronWriter>(p, vocab <= 65536 ? TokenDtype::kU16 : TokenDtype::kI32);
+    }
+  }
+  DataFormat fmt;
   std::string dir, prefix;
   uint32_t vocab_size;
   uint64_t target_tokens;
   std::vector<std::string>* written;
+  std::unique_ptr<MegatronWriter> mega;
   std::vector<uint32_t> tokens;
   std::vector<uint64_t> starts;
   json entries = json::array();
   uint64_t total_tokens = 0, total_docs = 0;
 
   void add(const std::vector<int>& ids) {
+    if (mega) {
+      mega->add_document(ids);
+      total_tokens += ids.size();
+      total_docs += 1;
+      return;
+    }
     starts.push_back(tokens.size());
     tokens.insert(tokens.end(), ids.begin(), ids.end());
     if (tokens.size() >= target_tokens) flush();
   }
   void flush() {
+    if (mega) {
+      mega->finish();
+      mega.reset();
+      entries.push_back({{"file", prefix + ".bin"}, {"tokens", total_tokens}, {"docs", total_docs}});
+      return;
+    }
     if (tokens.empty()) return;
     char name[64];
-    std::snprintf(name, sizeof name, "%s_%05d.bin", prefix.c_str(), static_cast<int>(entries.size()));
+    if (fmt == DataFormat::kLlmc)
+      std::snprintf(name, sizeof name, "tokens_%s_%06d.bin", prefix.c_str(), static_cast<int>(entries.size()));
+    else
+      std::snprintf(name, sizeof name, "%s_%05d.bin", prefix.c_str(), static_cast<int>(entries.size()));
     std::string path = path_join(dir, name);
     written->push_back(path);
-    write_shard(path, tokens, starts, vocab_size);
+    if (fmt == DataFormat::kLlmc) write_llmc_shard(path, tokens, vocab_size);
+    else write_shard(path, tokens, starts, vocab_size);
     entries.push_back({{"file", name}, {"tokens", tokens.size()}, {"docs", starts.size()}});
     total_tokens += tokens.size();
     total_docs += starts.size();
@@ -192,8 +226,10 @@ struct CleanupOnFailure {
   }
 };
 
+// Data files `prepare` writes in any format (and their temporaries).
 bool is_shard_name(const std::string& name) {
-  static const std::regex re("(train|val)_[0-9]{5}\\.bin(\\.tmp\\.[0-9]+)?");
+  static const std::regex re(
+      "((train|val)_[0-9]{5}\\.bin|(train|val)\\.(bin|idx)|tokens_(train|val)_[0-9]{6}\\.bin)(\\.tmp\\.[0-9]+)?");
   return std::regex_match(name, re);
 }
 
@@ -206,14 +242,21 @@ PrepareSummary prepare_dataset(const PrepareOptions& opt) {
   if (!(opt.val_fraction >= 0.0 && opt.val_fraction < 1.0))
     user_error("--val-fraction ", opt.val_fraction, " must be in [0, 1)");
   if (opt.shard_tokens == 0) user_error("--shard-tokens must be positive");
+  if (opt.format == DataFormat::kLlmc && opt.shard_tokens > (uint64_t(1) << 30))
+    user_error("--shard-tokens ", opt.shard_tokens, " is too large for llm.c shards (their header counts tokens in an "
+               "int32; use at most 1073741824)");
 
   Tokenizer tok = Tokenizer::load(opt.tokenizer_path);
   DocumentReader reader(opt.inputs, opt.boundary);
   const std::string& out = opt.out_dir;
   const std::string meta_path = path_join(out, "meta.json");
+  const std::string sidecar_path = path_join(out, kSidecarName);
   if (file_exists(out) && !is_directory(out)) user_error("--out '", out, "' exists and is not a directory");
   if (file_exists(meta_path) && !opt.force)
     user_error("output directory '", out, "' already holds a prepared dataset (meta.json); pass --force to overwrite it");
+  if (file_exists(sidecar_path) && !opt.force)
+    user_error("output directory '", out, "' already holds a prepared dataset (", kSidecarName,
+               "); pass --force to overwrite it");
 
   CleanupOnFailure cleanup;
   if (!is_directory(out)) {
@@ -224,12 +267,13 @@ PrepareSummary prepare_dataset(const PrepareOptions& opt) {
   // incomplete. Leftover shards (from the old dataset or an interrupted run) go too, so no stale
   // file sits next to the new ones.
   std::remove(meta_path.c_str());
+  std::remove(sidecar_path.c_str());
   for (const auto& name : list_directory(out))
     if (is_shard_name(name)) std::remove(path_join(out, name).c_str());
 
   const uint32_t vocab = static_cast<uint32_t>(tok.vocab_size());
-  ShardBuilder train{out, "train", vocab, opt.shard_tokens, &cleanup.files};
-  ShardBuilder val{out, "val", vocab, opt.shard_tokens, &cleanup.files};
+  ShardBuilder train{opt.format, out, "train", vocab, opt.shard_tokens, &cleanup.files};
+  ShardBuilder val{opt.format, out, "val", vocab, opt.shard_tokens, &cleanup.files};
 
   PrepareSummary sum;
   std::optional<Progress> progress;
@@ -277,26 +321,47 @@ PrepareSummary prepare_dataset(const PrepareOptions& opt) {
 
   json sources = json::array();
   for (const auto& f : opt.inputs) sources.push_back({{"path", f}, {"bytes", file_size(f)}});
-  json meta = {
-      {"format", "ltrain-dataset"},
-      {"version", kDatasetFormatVersion},
-      {"vocab_size", vocab},
-      {"bos_id", tok.bos_id()},
-      {"eos_id", tok.eos_id()},
-      {"dtype", shard_bytes_per_token(vocab) == 2 ? "uint16" : "uint32"},
-      {"bytes_per_token", shard_bytes_per_token(vocab)},
-      {"tokenizer", "tokenizer.model"},
-      {"tokenizer_source", opt.tokenizer_path},
-      {"doc_boundary", doc_boundary_name(opt.boundary)},
-      {"val_fraction", opt.val_fraction},
-      {"shard_tokens", opt.shard_tokens},
-      {"docs", sum.docs},
-      {"train", train.to_json()},
-      {"val", val.to_json()},
-      {"sources", sources},
-      {"created_by", "ltrain prepare"},
-  };
-  write_text_file_atomic(meta_path, meta.dump(2) + "\n");
+  if (opt.format != DataFormat::kLtrain) {
+    // What the foreign format does not store; read by load_dataset_meta (docs/data-format.md).
+    json side = {
+        {"format", data_format_name(opt.format)},
+        {"vocab_size", vocab},
+        {"bos_id", tok.bos_id()},
+        {"eos_id", tok.eos_id()},
+        {"tokenizer", "tokenizer.model"},
+        {"tokenizer_source", opt.tokenizer_path},
+        {"doc_boundary", doc_boundary_name(opt.boundary)},
+        {"val_fraction", opt.val_fraction},
+        {"shard_tokens", opt.shard_tokens},
+        {"docs", sum.docs},
+        {"train", train.to_json()},
+        {"val", val.to_json()},
+        {"sources", sources},
+        {"created_by", "ltrain prepare"},
+    };
+    write_text_file_atomic(sidecar_path, side.dump(2) + "\n");
+  } else {
+    json meta = {
+        {"format", "ltrain-dataset"},
+        {"version", kDatasetFormatVersion},
+        {"vocab_size", vocab},
+        {"bos_id", tok.bos_id()},
+        {"eos_id", tok.eos_id()},
+        {"dtype", shard_bytes_per_token(vocab) == 2 ? "uint16" : "uint32"},
+        {"bytes_per_token", shard_bytes_per_token(vocab)},
+        {"tokenizer", "tokenizer.model"},
+        {"tokenizer_source", opt.tokenizer_path},
+        {"doc_boundary", doc_boundary_name(opt.boundary)},
+        {"val_fraction", opt.val_fraction},
+        {"shard_tokens", opt.shard_tokens},
+        {"docs", sum.docs},
+        {"train", train.to_json()},
+        {"val", val.to_json()},
+        {"sources", sources},
+        {"created_by", "ltrain prepare"},
+    };
+    write_text_file_atomic(meta_path, meta.dump(2) + "\n");
+  }
   cleanup.done = true;
 
   sum.train_docs = train.total_docs;

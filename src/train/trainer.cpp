@@ -196,7 +196,8 @@ double run_training(const Config& cfg, const std::string& resume) {
   const double start_time = wall_time_seconds();
 
   if (cfg.data.path.empty())
-    user_error("config key 'data.path' is required: a directory written by `ltrain prepare`");
+    user_error("config key 'data.path' is required: a directory written by `ltrain prepare`, a Megatron-LM "
+               "indexed dataset prefix, or llm.c shards (docs/data-format.md)");
   const DatasetMeta meta = load_dataset_meta(cfg.data.path);
   check_data_matches_model(meta, cfg.model);
   const int B = tc.micro_batch_size, T = tc.seq_len;

@@ -63,7 +63,7 @@ struct TrainConfig {
 };
 
 struct DataConfig {
-  std::string path;         // a directory written by `ltrain prepare`
+  std::string path;         // ltrain prepare dir, Megatron prefix, or llm.c shards (docs/data-format.md)
   bool shuffle = true;
   bool verify = true;       // check shard checksums when opening
 };
@@ -153,7 +153,8 @@ void visit_config(C& c, V&& v) {
     "finish the current step, save a checkpoint and exit 0 after this many minutes; 0 = no limit");
   v("train.recompute", c.train.recompute,
     "activation recomputation: none, selective (recompute norms and SwiGLU), full (recompute each layer)");
-  v("data.path", c.data.path, "data directory written by `ltrain prepare`");
+  v("data.path", c.data.path,
+    "a directory written by `ltrain prepare`, a Megatron-LM/GPT-NeoX indexed dataset prefix, or a directory or glob of llm.c shards");
   v("data.shuffle", c.data.shuffle, "shuffle training windows (deterministic from train.seed)");
   v("data.verify", c.data.verify, "verify shard checksums when opening the data");
   v("checkpoint.interval", c.checkpoint.interval,

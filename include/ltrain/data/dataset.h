@@ -15,32 +15,58 @@
 //    single process with batch W*B gets. When fewer than world*B windows are left in the epoch,
 //    they are skipped and the next epoch begins (epoch+1, cursor 0).
 //  - LoaderState (epoch, cursor) is the whole position: restore() continues bit-exactly.
+//  - Megatron-LM indexed datasets and llm.c shards (formats.h) are read the same way: every
+//    "shard" above is then one token stream of the split (an llm.c shard file, or the split's
+//    contiguous run of documents in a Megatron .bin), windowed by exactly the same rules.
 #pragma once
 #include <cstdint>
 #include <nlohmann/json_fwd.hpp>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "ltrain/data/formats.h"
 #include "ltrain/data/shard.h"
 
 namespace ltrain {
 
 constexpr int kDatasetFormatVersion = 1;
 
+enum class DataFormat { kLtrain, kMegatron, kLlmc };
+const char* data_format_name(DataFormat f);  // "ltrain", "megatron", "llmc"
+
+// One token stream of a split in a foreign format: `tokens` ids of `dtype` at `byte_offset` of
+// `path`, a file of `file_bytes` bytes (the loader refuses the file if its size changed).
+struct TokenSpan {
+  std::string path;
+  TokenDtype dtype = TokenDtype::kU16;
+  uint64_t byte_offset = 0, tokens = 0, file_bytes = 0;
+};
+
 struct DatasetMeta {
-  std::string dir;
+  std::string dir;  // data.path as given (a directory, a Megatron prefix, a glob)
   int vocab_size = 0;
   int bos_id = -1;
   int eos_id = -1;
   int bytes_per_token = 0;
   std::string tokenizer_path;  // absolute path of DIR/tokenizer.model
-  std::vector<std::string> train_shards, val_shards;  // full paths, in order
+  std::vector<std::string> train_shards, val_shards;  // full paths, in order (files holding the spans)
   uint64_t train_tokens = 0, val_tokens = 0;
+  DataFormat format = DataFormat::kLtrain;
+  std::vector<TokenSpan> train_spans, val_spans;  // megatron/llmc: the streams the loader windows
+  uint64_t train_docs = 0, val_docs = 0;          // megatron: documents per split (0 if unknown)
+  bool vocab_from_scan = false;                   // megatron/llmc without ltrain-data.json
 };
 
-// Reads DIR/meta.json and checks every listed shard's header (not its checksum) against it:
-// vocab size, bytes per token and token count. UserError naming the directory or shard otherwise.
-DatasetMeta load_dataset_meta(const std::string& dir);
+// `path` selects the format (docs/data-format.md, "Other formats"):
+//  - a directory with meta.json: an ltrain dataset. Reads meta.json and checks every listed
+//    shard's header (not its checksum) against it: vocab size, bytes per token and token count.
+//  - PREFIX with PREFIX.idx and PREFIX.bin (or the path of either): a Megatron indexed dataset.
+//    Val: the sibling with the trailing "train" of the prefix's name replaced by "val" if it
+//    exists, else the last 1% of the documents (at least one).
+//  - another directory, a glob, or an llm.c .bin: llm.c shards, *_train* and *_val* by name.
+// UserError naming the directory, file or shard on any defect.
+DatasetMeta load_dataset_meta(const std::string& path);
 
 enum class Split { kTrain, kVal };
 const char* split_name(Split s);
@@ -80,7 +106,7 @@ class DataLoader {
   int B_, T_, rank_, world_, vocab_size_;
   bool shuffle_;
   uint64_t seed_;
-  std::vector<TokenShard> shards_;
+  std::vector<std::unique_ptr<TokenSource>> sources_;  // one per shard / stream, in order
   std::vector<uint64_t> window_offsets_;  // (num_shards+1,) prefix sums of windows per shard
   LoaderState state_;
   std::vector<uint64_t> perm_;  // (num_windows,) order of the current epoch when shuffling

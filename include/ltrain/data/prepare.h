@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "ltrain/data/dataset.h"
+
 namespace ltrain {
 
 enum class DocBoundary {
@@ -47,7 +49,10 @@ class DocumentReader {
   std::string line_;
 };
 
+DataFormat parse_data_format(const std::string& name);  // UserError naming --format
+
 struct PrepareOptions {
+  DataFormat format = DataFormat::kLtrain;  // what to write (docs/data-format.md, "Other formats")
   std::string tokenizer_path;
   std::vector<std::string> inputs;
   std::string out_dir;
@@ -67,6 +72,11 @@ struct PrepareSummary {
 };
 
 // Writes OUT/train_00000.bin..., OUT/val_00000.bin..., OUT/tokenizer.model, and OUT/meta.json last.
+// --format megatron: OUT/train.bin + .idx and OUT/val.bin + .idx (one sequence per document);
+// --format llmc: OUT/tokens_train_000000.bin..., OUT/tokens_val_000000.bin... (shards cut by the
+// same --shard-tokens rule as ltrain's); both with OUT/tokenizer.model and OUT/ltrain-data.json
+// (vocab size, BOS/EOS ids, tokenizer) last. The documents, their split and their order are the
+// same for every format, so the loader reads the same windows from each.
 // On failure, the files it wrote are removed (and OUT itself when this call created it).
 PrepareSummary prepare_dataset(const PrepareOptions& opt);
 
