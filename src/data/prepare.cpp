@@ -321,45 +321,32 @@ PrepareSummary prepare_dataset(const PrepareOptions& opt) {
 
   json sources = json::array();
   for (const auto& f : opt.inputs) sources.push_back({{"path", f}, {"bytes", file_size(f)}});
+  const json description = {
+      {"vocab_size", vocab},
+      {"bos_id", tok.bos_id()},
+      {"eos_id", tok.eos_id()},
+      {"tokenizer", "tokenizer.model"},
+      {"tokenizer_source", opt.tokenizer_path},
+      {"doc_boundary", doc_boundary_name(opt.boundary)},
+      {"val_fraction", opt.val_fraction},
+      {"shard_tokens", opt.shard_tokens},
+      {"docs", sum.docs},
+      {"train", train.to_json()},
+      {"val", val.to_json()},
+      {"sources", sources},
+      {"created_by", "ltrain prepare"},
+  };
   if (opt.format != DataFormat::kLtrain) {
     // What the foreign format does not store; read by load_dataset_meta (docs/data-format.md).
-    json side = {
-        {"format", data_format_name(opt.format)},
-        {"vocab_size", vocab},
-        {"bos_id", tok.bos_id()},
-        {"eos_id", tok.eos_id()},
-        {"tokenizer", "tokenizer.model"},
-        {"tokenizer_source", opt.tokenizer_path},
-        {"doc_boundary", doc_boundary_name(opt.boundary)},
-        {"val_fraction", opt.val_fraction},
-        {"shard_tokens", opt.shard_tokens},
-        {"docs", sum.docs},
-        {"train", train.to_json()},
-        {"val", val.to_json()},
-        {"sources", sources},
-        {"created_by", "ltrain prepare"},
-    };
+    json side = description;
+    side["format"] = data_format_name(opt.format);
     write_text_file_atomic(sidecar_path, side.dump(2) + "\n");
   } else {
-    json meta = {
-        {"format", "ltrain-dataset"},
-        {"version", kDatasetFormatVersion},
-        {"vocab_size", vocab},
-        {"bos_id", tok.bos_id()},
-        {"eos_id", tok.eos_id()},
-        {"dtype", shard_bytes_per_token(vocab) == 2 ? "uint16" : "uint32"},
-        {"bytes_per_token", shard_bytes_per_token(vocab)},
-        {"tokenizer", "tokenizer.model"},
-        {"tokenizer_source", opt.tokenizer_path},
-        {"doc_boundary", doc_boundary_name(opt.boundary)},
-        {"val_fraction", opt.val_fraction},
-        {"shard_tokens", opt.shard_tokens},
-        {"docs", sum.docs},
-        {"train", train.to_json()},
-        {"val", val.to_json()},
-        {"sources", sources},
-        {"created_by", "ltrain prepare"},
-    };
+    json meta = description;
+    meta["format"] = "ltrain-dataset";
+    meta["version"] = kDatasetFormatVersion;
+    meta["dtype"] = shard_bytes_per_token(vocab) == 2 ? "uint16" : "uint32";
+    meta["bytes_per_token"] = shard_bytes_per_token(vocab);
     write_text_file_atomic(meta_path, meta.dump(2) + "\n");
   }
   cleanup.done = true;
