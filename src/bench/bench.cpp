@@ -361,16 +361,16 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt) {
   auto raw = make_backend(cfg.device, par.local_rank());
   ProfilingBackend be(*raw);
   const int tp_size = cfg.parallel.tensor;
-  ParallelComms comms = make_parallel_comms(*raw, dp_size, tp_size);
+  ParallelComms comms = make_parallel_comms(*raw, dp_size, tp_size, cfg.parallel.timeout_s);
   // Every collective of the step goes through a timing wrapper: communication vs compute.
   TimingCommunicator dp(*comms.dp);
   std::unique_ptr<TimingCommunicator> tp;
   if (comms.tp) tp = std::make_unique<TimingCommunicator>(*comms.tp);
   const bool zero = cfg.parallel.zero == 1 && dp_size > 1;
   LlamaModel model(cfg.model, be, B, T, parse_recompute(tc.recompute), zero ? 64 * dp_size : 1, tp.get(),
-                   &par.tensor());
+                   comms.tp_host);
   model.init_weights(tc.seed);
-  AdamW adamw(cfg.optim, model, &dp, zero, &par.tensor());
+  AdamW adamw(cfg.optim, model, &dp, zero, comms.tp_host);
   std::unique_ptr<GradReducer> reducer;
   if (dp_size > 1 && !zero) reducer = std::make_unique<GradReducer>(model, dp, cfg.parallel.bucket_mb);
   auto comm_seconds = [&] { return dp.seconds() + (tp ? tp->seconds() : 0.0); };

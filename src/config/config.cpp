@@ -326,6 +326,7 @@ int resolve_parallel_layout(const Config& c, int world_size) {
   if (p.data < 0) user_error("config key 'parallel.data' must be >= 0 (0 = world size / parallel.tensor)");
   if (p.zero != 0 && p.zero != 1) user_error("config key 'parallel.zero' must be 0 or 1, got ", p.zero);
   if (!(p.bucket_mb > 0)) user_error("config key 'parallel.bucket_mb' must be positive");
+  if (p.timeout_s < 0) user_error("config key 'parallel.timeout_s' must be >= 0 (0 = no limit)");
   if (world_size % p.tensor != 0)
     user_error("the world of ", world_size, " ranks is not divisible by parallel.tensor (", p.tensor, ")");
   const int data = p.data ? p.data : world_size / p.tensor;

@@ -1,7 +1,9 @@
 #include "ltrain/train/trainer.h"
 
 #include <cmath>
+#include <chrono>
 #include <csignal>
+#include <thread>
 #include <cstdarg>
 #include <cstdlib>
 #include <optional>
@@ -18,6 +20,7 @@
 #include "ltrain/parallel/communicator.h"
 #include "ltrain/parallel/grad_reducer.h"
 #include "ltrain/parallel/nccl_communicator.h"
+#include "ltrain/parallel/watchdog.h"
 #include "ltrain/train/guard.h"
 
 namespace ltrain {
@@ -42,7 +45,7 @@ double evaluate(LlamaModel& model, DataLoader& loader, int B, int T, int max_bat
   return n ? sum / double(n) : NAN;
 }
 
-ParallelComms make_parallel_comms(Backend& backend, int dp_size, int tp_size) {
+ParallelComms make_parallel_comms(Backend& backend, int dp_size, int tp_size, double timeout_s) {
   ParallelContext& par = ParallelContext::get();
   ParallelComms c;
   if (backend.name().rfind("cuda", 0) == 0) {
@@ -50,8 +53,16 @@ ParallelComms make_parallel_comms(Backend& backend, int dp_size, int tp_size) {
     if (dp_size > 1) c.dp_nccl = make_nccl_communicator(par.data(), gpu);
     if (tp_size > 1) c.tp_nccl = make_nccl_communicator(par.tensor(), gpu);
   }
-  c.dp = c.dp_nccl ? c.dp_nccl.get() : &par.data();
-  c.tp = tp_size > 1 ? (c.tp_nccl ? c.tp_nccl.get() : &par.tensor()) : nullptr;
+  // Every collective of the step goes through a watchdog (parallel.timeout_s).
+  const int rank = par.world_rank();
+  c.watched.push_back(with_watchdog(c.dp_nccl ? *c.dp_nccl : par.data(), timeout_s, rank, "data-parallel"));
+  c.dp = c.watched.back().get();
+  c.watched.push_back(with_watchdog(par.tensor(), timeout_s, rank, "tensor-parallel (host)"));
+  c.tp_host = c.watched.back().get();
+  if (tp_size > 1) {
+    c.watched.push_back(with_watchdog(c.tp_nccl ? *c.tp_nccl : par.tensor(), timeout_s, rank, "tensor-parallel"));
+    c.tp = c.watched.back().get();
+  }
   return c;
 }
 
@@ -141,6 +152,7 @@ void check_replicas(LlamaModel& model, Communicator& dp, int dp_rank, int step, 
 //   LTRAIN_TEST_SPIKE_STEPS=a-b[,x] gradients x1000 at every attempt of steps a..b, in the first x+1
 //                                   rounds (x rollbacks; default 0; "inf" = always)
 //   LTRAIN_TEST_PERTURB_RANK=r@k    world rank r nudges one weight after step k's backward
+//   LTRAIN_TEST_HANG_RANK=r@k       world rank r stalls for 60 s after step k's backward
 void test_hooks_after_backward(LlamaModel& model, int step, int rollbacks, int world_rank) {
   static int nan_done = 0;
   Backend& be = model.backend();
@@ -160,6 +172,11 @@ void test_hooks_after_backward(LlamaModel& model, int step, int rollbacks, int w
     if (std::sscanf(v, "%d-%d,%15s", &a, &b, rounds) >= 2 && step >= a && step <= b &&
         (std::string(rounds) == "inf" || rollbacks <= std::atoi(rounds)))
       scale_grads(1000.0);
+  }
+  if (const char* v = std::getenv("LTRAIN_TEST_HANG_RANK")) {  // r@k: world rank r stalls at step k
+    int r = -1, k = -1;
+    if (std::sscanf(v, "%d@%d", &r, &k) == 2 && r == world_rank && k == step)
+      std::this_thread::sleep_for(std::chrono::seconds(60));
   }
   if (const char* v = std::getenv("LTRAIN_TEST_PERTURB_RANK")) {
     int r = -1, k = -1;
@@ -230,13 +247,13 @@ double run_training(const Config& cfg, const std::string& resume) {
   // buffers (bootstrapped through the MPI group) for the CUDA backend; the same for the
   // tensor-parallel group, whose collectives move activations.
   const int tp_size = cfg.parallel.tensor;
-  ParallelComms comms = make_parallel_comms(*backend, dp_size, tp_size);
+  ParallelComms comms = make_parallel_comms(*backend, dp_size, tp_size, cfg.parallel.timeout_s);
   Communicator& dp = *comms.dp;
   const bool zero = cfg.parallel.zero == 1 && dp_size > 1;
   LlamaModel model(cfg.model, *backend, B, T, parse_recompute(tc.recompute), zero ? 64 * dp_size : 1,
-                   comms.tp, &par.tensor());
+                   comms.tp, comms.tp_host);
   model.init_weights(tc.seed);  // every rank draws the same whole tensors and keeps its part
-  AdamW opt(cfg.optim, model, &dp, zero, &par.tensor());
+  AdamW opt(cfg.optim, model, &dp, zero, comms.tp_host);
   int start_step = 0;
   if (ck) {
     // Weights, moments and the data position; the schedule continues from the step. The

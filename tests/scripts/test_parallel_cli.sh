@@ -82,6 +82,15 @@ out=$($MPIRUN -np 2 "$LTRAIN" train --config tiny.yaml train.run_dir=bad4 parall
 out=$($MPIRUN -np 2 "$LTRAIN" train --config tiny.yaml train.run_dir=bad3 train.global_batch_tokens=192 2>&1); rc=$?
 [ $rc -ne 0 ] && [[ "$out" == *"* 2 = 128"* ]] \
   && echo "ok: global batch vs data ranks (exit $rc)" || { fail "global batch vs data ranks"; echo "$out" | head -5; }
+# A rank that stops answering: the others' watchdog ends the job with exit code 4 and names the
+# collective, instead of hanging (rank 1 stalls for 60 s; the timeout is 2 s).
+start=$(date +%s)
+out=$(LTRAIN_TEST_HANG_RANK=1@3 $MPIRUN -np 2 "$LTRAIN" train --config tiny.yaml train.run_dir=hang parallel.data=2 \
+      parallel.timeout_s=2 2>&1); rc=$?
+took=$(( $(date +%s) - start ))
+[ $rc -eq 4 ] && [ $took -lt 30 ] && [[ "$out" == *"did not finish within parallel.timeout_s = 2 s"* ]] \
+  && echo "ok: a stalled rank ends the job with exit 4 after ${took} s" || { fail "collective timeout (exit $rc, ${took} s)"; echo "$out" | grep error | head -3; }
+
 [ -e bad1 ] || [ -e bad2 ] || [ -e bad3 ] || [ -e bad4 ] && fail "a refused parallel run created its run directory"
 
 finish

@@ -91,6 +91,7 @@ struct ParallelConfig {
   int tensor = 1;         // tensor-parallel ranks (consecutive ranks)
   int zero = 0;           // 1 = ZeRO-1: optimizer state sharded over the data-parallel ranks
   double bucket_mb = 25;  // gradient all-reduce bucket size
+  double timeout_s = 600; // a collective running longer ends the job (exit code 4); 0 = never
 };
 
 struct Config {
@@ -176,6 +177,8 @@ void visit_config(C& c, V&& v) {
   v("parallel.data", c.parallel.data, "data-parallel ranks; 0 = world size / parallel.tensor");
   v("parallel.tensor", c.parallel.tensor, "tensor-parallel ranks, consecutive ranks of a node");
   v("parallel.zero", c.parallel.zero, "1 = ZeRO-1: shard AdamW state and master weights over data-parallel ranks");
+  v("parallel.timeout_s", c.parallel.timeout_s,
+    "a collective that has not finished after this many seconds ends the job with exit code 4; 0 = no limit");
   v("parallel.bucket_mb", c.parallel.bucket_mb, "gradient all-reduce bucket size in MiB (buckets overlap backward)");
 }
 

@@ -12,17 +12,22 @@
 
 #include <functional>
 #include <memory>
+#include <vector>
 
 namespace ltrain {
 
 // The collectives of this rank's layout: NCCL on device buffers when the backend is CUDA, the
 // MPI groups of the ParallelContext otherwise. tp is null without tensor parallelism.
+// Each is wrapped in a watchdog (parallel.timeout_s). tp_host is the tensor-parallel group for
+// host-side values (MPI).
 struct ParallelComms {
   std::unique_ptr<Communicator> dp_nccl, tp_nccl;
+  std::vector<std::unique_ptr<Communicator>> watched;
   Communicator* dp = nullptr;
   Communicator* tp = nullptr;
+  Communicator* tp_host = nullptr;
 };
-ParallelComms make_parallel_comms(Backend& backend, int dp_size, int tp_size);
+ParallelComms make_parallel_comms(Backend& backend, int dp_size, int tp_size, double timeout_s = 0);
 
 // The gradients of one optimizer step: zero them, forward and backward over `accum`
 // micro-batches, the data-parallel reduction (bucketed; ZeRO-1's happens in AdamW) and the
