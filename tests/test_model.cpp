@@ -56,14 +56,19 @@ std::vector<double> get(Backend& be, const Tensor& t) {
   return v;
 }
 
-void check_model_gradients(const ModelConfig& cfg) {
+// masked: some targets are -1 (SFT prompt tokens): they carry no loss, and the loss is the mean
+// over the rest, so the gradient scale is 1 / (number of counted targets).
+void check_model_gradients(const ModelConfig& cfg, bool masked = false) {
   auto be = make_cpu_backend(DType::kF64);
   Batch batch(cfg.vocab_size, 7);
+  if (masked)
+    for (size_t i = 0; i < batch.targets.size(); i += 3) batch.targets[i] = -1;
+  int counted = 0;
+  for (int32_t t : batch.targets) counted += t >= 0;
   LlamaModel model(cfg, *be, batch.B, batch.T);
   randomize(model, 3);
   model.zero_grads();
-  const int N = batch.B * batch.T;
-  model.forward_backward(batch.tokens.data(), batch.targets.data(), batch.B, batch.T, 1.0 / N);
+  model.forward_backward(batch.tokens.data(), batch.targets.data(), batch.B, batch.T, 1.0 / counted);
   auto loss = [&] { return model.forward_loss(batch.tokens.data(), batch.targets.data(), batch.B, batch.T); };
   const double h = 1e-5;
   std::mt19937_64 rng(11);
@@ -102,6 +107,33 @@ void check_model_gradients(const ModelConfig& cfg) {
 }
 
 TEST(ModelGradient, MatchesFiniteDifferencesGQA) { check_model_gradients(tiny_config()); }
+
+TEST(ModelGradient, MaskedTargetsMatchFiniteDifferences) { check_model_gradients(tiny_config(), true); }
+
+TEST(ModelForward, MaskedLossIsTheMeanOverCountedTargets) {
+  // Masking a target removes exactly its term: the masked mean times the count equals the full
+  // sum minus the masked tokens' losses.
+  ModelConfig cfg = tiny_config();
+  auto be = make_cpu_backend(DType::kF64);
+  Batch batch(cfg.vocab_size, 21);
+  LlamaModel model(cfg, *be, batch.B, batch.T);
+  randomize(model, 4);
+  const int N = batch.B * batch.T;
+  const double full = model.forward_loss(batch.tokens.data(), batch.targets.data(), batch.B, batch.T) * N;
+  std::vector<int32_t> only(N, -1), masked = batch.targets;
+  double removed = 0;
+  for (int i = 0; i < N; i += 4) {
+    only.assign(N, -1);
+    only[i] = batch.targets[i];
+    removed += model.forward_loss(batch.tokens.data(), only.data(), batch.B, batch.T);
+    masked[i] = -1;
+  }
+  const int counted = N - (N + 3) / 4;
+  const double got = model.forward_loss(batch.tokens.data(), masked.data(), batch.B, batch.T) * counted;
+  EXPECT_NEAR(got, full - removed, 1e-10 * full);
+  std::vector<int32_t> none(N, -1);
+  EXPECT_EQ(model.forward_loss(batch.tokens.data(), none.data(), batch.B, batch.T), 0.0);
+}
 
 TEST(ModelGradient, MatchesFiniteDifferencesTiedMHA) {
   ModelConfig cfg = tiny_config();

@@ -402,7 +402,7 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt) {
   // One optimizer step, exactly as `ltrain train` runs it (train_step, src/train/trainer.cpp).
   auto bench_step = [&]() {
     ++step_no;
-    const double loss = train_step(model, adamw, reducer.get(), dp, dp_size, accum, B, T, step_no,
+    const double loss = train_step(model, adamw, reducer.get(), dp, accum, B, T, step_no,
                                    lr_at(cfg.optim, total_steps, step_no), [&](int32_t* in, int32_t* tg) {
                                      const int p = next_batch++ % pool;
                                      std::copy(ins[size_t(p)].begin(), ins[size_t(p)].end(), in);

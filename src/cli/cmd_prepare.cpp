@@ -1,4 +1,6 @@
 // `ltrain prepare --tokenizer X.model --input FILE... --out DIR [options]`
+// `ltrain prepare --sft --tokenizer X.model --input FILE.jsonl... --out DIR [options]`: prompt/answer
+// examples with a loss mask per token (docs/data-format.md, "SFT datasets").
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -22,6 +24,10 @@ int cmd_prepare(int argc, char** argv) {
   args.add_flag("doc-boundary", "plain-text documents: paragraph (blank lines, default), line, file");
   args.add_flag("force", "overwrite an existing prepared dataset in --out", true);
   args.add_flag("quiet", "no progress bar", true);
+  args.add_flag("sft", "supervised fine-tuning data: .jsonl lines with \"prompt\" and \"answer\"; the loss is "
+                "taken on answer tokens only (writes a .mask file next to each shard)", true);
+  args.add_flag("sft-separator", "with --sft: text between prompt and answer, not in the loss (default: two "
+                "newlines; pass real newlines, e.g. $'\\n\\n', no escapes are interpreted)");
   args.parse(argc, argv);
   if (args.help_requested()) {
     std::printf("%s", args.usage().c_str());
@@ -43,6 +49,13 @@ int cmd_prepare(int argc, char** argv) {
   opt.format = parse_data_format(args.get("format", "ltrain"));
   opt.force = args.get_bool("force");
   opt.progress = !args.get_bool("quiet");
+  opt.sft = args.get_bool("sft");
+  if (args.has("sft-separator")) {
+    if (!opt.sft) user_error("ltrain prepare: --sft-separator needs --sft");
+    opt.sft_separator = args.get("sft-separator");
+  }
+  if (opt.sft && args.has("doc-boundary"))
+    user_error("ltrain prepare: --doc-boundary does not apply to --sft (every .jsonl line is one example)");
 
   PrepareSummary s = prepare_dataset(opt);
   double total = static_cast<double>(s.train_tokens + s.val_tokens);
@@ -53,6 +66,10 @@ int cmd_prepare(int argc, char** argv) {
               static_cast<unsigned long long>(s.train_tokens), s.train_shards);
   std::printf("  val:   %llu docs, %llu tokens, %d shard(s)\n", static_cast<unsigned long long>(s.val_docs),
               static_cast<unsigned long long>(s.val_tokens), s.val_shards);
+  if (opt.sft)
+    std::printf("  sft: loss on %llu of %llu train tokens (answers + EOS), %llu of %llu val tokens\n",
+                static_cast<unsigned long long>(s.train_loss_tokens), static_cast<unsigned long long>(s.train_tokens),
+                static_cast<unsigned long long>(s.val_loss_tokens), static_cast<unsigned long long>(s.val_tokens));
   if (s.val_docs == 0 && opt.val_fraction > 0)
     std::printf("  note: no validation documents (only %llu documents; --val-fraction %g needs at least %.0f)\n",
                 static_cast<unsigned long long>(s.docs), opt.val_fraction, std::ceil(1.0 / opt.val_fraction));

@@ -67,7 +67,8 @@ class ShardSource : public TokenSource {
 };
 
 void load_split(const json& root, const char* name, const std::string& meta_path,
-                const DatasetMeta& meta, std::vector<std::string>* shards, uint64_t* tokens) {
+                const DatasetMeta& meta, std::vector<std::string>* shards, uint64_t* tokens,
+                std::vector<std::string>* masks) {
   const json& split = field(root, name, meta_path);
   const json& list = field(split, "shards", meta_path);
   if (!list.is_array()) user_error("'", meta_path, "': field '", name, ".shards' must be a list");
@@ -87,6 +88,15 @@ void load_split(const json& root, const char* name, const std::string& meta_path
     if (shard.num_tokens() != n)
       user_error("shard '", path, "' holds ", shard.num_tokens(), " tokens, but meta.json says ", n,
                  " (the directory mixes datasets; re-run `ltrain prepare`)");
+    if (meta.sft) {
+      const std::string mask_file = field_str(entry, "mask", meta_path);
+      const std::string mask_path = path_join(meta.dir, mask_file);
+      if (!file_exists(mask_path))
+        user_error("data dir '", meta.dir, "' is incomplete: loss mask file '", mask_file,
+                   "' listed in meta.json is missing");
+      LossMask::open(mask_path, n, /*verify_checksum=*/false);
+      masks->push_back(mask_path);
+    }
     shards->push_back(path);
     *tokens += n;
   }
@@ -124,8 +134,12 @@ DatasetMeta load_ltrain_meta(const std::string& dir) {
   const std::string tok = root.contains("tokenizer") ? field_str(root, "tokenizer", meta_path) : "tokenizer.model";
   // Absolute so that the path stays valid in checkpoints and after a chdir.
   meta.tokenizer_path = std::filesystem::absolute(path_join(dir, tok)).lexically_normal().string();
-  load_split(root, "train", meta_path, meta, &meta.train_shards, &meta.train_tokens);
-  load_split(root, "val", meta_path, meta, &meta.val_shards, &meta.val_tokens);
+  if (root.contains("sft")) {
+    if (!root["sft"].is_boolean()) user_error("'", meta_path, "': field 'sft' must be true or false, got ", root["sft"].dump());
+    meta.sft = root["sft"].get<bool>();
+  }
+  load_split(root, "train", meta_path, meta, &meta.train_shards, &meta.train_tokens, &meta.train_masks);
+  load_split(root, "val", meta_path, meta, &meta.val_shards, &meta.val_tokens, &meta.val_masks);
   return meta;
 }
 
@@ -382,6 +396,12 @@ DataLoader::DataLoader(const DatasetMeta& meta, Split split, int batch_size, int
   if (meta.format == DataFormat::kLtrain) {
     for (const auto& p : split == Split::kTrain ? meta.train_shards : meta.val_shards)
       sources_.push_back(std::make_unique<ShardSource>(TokenShard::open(p, verify)));
+    if (meta.sft) {
+      const auto& masks = split == Split::kTrain ? meta.train_masks : meta.val_masks;
+      LTRAIN_CHECK(masks.size() == sources_.size(), "masks: " << masks.size() << " for " << sources_.size() << " shards");
+      for (size_t i = 0; i < masks.size(); ++i)
+        masks_.push_back(LossMask::open(masks[i], sources_[i]->num_tokens(), verify));
+    }
   } else {
     for (const auto& span : split == Split::kTrain ? meta.train_spans : meta.val_spans) {
       MappedTokens t = open_span(span);
@@ -401,6 +421,7 @@ DataLoader::DataLoader(const DatasetMeta& meta, Split split, int batch_size, int
                " windows of seq_len+1 = ", T_ + 1, " tokens, but one batch needs world*batch_size = ",
                world_, "*", B_, " = ", global, "; use a smaller batch size or seq_len, or more data");
   window_buf_.resize(T_ + 1);
+  if (!masks_.empty()) mask_buf_.resize(T_ + 1);
 }
 
 void DataLoader::restore(const LoaderState& s) {
@@ -434,6 +455,12 @@ void DataLoader::next_batch(int32_t* inputs, int32_t* targets) {
     sources_[s]->read(start, T_ + 1, window_buf_.data());
     std::copy(window_buf_.begin(), window_buf_.begin() + T_, inputs + size_t(b) * T_);
     std::copy(window_buf_.begin() + 1, window_buf_.end(), targets + size_t(b) * T_);
+    if (!masks_.empty()) {  // SFT: no loss where the target token is not part of an answer
+      masks_[s].read(start, T_ + 1, mask_buf_.data());
+      int32_t* tg = targets + size_t(b) * T_;
+      for (int i = 0; i < T_; ++i)
+        if (!mask_buf_[i + 1]) tg[i] = -1;
+    }
   }
   state_.cursor += global;
 }

@@ -148,6 +148,67 @@ bool DocumentReader::next_in_file(std::string* doc) {
   return false;
 }
 
+// ---- SFT examples -------------------------------------------------------------------------------
+
+SftReader::SftReader(std::vector<std::string> files) : files_(std::move(files)) {
+  for (const auto& f : files_) {
+    if (!file_exists(f)) user_error("input file not found: '", f, "'");
+    if (is_directory(f)) user_error("input '", f, "' is a directory; pass the .jsonl files in it");
+    total_bytes_ += file_size(f);
+  }
+}
+
+SftReader::~SftReader() = default;
+
+bool SftReader::next(SftExample* ex) {
+  static const char* kHint = "each --sft .jsonl line must be an object with \"prompt\" and \"answer\" strings";
+  while (true) {
+    if (!in_) {
+      if (file_index_ >= files_.size()) return false;
+      in_ = std::make_unique<std::ifstream>(files_[file_index_++], std::ios::binary);
+      if (!*in_) user_error("cannot read input file '", files_[file_index_ - 1], "'");
+      line_no_ = 0;
+      bytes_in_file_ = 0;
+    }
+    const std::string& file = files_[file_index_ - 1];
+    while (std::getline(*in_, line_)) {
+      ++line_no_;
+      bytes_in_file_ += line_.size() + 1;
+      if (is_blank(line_)) continue;
+      json j;
+      try {
+        j = json::parse(line_);
+      } catch (const json::exception&) {
+        user_error(file, ":", line_no_, ": not valid JSON (", kHint, ")");
+      }
+      if (!j.is_object()) user_error(file, ":", line_no_, ": not a JSON object (", kHint, ")");
+      for (const char* key : {"prompt", "answer"}) {
+        auto it = j.find(key);
+        if (it == j.end() || !it->is_string())
+          user_error(file, ":", line_no_, ": no string field \"", key, "\" (", kHint, ")");
+      }
+      ex->prompt = j["prompt"].get<std::string>();
+      ex->answer = j["answer"].get<std::string>();
+      return true;
+    }
+    in_.reset();
+    bytes_done_ += file_size(file);
+    bytes_in_file_ = 0;
+  }
+}
+
+void sft_example_tokens(const Tokenizer& tok, const SftExample& ex, const std::vector<int>& separator_ids,
+                        std::vector<int>* ids, std::vector<uint8_t>* mask) {
+  *ids = tok.encode(ex.prompt, /*add_bos=*/true, /*add_eos=*/false);
+  ids->insert(ids->end(), separator_ids.begin(), separator_ids.end());
+  const size_t answer_start = ids->size();
+  const std::vector<int> answer = tok.encode_continuation(ex.answer);
+  ids->insert(ids->end(), answer.begin(), answer.end());
+  ids->push_back(tok.eos_id());
+  mask->assign(ids->size(), 0);
+  std::fill(mask->begin() + answer_start, mask->end(), uint8_t(1));
+}
+
 // ---- prepare ------------------------------------------------------------------------------------
 
 namespace {
@@ -174,10 +235,18 @@ struct ShardBuilder {
   std::unique_ptr<MegatronWriter> mega;
   std::vector<uint32_t> tokens;
   std::vector<uint64_t> starts;
+  std::vector<uint8_t> mask;  // sft: parallel to tokens
+  bool sft = false;
+  uint64_t loss_tokens = 0;   // sft: mask bytes set to 1
   json entries = json::array();
   uint64_t total_tokens = 0, total_docs = 0;
 
-  void add(const std::vector<int>& ids) {
+  void add(const std::vector<int>& ids, const std::vector<uint8_t>* m = nullptr) {
+    if (sft) {
+      LTRAIN_CHECK(m && m->size() == ids.size() && fmt == DataFormat::kLtrain);
+      mask.insert(mask.end(), m->begin(), m->end());
+      for (uint8_t b : *m) loss_tokens += b;
+    }
     if (mega) {
       mega->add_document(ids);
       total_tokens += ids.size();
@@ -206,6 +275,13 @@ struct ShardBuilder {
     if (fmt == DataFormat::kLlmc) write_llmc_shard(path, tokens, vocab_size);
     else write_shard(path, tokens, starts, vocab_size);
     entries.push_back({{"file", name}, {"tokens", tokens.size()}, {"docs", starts.size()}});
+    if (sft) {
+      const std::string mpath = mask_path_for_shard(path);
+      written->push_back(mpath);
+      write_mask_file(mpath, mask);
+      entries.back()["mask"] = basename_of(mpath);
+      mask.clear();
+    }
     total_tokens += tokens.size();
     total_docs += starts.size();
     tokens.clear();
@@ -229,7 +305,7 @@ struct CleanupOnFailure {
 // Data files `prepare` writes in any format (and their temporaries).
 bool is_shard_name(const std::string& name) {
   static const std::regex re(
-      "((train|val)_[0-9]{5}\\.bin|(train|val)\\.(bin|idx)|tokens_(train|val)_[0-9]{6}\\.bin)(\\.tmp\\.[0-9]+)?");
+      "((train|val)_[0-9]{5}\\.(bin|mask)|(train|val)\\.(bin|idx)|tokens_(train|val)_[0-9]{6}\\.bin)(\\.tmp\\.[0-9]+)?");
   return std::regex_match(name, re);
 }
 
@@ -246,8 +322,18 @@ PrepareSummary prepare_dataset(const PrepareOptions& opt) {
     user_error("--shard-tokens ", opt.shard_tokens, " is too large for llm.c shards (their header counts tokens in an "
                "int32; use at most 1073741824)");
 
+  if (opt.sft && opt.format != DataFormat::kLtrain)
+    user_error("--sft writes only the ltrain format (loss masks have no place in ", data_format_name(opt.format),
+               " files); drop --format");
+
   Tokenizer tok = Tokenizer::load(opt.tokenizer_path);
-  DocumentReader reader(opt.inputs, opt.boundary);
+  // Exactly one of the readers: documents, or SFT examples.
+  std::optional<DocumentReader> doc_reader;
+  std::optional<SftReader> sft_reader;
+  if (opt.sft) sft_reader.emplace(opt.inputs);
+  else doc_reader.emplace(opt.inputs, opt.boundary);
+  auto reader_bytes_read = [&] { return opt.sft ? sft_reader->bytes_read() : doc_reader->bytes_read(); };
+  auto reader_total_bytes = [&] { return opt.sft ? sft_reader->total_bytes() : doc_reader->total_bytes(); };
   const std::string& out = opt.out_dir;
   const std::string meta_path = path_join(out, "meta.json");
   const std::string sidecar_path = path_join(out, kSidecarName);
@@ -274,41 +360,60 @@ PrepareSummary prepare_dataset(const PrepareOptions& opt) {
   const uint32_t vocab = static_cast<uint32_t>(tok.vocab_size());
   ShardBuilder train{opt.format, out, "train", vocab, opt.shard_tokens, &cleanup.files};
   ShardBuilder val{opt.format, out, "val", vocab, opt.shard_tokens, &cleanup.files};
+  train.sft = val.sft = opt.sft;
+  const std::vector<int> separator_ids = opt.sft ? tok.encode_continuation(opt.sft_separator) : std::vector<int>{};
 
   PrepareSummary sum;
   std::optional<Progress> progress;
-  if (opt.progress) progress.emplace("prepare", reader.total_bytes(), "B");
+  if (opt.progress) progress.emplace("prepare", reader_total_bytes(), "B");
   // Chunks bound memory and keep all cores busy; the chunk size does not affect the output.
   const size_t kChunkBytes = size_t(8) << 20, kChunkDocs = 1 << 16;
   std::vector<std::string> docs;
+  std::vector<SftExample> examples;  // sft: the chunk's examples (docs holds nothing then)
   std::vector<std::vector<int>> encoded;
+  std::vector<std::vector<uint8_t>> masks;
   std::string doc;
+  SftExample ex;
   while (true) {
     docs.clear();
-    size_t chunk_bytes = 0;
-    while (chunk_bytes < kChunkBytes && docs.size() < kChunkDocs && reader.next(&doc)) {
-      chunk_bytes += doc.size();
-      docs.push_back(std::move(doc));
+    examples.clear();
+    size_t chunk_bytes = 0, count = 0;
+    while (chunk_bytes < kChunkBytes && count < kChunkDocs) {
+      if (opt.sft) {
+        if (!sft_reader->next(&ex)) break;
+        chunk_bytes += ex.prompt.size() + ex.answer.size();
+        examples.push_back(std::move(ex));
+      } else {
+        if (!doc_reader->next(&doc)) break;
+        chunk_bytes += doc.size();
+        docs.push_back(std::move(doc));
+      }
+      ++count;
     }
-    if (docs.empty()) break;
-    encoded.assign(docs.size(), {});
-    const long n = static_cast<long>(docs.size());
+    if (count == 0) break;
+    encoded.assign(count, {});
+    masks.assign(opt.sft ? count : 0, {});
+    const long n = static_cast<long>(count);
 #pragma omp parallel for schedule(dynamic, 16)
-    for (long i = 0; i < n; ++i) encoded[i] = tok.encode(docs[i], /*add_bos=*/true, /*add_eos=*/true);
-    for (size_t i = 0; i < docs.size(); ++i) {
+    for (long i = 0; i < n; ++i) {
+      if (opt.sft) sft_example_tokens(tok, examples[i], separator_ids, &encoded[i], &masks[i]);
+      else encoded[i] = tok.encode(docs[i], /*add_bos=*/true, /*add_eos=*/true);
+    }
+    for (size_t i = 0; i < count; ++i) {
       const uint64_t d = sum.docs++;
       // Spreads val documents evenly through the corpus: every 1/F-th document.
       const double f = opt.val_fraction;
       const bool is_val = std::floor((d + 1) * f) > std::floor(d * f);
-      (is_val ? val : train).add(encoded[i]);
-      sum.bytes += docs[i].size();
+      (is_val ? val : train).add(encoded[i], opt.sft ? &masks[i] : nullptr);
+      sum.bytes += opt.sft ? examples[i].prompt.size() + examples[i].answer.size() : docs[i].size();
     }
-    if (progress && reader.bytes_read() < reader.total_bytes()) progress->update(reader.bytes_read());
+    if (progress && reader_bytes_read() < reader_total_bytes()) progress->update(reader_bytes_read());
   }
   if (sum.docs == 0) {
     std::string list;
     for (const auto& f : opt.inputs) list += (list.empty() ? "'" : ", '") + f + "'";
-    user_error("empty corpus: no documents with text in ", list);
+    user_error(opt.sft ? "empty SFT input: no prompt/answer examples in " : "empty corpus: no documents with text in ",
+               list);
   }
   if (progress) progress->finish();
   train.flush();
@@ -347,6 +452,11 @@ PrepareSummary prepare_dataset(const PrepareOptions& opt) {
     meta["version"] = kDatasetFormatVersion;
     meta["dtype"] = shard_bytes_per_token(vocab) == 2 ? "uint16" : "uint32";
     meta["bytes_per_token"] = shard_bytes_per_token(vocab);
+    if (opt.sft) {
+      meta["sft"] = true;
+      meta["sft_separator"] = opt.sft_separator;
+      meta.erase("doc_boundary");  // not used: one example per line
+    }
     write_text_file_atomic(meta_path, meta.dump(2) + "\n");
   }
   cleanup.done = true;
@@ -357,6 +467,8 @@ PrepareSummary prepare_dataset(const PrepareOptions& opt) {
   sum.val_tokens = val.total_tokens;
   sum.train_shards = static_cast<int>(train.entries.size());
   sum.val_shards = static_cast<int>(val.entries.size());
+  sum.train_loss_tokens = train.loss_tokens;
+  sum.val_loss_tokens = val.loss_tokens;
   sum.seconds = wall_time_seconds() - t0;
   return sum;
 }

@@ -12,6 +12,7 @@
 
 #include "ltrain/core/check.h"
 #include "ltrain/core/io.h"
+#include "ltrain/data/formats.h"
 
 namespace ltrain {
 
@@ -208,6 +209,80 @@ void TokenShard::read(uint64_t start, uint64_t n, int32_t* out) const {
     const uint8_t* p = tokens_ + 4 * start;
     for (uint64_t i = 0; i < n; ++i) out[i] = static_cast<int32_t>(get<uint32_t>(p + 4 * i));
   }
+}
+
+
+// ---- loss masks ---------------------------------------------------------------------------------
+
+namespace {
+constexpr size_t kMaskOffVersion = 8, kMaskOffReserved = 12, kMaskOffNumTokens = 16, kMaskOffCrc = 24,
+                 kMaskOffHeaderCrc = 28;
+}  // namespace
+
+std::string mask_path_for_shard(const std::string& shard_path) {
+  const std::string ext = ".bin";
+  if (shard_path.size() >= ext.size() && shard_path.compare(shard_path.size() - ext.size(), ext.size(), ext) == 0)
+    return shard_path.substr(0, shard_path.size() - ext.size()) + ".mask";
+  return shard_path + ".mask";
+}
+
+void write_mask_file(const std::string& path, const std::vector<uint8_t>& mask) {
+  LTRAIN_CHECK(host_is_little_endian(), "mask files are little-endian");
+  std::vector<uint8_t> buf(kMaskHeaderBytes + mask.size(), 0);
+  for (size_t i = 0; i < mask.size(); ++i) {
+    LTRAIN_CHECK(mask[i] <= 1, "mask byte " << int(mask[i]) << " at " << i);
+    buf[kMaskHeaderBytes + i] = mask[i];
+  }
+  uint8_t* h = buf.data();
+  std::memcpy(h, kMaskMagic, 8);
+  put<uint32_t>(h + kMaskOffVersion, kMaskVersion);
+  put<uint32_t>(h + kMaskOffReserved, 0);
+  put<uint64_t>(h + kMaskOffNumTokens, mask.size());
+  put<uint32_t>(h + kMaskOffCrc, crc32(buf.data() + kMaskHeaderBytes, mask.size()));
+  put<uint32_t>(h + kMaskOffHeaderCrc, crc32(h, kMaskOffHeaderCrc));
+  write_file_atomic(path, buf.data(), buf.size());
+}
+
+LossMask LossMask::open(const std::string& path, uint64_t expected_tokens, bool verify_checksum) {
+  LTRAIN_CHECK(host_is_little_endian(), "mask files are little-endian");
+  LossMask m;
+  m.path_ = path;
+  m.file_ = MappedFile::open(path, "loss mask file");
+  const uint8_t* h = m.file_->data();
+  const uint64_t size = m.file_->size();
+  if (size < kMaskHeaderBytes)
+    user_error("loss mask file '", path, "' is truncated: ", size, " bytes, shorter than the ", kMaskHeaderBytes,
+               "-byte header");
+  if (std::memcmp(h, kMaskMagic, 8) != 0)
+    user_error("'", path, "' is not an ltrain loss mask file (bad magic; expected \"LTRNMASK\")");
+  const uint32_t version = get<uint32_t>(h + kMaskOffVersion);
+  if (version != kMaskVersion)
+    user_error("loss mask file '", path, "' has format version ", version, "; this ltrain reads version ",
+               kMaskVersion, " (re-run `ltrain prepare --sft`)");
+  if (get<uint32_t>(h + kMaskOffHeaderCrc) != crc32(h, kMaskOffHeaderCrc))
+    user_error("loss mask file '", path, "' is corrupt: header checksum mismatch");
+  m.num_tokens_ = get<uint64_t>(h + kMaskOffNumTokens);
+  if (m.num_tokens_ != expected_tokens)
+    user_error("loss mask file '", path, "' holds ", m.num_tokens_, " mask bytes, but its shard holds ",
+               expected_tokens, " tokens (re-run `ltrain prepare --sft`)");
+  if (size != kMaskHeaderBytes + m.num_tokens_)
+    user_error("loss mask file '", path, "' is truncated or damaged: header says ", kMaskHeaderBytes + m.num_tokens_,
+               " bytes, file has ", size);
+  if (verify_checksum) {
+    const uint8_t* bytes = h + kMaskHeaderBytes;
+    if (get<uint32_t>(h + kMaskOffCrc) != crc32(bytes, m.num_tokens_))
+      user_error("loss mask file '", path, "' is corrupt: mask checksum mismatch");
+    for (uint64_t i = 0; i < m.num_tokens_; ++i)
+      if (bytes[i] > 1)
+        user_error("loss mask file '", path, "' is corrupt: byte ", i, " is ", int(bytes[i]), ", not 0 or 1");
+  }
+  return m;
+}
+
+void LossMask::read(uint64_t start, uint64_t n, uint8_t* out) const {
+  LTRAIN_CHECK(start + n <= num_tokens_, "mask bytes [" << start << ", " << start + n << ") of " << num_tokens_
+                                                          << " in " << path_);
+  if (n) std::memcpy(out, file_->data() + kMaskHeaderBytes + start, n);
 }
 
 }  // namespace ltrain

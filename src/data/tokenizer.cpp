@@ -5,6 +5,7 @@
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <regex>
 #include <sstream>
@@ -50,6 +51,18 @@ std::vector<int> Tokenizer::encode(const std::string& text, bool add_bos, bool a
   if (add_bos) ids.push_back(bos_id_);
   ids.insert(ids.end(), pieces.begin(), pieces.end());
   if (add_eos) ids.push_back(eos_id_);
+  return ids;
+}
+
+std::vector<int> Tokenizer::encode_continuation(const std::string& text) const {
+  // Newlines are never part of a learned piece (training is on lines; '\n' is byte fallback), so
+  // the pieces after a leading "\n" are those of `text` with no dummy prefix in front: encode
+  // "\n" + text and drop the pieces of "\n" alone ("▁" and <0x0A>).
+  const std::vector<int> prefix = encode("\n", false, false);
+  std::vector<int> ids = encode("\n" + text, false, false);
+  LTRAIN_CHECK(ids.size() >= prefix.size() && std::equal(prefix.begin(), prefix.end(), ids.begin()),
+               "tokenizer '" << path_ << "' merges a newline into a piece; it cannot encode a continuation");
+  ids.erase(ids.begin(), ids.begin() + prefix.size());
   return ids;
 }
 

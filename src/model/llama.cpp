@@ -474,11 +474,22 @@ double LlamaModel::head(int64_t N, bool backward, double dloss_scale) {
   return P_ > 1 ? tp_host_->sum(total) : total;
 }
 
+namespace {
+// Targets that count: a negative target (a masked prompt token in SFT data) has no loss.
+int64_t count_targets(const int32_t* targets, int64_t N) {
+  int64_t n = 0;
+  for (int64_t i = 0; i < N; ++i) n += targets[i] >= 0;
+  return n;
+}
+}  // namespace
+
 double LlamaModel::forward_loss(const int32_t* tokens, const int32_t* targets, int B, int T) {
   const int64_t N = int64_t(B) * T;
   forward_trunk(tokens, B, T);
   backend_.from_host(rows(targets_, N), targets, DType::kI32);
-  return head(N, false, 0.0) / double(N);
+  const int64_t valid = count_targets(targets, N);
+  const double sum = head(N, false, 0.0);
+  return valid ? sum / double(valid) : 0.0;
 }
 
 std::vector<float> LlamaModel::forward_last_logits(const int32_t* tokens, int T) {
@@ -554,7 +565,8 @@ double LlamaModel::forward_backward(const int32_t* tokens, const int32_t* target
   gather_rows(rows(dres_full_, N), dres);
   be.embedding_backward(dw_.wte, rows(dres_full_, N), rows(tokens_, N));
   if (grad_ready_hook_) grad_ready_hook_(L_ + 1);
-  return loss_sum / double(N);
+  const int64_t valid = count_targets(targets, N);
+  return valid ? loss_sum / double(valid) : 0.0;
 }
 
 }  // namespace ltrain

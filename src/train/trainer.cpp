@@ -32,17 +32,21 @@ void check_data_matches_model(const DatasetMeta& meta, const ModelConfig& model)
                "; set model.vocab_size >= ", meta.vocab_size);
 }
 
-double evaluate(LlamaModel& model, DataLoader& loader, int B, int T, int max_batches) {
+double evaluate(LlamaModel& model, DataLoader& loader, int B, int T, int max_batches, double* counted_out) {
   loader.reset();
   const uint64_t avail = loader.batches_per_epoch();
   const uint64_t n = max_batches > 0 ? std::min<uint64_t>(avail, uint64_t(max_batches)) : avail;
   std::vector<int32_t> in(size_t(B) * T), tg(size_t(B) * T);
-  double sum = 0;
+  double sum = 0, counted = 0;
   for (uint64_t i = 0; i < n; ++i) {
     loader.next_batch(in.data(), tg.data());
-    sum += model.forward_loss(in.data(), tg.data(), B, T);
+    double c = 0;
+    for (int32_t t : tg) c += t >= 0;
+    sum += model.forward_loss(in.data(), tg.data(), B, T) * c;
+    counted += c;
   }
-  return n ? sum / double(n) : NAN;
+  if (counted_out) *counted_out = counted;
+  return counted > 0 ? sum / counted : NAN;
 }
 
 ParallelComms make_parallel_comms(Backend& backend, int dp_size, int tp_size, double timeout_s) {
@@ -66,28 +70,41 @@ ParallelComms make_parallel_comms(Backend& backend, int dp_size, int tp_size, do
   return c;
 }
 
-double compute_gradients(LlamaModel& model, GradReducer* reducer, Communicator& dp, int dp_size, int accum,
+double compute_gradients(LlamaModel& model, GradReducer* reducer, Communicator& dp, int accum,
                          int B, int T, const std::function<void(int32_t*, int32_t*)>& next_batch) {
+  // The whole step's micro-batches first: the loss is the mean over the step's counted targets
+  // (all of them in pretraining; the answer tokens in SFT data), over every micro-batch and data
+  // rank, so that count is needed before the first backward.
   thread_local std::vector<int32_t> in, tg;
-  in.resize(size_t(B) * T);
-  tg.resize(size_t(B) * T);
+  const size_t per = size_t(B) * T;
+  in.resize(per * size_t(accum));
+  tg.resize(per * size_t(accum));
+  double local = 0;
+  for (int micro = 0; micro < accum; ++micro) {
+    next_batch(in.data() + per * micro, tg.data() + per * micro);
+    for (size_t i = 0; i < per; ++i) local += tg[per * micro + i] >= 0;
+  }
+  const double counted = dp.sum(local);
+  const double dloss = counted > 0 ? 1.0 / counted : 0.0;
   model.zero_grads();
   double loss = 0;
   for (int micro = 0; micro < accum; ++micro) {
-    next_batch(in.data(), tg.data());
     if (reducer) reducer->arm(micro == accum - 1);
-    // The scale divides by every token of the global batch, so summing over ranks gives the mean.
-    loss += model.forward_backward(in.data(), tg.data(), B, T, 1.0 / (double(accum) * B * T * dp_size));
+    const int32_t* mi = in.data() + per * micro;
+    const int32_t* mt = tg.data() + per * micro;
+    size_t n = 0;
+    for (size_t i = 0; i < per; ++i) n += mt[i] >= 0;
+    loss += model.forward_backward(mi, mt, B, T, dloss) * double(n);
   }
   if (reducer) reducer->finish();
   model.reduce_replicated_grads();  // tensor parallelism: the norms' gradients over the group
-  return dp.sum(loss / accum) / dp_size;
+  return counted > 0 ? dp.sum(loss) / counted : 0.0;
 }
 
-double train_step(LlamaModel& model, AdamW& opt, GradReducer* reducer, Communicator& dp, int dp_size,
-                  int accum, int B, int T, int step, double lr,
+double train_step(LlamaModel& model, AdamW& opt, GradReducer* reducer, Communicator& dp, int accum,
+                  int B, int T, int step, double lr,
                   const std::function<void(int32_t*, int32_t*)>& next_batch, StepStats* stats) {
-  const double loss = compute_gradients(model, reducer, dp, dp_size, accum, B, T, next_batch);
+  const double loss = compute_gradients(model, reducer, dp, accum, B, T, next_batch);
   const StepStats st = opt.step(step, lr);
   model.backend().synchronize();
   if (stats) *stats = st;
@@ -296,7 +313,10 @@ double run_training(const Config& cfg, const std::string& resume) {
     // its share of them (the same windows a single process would see), and the mean of the
     // ranks' means is the global mean.
     const int per_rank = (tc.val_batches + dp_size - 1) / dp_size;
-    double vl = dp.sum(evaluate(model, val_data, B, T, per_rank)) / dp_size;
+    double counted = 0;
+    const double mean = evaluate(model, val_data, B, T, per_rank, &counted);
+    const double total = dp.sum(counted);
+    double vl = total > 0 ? dp.sum(mean * counted) / total : NAN;
     log.info(strfmt("step %6d | val_loss %.4f | val_ppl %.2f | %.1fs", step, vl, std::exp(vl),
                  wall_time_seconds() - t0));
     log.record({{"step", step}, {"val_loss", vl}, {"val_ppl", std::exp(vl)}});
@@ -361,7 +381,7 @@ double run_training(const Config& cfg, const std::string& resume) {
     const double t0 = wall_time_seconds();
     const double lr = lr_at(cfg.optim, tc.steps, step) * lr_scale;
     const LoaderState data_before = train_data.state();
-    const double loss = compute_gradients(model, reducer.get(), dp, dp_size, accum, B, T, next_batch);
+    const double loss = compute_gradients(model, reducer.get(), dp, accum, B, T, next_batch);
     test_hooks_after_backward(model, step, rollbacks, par.world_rank());
     const double grad_norm = opt.reduce_and_norm();
     const StepGuard::Decision verdict = guard.check(loss, grad_norm);

@@ -15,6 +15,11 @@
 //    single process with batch W*B gets. When fewer than world*B windows are left in the epoch,
 //    they are skipped and the next epoch begins (epoch+1, cursor 0).
 //  - LoaderState (epoch, cursor) is the whole position: restore() continues bit-exactly.
+//  - SFT datasets (`ltrain prepare --sft`, meta.json "sft": true) carry a loss mask per shard.
+//    Windows are cut exactly as above (examples are packed like documents, so a window may hold
+//    the end of one example and the start of the next); next_batch() then sets targets[i] = -1
+//    wherever the mask byte of the target token (window position i+1) is 0, i.e. everywhere but
+//    on answer tokens and their final EOS. The model's cross-entropy skips negative targets.
 //  - Megatron-LM indexed datasets and llm.c shards (formats.h) are read the same way: every
 //    "shard" above is then one token stream of the split (an llm.c shard file, or the split's
 //    contiguous run of documents in a Megatron .bin), windowed by exactly the same rules.
@@ -56,11 +61,14 @@ struct DatasetMeta {
   std::vector<TokenSpan> train_spans, val_spans;  // megatron/llmc: the streams the loader windows
   uint64_t train_docs = 0, val_docs = 0;          // megatron: documents per split (0 if unknown)
   bool vocab_from_scan = false;                   // megatron/llmc without ltrain-data.json
+  bool sft = false;  // ltrain SFT dataset: every shard has a loss mask file
+  std::vector<std::string> train_masks, val_masks;  // sft: full paths, parallel to *_shards
 };
 
 // `path` selects the format (docs/data-format.md, "Other formats"):
 //  - a directory with meta.json: an ltrain dataset. Reads meta.json and checks every listed
 //    shard's header (not its checksum) against it: vocab size, bytes per token and token count.
+//    With "sft": true, also each shard's loss mask file header (its token count).
 //  - PREFIX with PREFIX.idx and PREFIX.bin (or the path of either): a Megatron indexed dataset.
 //    Val: the sibling with the trailing "train" of the prefix's name replaced by "val" if it
 //    exists, else the last 1% of the documents (at least one).
@@ -95,6 +103,7 @@ class DataLoader {
   uint64_t num_windows() const { return window_offsets_.empty() ? 0 : window_offsets_.back(); }
   uint64_t batches_per_epoch() const { return num_windows() / (uint64_t(world_) * B_); }
   int vocab_size() const { return vocab_size_; }
+  bool has_masks() const { return !masks_.empty(); }  // SFT: targets outside answers are -1
   int batch_size() const { return B_; }
   int seq_len() const { return T_; }
 
@@ -112,6 +121,8 @@ class DataLoader {
   std::vector<uint64_t> perm_;  // (num_windows,) order of the current epoch when shuffling
   uint64_t perm_epoch_ = UINT64_MAX;
   std::vector<int32_t> window_buf_;  // (T+1,)
+  std::vector<LossMask> masks_;      // SFT: one per source, else empty
+  std::vector<uint8_t> mask_buf_;    // (T+1,)
 };
 
 // The window order of one epoch: identity when !shuffle, else the seeded permutation. Exposed so

@@ -49,6 +49,37 @@ class DocumentReader {
   std::string line_;
 };
 
+// Supervised fine-tuning examples (`prepare --sft`): every non-blank line of every input (any
+// extension) is a JSON object with string fields "prompt" and "answer"; other fields are ignored.
+// The constructor checks that every file exists, as DocumentReader's does.
+struct SftExample {
+  std::string prompt, answer;
+};
+class SftReader {
+ public:
+  explicit SftReader(std::vector<std::string> files);
+  ~SftReader();
+  // Next example into *ex; false when all files are done. UserError naming file:line for a line
+  // that is not a JSON object with string "prompt" and "answer".
+  bool next(SftExample* ex);
+  uint64_t bytes_read() const { return bytes_done_ + bytes_in_file_; }
+  uint64_t total_bytes() const { return total_bytes_; }
+
+ private:
+  std::vector<std::string> files_;
+  size_t file_index_ = 0;
+  std::unique_ptr<std::ifstream> in_;
+  uint64_t line_no_ = 0, total_bytes_ = 0, bytes_done_ = 0, bytes_in_file_ = 0;
+  std::string line_;
+};
+
+// One SFT example's tokens and loss mask (docs/data-format.md, "SFT datasets"):
+//   ids  = BOS, encode(prompt), encode_continuation(separator), encode_continuation(answer), EOS
+//   mask =  0 ,   0 ...       ,   0 ...                       ,   1 ...                     ,  1
+class Tokenizer;
+void sft_example_tokens(const Tokenizer& tok, const SftExample& ex, const std::vector<int>& separator_ids,
+                        std::vector<int>* ids, std::vector<uint8_t>* mask);
+
 DataFormat parse_data_format(const std::string& name);  // UserError naming --format
 
 struct PrepareOptions {
@@ -61,6 +92,8 @@ struct PrepareOptions {
   DocBoundary boundary = DocBoundary::kParagraph;
   bool force = false;     // overwrite a directory that already holds a prepared dataset
   bool progress = true;   // progress bar on stderr
+  bool sft = false;       // inputs are prompt/answer JSONL; write loss masks (ltrain format only)
+  std::string sft_separator = "\n\n";  // text between prompt and answer (not in the loss)
 };
 
 struct PrepareSummary {
@@ -68,10 +101,13 @@ struct PrepareSummary {
   uint64_t train_tokens = 0, val_tokens = 0;
   uint64_t bytes = 0;
   int train_shards = 0, val_shards = 0;
+  uint64_t train_loss_tokens = 0, val_loss_tokens = 0;  // sft: tokens with mask 1 (answers + EOS)
   double seconds = 0;
 };
 
 // Writes OUT/train_00000.bin..., OUT/val_00000.bin..., OUT/tokenizer.model, and OUT/meta.json last.
+// --sft: the inputs are SftReader examples, each stored as one document (sft_example_tokens), and
+// every shard X.bin gets its loss mask X.mask; meta.json says "sft": true.
 // --format megatron: OUT/train.bin + .idx and OUT/val.bin + .idx (one sequence per document);
 // --format llmc: OUT/tokens_train_000000.bin..., OUT/tokens_val_000000.bin... (shards cut by the
 // same --shard-tokens rule as ltrain's); both with OUT/tokenizer.model and OUT/ltrain-data.json

@@ -11,10 +11,13 @@
 // cheap unless the checksum is verified (one pass over the file).
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace ltrain {
+
+class MappedFile;
 
 constexpr char kShardMagic[8] = {'L', 'T', 'R', 'A', 'I', 'N', 'T', 'K'};
 constexpr uint32_t kShardVersion = 1;
@@ -60,6 +63,37 @@ class TokenShard {
   uint64_t num_tokens_ = 0, num_docs_ = 0;
   uint32_t vocab_size_ = 0;
   int bytes_per_token_ = 0;
+};
+
+// ---- loss masks (supervised fine-tuning; docs/data-format.md, "SFT datasets") -------------------
+// A mask file sits next to its shard (train_00000.bin -> train_00000.mask) and holds one byte per
+// token of the shard: 1 = the loss is taken where this token is the target, 0 = it is not.
+// Layout (little-endian):
+//   [0, 32)      header: magic "LTRNMASK", u32 version (1), u32 reserved (0), u64 token count,
+//                u32 crc32 of the mask bytes, u32 crc32 of header bytes [0, 28)
+//   [32, 32+N)   N mask bytes, each 0 or 1; nothing after them
+constexpr char kMaskMagic[8] = {'L', 'T', 'R', 'N', 'M', 'A', 'S', 'K'};
+constexpr uint32_t kMaskVersion = 1;
+constexpr uint64_t kMaskHeaderBytes = 32;
+
+std::string mask_path_for_shard(const std::string& shard_path);  // X.bin -> X.mask
+// Atomic write (temp file + rename). Every byte must be 0 or 1.
+void write_mask_file(const std::string& path, const std::vector<uint8_t>& mask);
+
+class LossMask {
+ public:
+  // Every defect is a UserError naming the file: missing, shorter than a header, bad magic,
+  // unknown version, header checksum, a token count other than expected_tokens, a size not
+  // matching the header. With verify_checksum, also the mask checksum and every byte in {0, 1}.
+  static LossMask open(const std::string& path, uint64_t expected_tokens, bool verify_checksum = true);
+  uint64_t num_tokens() const { return num_tokens_; }
+  const std::string& path() const { return path_; }
+  void read(uint64_t start, uint64_t n, uint8_t* out) const;  // out: (n,) mask bytes [start, start+n)
+
+ private:
+  std::string path_;
+  std::shared_ptr<const MappedFile> file_;
+  uint64_t num_tokens_ = 0;
 };
 
 }  // namespace ltrain

@@ -21,6 +21,10 @@ class Tokenizer {
 
   // Thread-safe: any number of threads may encode/decode with one Tokenizer at once.
   std::vector<int> encode(const std::string& text, bool add_bos, bool add_eos) const;
+  // `text` as it continues a document after other text: without the leading "▁" that encode()
+  // adds at the start of a document (add_dummy_prefix), so decode(encode(a) + encode_continuation(b))
+  // == a + b. Thread-safe. (SFT uses it for the separator and the answer.)
+  std::vector<int> encode_continuation(const std::string& text) const;
   std::string decode(const std::vector<int>& ids) const;  // BOS/EOS/unk ids decode to nothing
   std::string id_to_piece(int id) const;
 

@@ -100,13 +100,14 @@ class LlamaModel {
   std::pair<int64_t, int64_t> grad_unit_range(int unit) const;  // [begin, end) elements
   void set_grad_ready_hook(std::function<void(int unit)> hook) { grad_ready_hook_ = std::move(hook); }
 
-  // Forward and backward on one micro-batch: tokens and targets are (B, T) host arrays.
+  // Forward and backward on one micro-batch: tokens and targets are (B, T) host arrays; a
+  // negative target (a masked token of SFT data) has no loss and no gradient.
   // Parameter gradients are accumulated (+=) with the loss scaled by dloss_scale per token, so
-  // gradient accumulation over k micro-batches of N tokens uses dloss_scale = 1 / (k * N).
-  // Returns the mean loss over the micro-batch's tokens.
+  // gradient accumulation over micro-batches with n counted targets in all uses 1 / n.
+  // Returns the mean loss over the micro-batch's counted targets (0 if there are none).
   double forward_backward(const int32_t* tokens, const int32_t* targets, int B, int T,
                           double dloss_scale);
-  // Forward only; returns the mean loss.
+  // Forward only; returns the mean loss over the counted targets.
   double forward_loss(const int32_t* tokens, const int32_t* targets, int B, int T);
   // Forward only; returns the logits (V) of the last position of sequence 0, on the host.
   // Not under tensor parallelism.

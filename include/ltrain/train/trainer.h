@@ -32,7 +32,7 @@ ParallelComms make_parallel_comms(Backend& backend, int dp_size, int tp_size, do
 // The gradients of one optimizer step: zero them, forward and backward over `accum`
 // micro-batches, the data-parallel reduction (bucketed; ZeRO-1's happens in AdamW) and the
 // tensor-parallel reduction of replicated gradients. Returns the global mean loss.
-double compute_gradients(LlamaModel& model, GradReducer* reducer, Communicator& dp, int dp_size, int accum,
+double compute_gradients(LlamaModel& model, GradReducer* reducer, Communicator& dp, int accum,
                          int B, int T, const std::function<void(int32_t* inputs, int32_t* targets)>& next_batch);
 
 // One optimizer step, as `ltrain bench` runs it: zero the gradients, forward
@@ -40,8 +40,8 @@ double compute_gradients(LlamaModel& model, GradReducer* reducer, Communicator& 
 // data-parallel reduction (reducer, or ZeRO-1 inside AdamW), the tensor-parallel reduction of
 // replicated gradients, then clipping and AdamW. Returns the global mean loss; *stats gets the
 // optimizer's figures.
-double train_step(LlamaModel& model, AdamW& opt, GradReducer* reducer, Communicator& dp, int dp_size,
-                  int accum, int B, int T, int step, double lr,
+double train_step(LlamaModel& model, AdamW& opt, GradReducer* reducer, Communicator& dp, int accum,
+                  int B, int T, int step, double lr,
                   const std::function<void(int32_t* inputs, int32_t* targets)>& next_batch,
                   StepStats* stats = nullptr);
 
@@ -50,7 +50,9 @@ double train_step(LlamaModel& model, AdamW& opt, GradReducer* reducer, Communica
 double run_training(const Config& cfg, const std::string& resume = "");
 
 // Mean loss over `max_batches` micro-batches of the loader from its start (0 = one full epoch).
-double evaluate(LlamaModel& model, DataLoader& loader, int B, int T, int max_batches);
+// counted_out: the number of counted targets (for averaging over ranks).
+double evaluate(LlamaModel& model, DataLoader& loader, int B, int T, int max_batches,
+                double* counted_out = nullptr);
 
 // Raises a UserError when the data's vocabulary does not fit the model.
 void check_data_matches_model(const DatasetMeta& meta, const ModelConfig& model);
