@@ -18,8 +18,8 @@ std::string ArgParser::usage() const {
   os << "usage: ltrain " << command_ << " [flags]\n";
   for (const auto& name : order_) {
     const Flag& f = flags_.at(name);
-    os << "  --" << name << (f.is_bool ? "" : (f.is_list ? " V..." : " V"));
-    os << std::string(name.size() < 20 ? 20 - name.size() : 1, ' ') << f.help << "\n";
+    const std::string left = "  --" + name + (f.is_bool ? "" : (f.is_list ? " V..." : " V"));
+    os << left << std::string(left.size() < 28 ? 28 - left.size() : 1, ' ') << f.help << "\n";
   }
   return os.str();
 }
