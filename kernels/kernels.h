@@ -115,10 +115,11 @@ void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n
 // ---- matmul.cu ---------------------------------------------------------------------------------
 // Row-major out (M, N) = alpha * op(a) @ op(b) + beta * out through cuBLASLt: bf16 a and b, fp32
 // accumulation (CUBLAS_COMPUTE_32F), out bf16 or fp32. Descriptors and the heuristic's algorithm
-// are cached per (shape, flags, out type, pointer alignment).
+// are cached per (shape, flags, out type, pointer alignment). deterministic: only algorithms
+// without split-K or with the in-place (ordered) split-K reduction.
 class LtMatmul {
  public:
-  explicit LtMatmul(size_t workspace_bytes);
+  LtMatmul(size_t workspace_bytes, bool deterministic = false);
   ~LtMatmul();
   LtMatmul(const LtMatmul&) = delete;
   LtMatmul& operator=(const LtMatmul&) = delete;

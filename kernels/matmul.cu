@@ -8,6 +8,14 @@
 //
 // Descriptors and the heuristic's first algorithm are cached per (M, N, K, flags, out type,
 // pointer alignments): the model calls a few dozen distinct shapes, each many times.
+//
+// Reproducibility: cuBLAS gives the same bits on every run for a given toolkit, GPU architecture
+// and SM count when one stream uses the handle with a workspace of its own, which is the case
+// here; the heuristic is a function of the shape, alignments, workspace size and device, and its
+// first answer is kept for the whole run. With `deterministic` the heuristic may only return
+// algorithms without split-K or with the in-place split-K reduction (partial sums added into the
+// output in a fixed sequence, counters in the workspace), never the schemes that reduce partials
+// in a separate pass through the workspace.
 #include <map>
 #include <tuple>
 
@@ -38,6 +46,7 @@ struct LtMatmul::Impl {
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
+  bool deterministic = false;
   // key: M, N, K, trans_a, trans_b, out_fp32, align(out), align(a), align(b)
   using Key = std::tuple<int, int, int, bool, bool, bool, int, int, int>;
   std::map<Key, Plan> plans;
@@ -66,6 +75,11 @@ struct LtMatmul::Impl {
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                       &workspace_bytes, sizeof(workspace_bytes)));
+    if (deterministic) {
+      const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_INPLACE;
+      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                                                        &schemes, sizeof(schemes)));
+    }
     const uint32_t align_a = uint32_t(al_b), align_b = uint32_t(al_a), align_c = uint32_t(al_out);
     auto set_alignment = [&](cublasLtMatmulPreferenceAttributes_t attr, const uint32_t& bytes) {
       CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &bytes, sizeof(bytes)));
@@ -81,15 +95,16 @@ struct LtMatmul::Impl {
     LTRAIN_CHECK(found > 0, "cuBLASLt has no algorithm for out (" << M << ", " << N << ") "
                                 << (out_fp32 ? "fp32" : "bf16") << " K " << K << " trans_a " << ta
                                 << " trans_b " << tb << " alignments " << al_out << "/" << al_a
-                                << "/" << al_b);
+                                << "/" << al_b << (deterministic ? " (deterministic: no split-K reduction passes)" : ""));
     p.algo = result.algo;
     return plans.emplace(key, p).first->second;
   }
 };
 
-LtMatmul::LtMatmul(size_t workspace_bytes) : impl_(std::make_unique<Impl>()) {
+LtMatmul::LtMatmul(size_t workspace_bytes, bool deterministic) : impl_(std::make_unique<Impl>()) {
   CUBLAS_CHECK(cublasLtCreate(&impl_->handle));
   impl_->workspace_bytes = workspace_bytes;
+  impl_->deterministic = deterministic;
   if (workspace_bytes) CUDA_CHECK(cudaMalloc(&impl_->workspace, workspace_bytes));
 }
 

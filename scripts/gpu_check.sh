@@ -2,8 +2,12 @@
 # Runs the packed CUDA tests on a GPU machine. From the repository root, after
 # scripts/gpu_pack.sh on the build machine and with .devpack carried over:
 #   scripts/gpu_check.sh [gtest filter]        (default: all tests of the CUDA binaries)
-# Prints nvidia-smi, runs test_cuda_ops and test_cuda_model (and, with ALL=1, every packed test
-# binary), keeps each log in ${LOG_DIR:-.devpack/logs}, and ends with a pass/fail table.
+# Prints nvidia-smi, runs the binaries with GPU tests (test_cuda_ops, test_cuda_model,
+# test_deterministic, test_memory_plan, test_bench; with ALL=1 every packed test binary), then,
+# without a filter, the end-to-end checks of `deterministic: true` (two short `ltrain train` runs
+# on the GPU must give identical losses, gradient norms and checkpoint files) and of the memory
+# refusal; BENCH=1 adds `ltrain bench --profile` on the TinyLlama shape with deterministic off and
+# on. Keeps each log in ${LOG_DIR:-.devpack/logs}, and ends with a pass/fail table.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PACK=.devpack
@@ -26,7 +30,7 @@ if [[ -n "$src" && "$src" != "$PWD" && ! -e "$src" ]]; then
   mkdir -p "$(dirname "$src")" && ln -s "$PWD" "$src" 2>/dev/null || true
 fi
 
-bins=(test_cuda_ops test_cuda_model)
+bins=(test_cuda_ops test_cuda_model test_deterministic test_memory_plan test_bench)
 if [[ "${ALL:-0}" == 1 ]]; then
   bins=()
   for f in "$PACK"/bin/test_*; do bins+=("$(basename "$f")"); done
@@ -51,6 +55,75 @@ for b in "${bins[@]}"; do
   skipped=$(grep -cE '^\[  SKIPPED \] [A-Za-z].*\([0-9]+ ms\)$' "$LOG_DIR/$b.log")
   result[$b]="rc=$rc passed=$passed failed=$failed skipped=$skipped ${secs}s"
 done
+
+LT="$PACK/bin/ltrain"
+if [[ "$FILTER" == "*" ]]; then
+  # deterministic: true end to end: the quickstart model with head dim 64 (what the CUDA attention
+  # supports), 30 steps on device=cuda, twice.
+  echo "=================== deterministic: two ltrain train runs ==================="
+  W="$LOG_DIR/deterministic"
+  rm -rf "$W" && mkdir -p "$W"
+  start=$(date +%s)
+  (
+    set -e
+    "$LT" tokenizer train --input tests/data/tinyshakespeare.txt --vocab-size 512 --out "$W/tok"
+    "$LT" prepare --tokenizer "$W/tok.model" --input tests/data/tinyshakespeare.txt --out "$W/data" --val-fraction 0.1
+    for run in a b; do
+      "$LT" train --config configs/tiny-shakespeare.yaml device=cuda deterministic=true data.path="$W/data" \
+        train.run_dir="$W/run_$run" model.hidden_size=256 model.num_attention_heads=4 model.num_key_value_heads=2 \
+        model.vocab_size=512 train.steps=30 train.log_every=1 train.val_every=0 checkpoint.interval=0
+    done
+  ) > "$W/log.txt" 2>&1
+  rc=$?
+  verdict="rc=$rc"
+  if [[ $rc == 0 ]]; then
+    values() { grep -oE '"(loss|grad_norm|val_loss)":[^,}]*' "$1/metrics.jsonl"; }
+    nvals=$(values "$W/run_a" | wc -l)
+    diff <(values "$W/run_a") <(values "$W/run_b") > "$W/metrics.diff" && same_metrics=1 || same_metrics=0
+    nfiles=0
+    same_files=1
+    while IFS= read -r f; do
+      nfiles=$((nfiles + 1))
+      cmp -s "$W/run_a/$f" "$W/run_b/$f" || { same_files=0; echo "differs: $f" >> "$W/metrics.diff"; }
+    done < <(cd "$W/run_a" && find checkpoints -type f ! -name '*.json' | sort)
+    diff <(grep -rhoE '"crc32": *[0-9]+' "$W/run_a/checkpoints") <(grep -rhoE '"crc32": *[0-9]+' "$W/run_b/checkpoints") \
+      >> "$W/metrics.diff" || same_files=0
+    if [[ $same_metrics == 1 && $same_files == 1 && $nvals -gt 30 && $nfiles -gt 0 ]]; then
+      verdict="rc=0 identical: $nvals loss/grad_norm/val_loss values, $nfiles checkpoint files"
+    else
+      verdict="rc=1 DIFFERENT or missing ($nvals values, $nfiles files; see $W/metrics.diff)"
+    fi
+  fi
+  tail -n 5 "$W/log.txt"
+  cat "$W/metrics.diff" 2>/dev/null | head -20
+  bins+=(determinism)
+  result[determinism]="$verdict $(( $(date +%s) - start ))s"
+  echo "determinism: $verdict"
+
+  # The memory check refuses a run that cannot fit, before allocating, with the breakdown.
+  echo "=================== memory refusal ==================="
+  out=$("$LT" bench --config configs/bench/llama2-7b-4layers.yaml model.num_hidden_layers=200 --steps 1 --warmup 0 2>&1)
+  rc=$?
+  echo "$out" | tail -n 3
+  bins+=(memory_refusal)
+  if [[ $rc == 2 && "$out" == *"this run needs"* && "$out" == *"activations"* ]]; then
+    result[memory_refusal]="rc=0 refused with exit code 2 and the breakdown"
+  else
+    result[memory_refusal]="rc=1 expected exit code 2 and 'this run needs ...', got rc=$rc"
+  fi
+fi
+
+if [[ "${BENCH:-0}" == 1 ]]; then
+  # Per-family time (CUDA events), bandwidth against the copy bandwidth, and the cost of determinism.
+  for det in false true; do
+    echo "=================== ltrain bench --profile (deterministic=$det) ==================="
+    "$LT" bench --config configs/bench/tinyllama-1.1b.yaml deterministic=$det --warmup 3 --steps 10 --profile \
+      --json "$LOG_DIR/bench_tinyllama_det_$det.json" 2>&1 | tee "$LOG_DIR/bench_tinyllama_det_$det.log"
+    rc=${PIPESTATUS[0]}
+    bins+=("bench_det_$det")
+    result["bench_det_$det"]="rc=$rc $(grep -E 'step time|tokens/s' "$LOG_DIR/bench_tinyllama_det_$det.log" | tr -s ' ' | tr '\n' ' ')"
+  done
+fi
 
 echo
 echo "=================== summary ==================="

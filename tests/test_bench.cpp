@@ -6,10 +6,12 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <iostream>
 #include <random>
 
 #include "ltrain/bench/bench.h"
 #include "ltrain/core/check.h"
+#include "ltrain/cuda/cuda_backend.h"
 #include "ltrain/model/llama.h"
 #include "ltrain/optim/adamw.h"
 #include "test_util.h"
@@ -134,12 +136,24 @@ TEST(BenchProfilingBackend, ForwardsBitForBitAndTimesOps) {
     auto wa = host(*raw_a, ma.param_buffer()), wb = host(*raw_b, mb.param_buffer());
     EXPECT_EQ(0, std::memcmp(wa.data(), wb.data(), wa.size() * sizeof(float))) << "weights differ, step " << step;
   }
+  prof.flush();  // read the marks of the ops since the last synchronize()
   for (OpFamily f : {OpFamily::kMatmul, OpFamily::kAttention, OpFamily::kRmsnorm, OpFamily::kRope,
                      OpFamily::kSwiglu, OpFamily::kCrossEntropy, OpFamily::kEmbedding, OpFamily::kOptimizer}) {
     EXPECT_GT(prof.calls(f), 0) << op_family_name(f);
     EXPECT_GT(prof.seconds(f), 0.0) << op_family_name(f);
   }
   EXPECT_GT(prof.total_seconds(), prof.seconds(OpFamily::kMatmul));
+  EXPECT_NE(prof.method().find("host clock"), std::string::npos) << prof.method();
+  // Bytes for the memory-bound families, FLOPs for matmul and attention; embedding_backward's
+  // traffic depends on the distinct tokens and is not counted.
+  for (OpFamily f : {OpFamily::kRmsnorm, OpFamily::kRope, OpFamily::kSwiglu, OpFamily::kCrossEntropy,
+                     OpFamily::kOptimizer})
+    EXPECT_GT(prof.bytes(f), 0) << op_family_name(f);
+  EXPECT_EQ(prof.bytes(OpFamily::kEmbedding), -1);
+  EXPECT_EQ(prof.bytes(OpFamily::kMatmul), -1);
+  EXPECT_GT(prof.flops(OpFamily::kMatmul), 0);
+  EXPECT_GT(prof.flops(OpFamily::kAttention), 0);
+  EXPECT_EQ(prof.flops(OpFamily::kRmsnorm), 0);
 
   // Disabled, it only forwards.
   prof.reset();
@@ -148,6 +162,50 @@ TEST(BenchProfilingBackend, ForwardsBitForBitAndTimesOps) {
   mb.forward_backward(tokens.data(), targets.data(), B, T, 1.0 / (B * T));
   EXPECT_EQ(prof.total_seconds(), 0.0);
   EXPECT_EQ(prof.calls(OpFamily::kMatmul), 0);
+}
+
+TEST(BenchProfilingBackend, CountsBytesAndFlopsPerOp) {
+  auto raw = make_cpu_backend(DType::kF32);
+  ProfilingBackend prof(*raw);
+  Tensor a = prof.alloc({6, 8}, DType::kF32), b = prof.alloc({8, 5}, DType::kF32), c = prof.alloc({6, 5}, DType::kF32);
+  Tensor x = prof.alloc({6, 8}, DType::kF32), w = prof.alloc({8}, DType::kF32), r = prof.alloc({6}, DType::kF32);
+  prof.set_enabled(true);
+  prof.reset();
+  prof.matmul(c, a, b, false, false, 1.0f, 0.0f);
+  prof.matmul(a, c, b, false, true, 1.0f, 0.0f);  // (6, 5) @ (8, 5)^T: K = 5
+  prof.add(x, x, a);
+  prof.rmsnorm_forward(x, r, a, w, 1e-5f);
+  prof.rmsnorm_backward(x, w, a, a, w, r);
+  prof.copy(x, a);
+  prof.copy(x, x);  // same buffer: nothing moves
+  prof.zero(x);
+  prof.to_host(std::vector<float>(48).data(), DType::kF32, x);
+  prof.flush();
+  EXPECT_EQ(prof.flops(OpFamily::kMatmul), 2.0 * 6 * 5 * 8 + 2.0 * 6 * 8 * 5);
+  EXPECT_EQ(prof.calls(OpFamily::kMatmul), 2);
+  EXPECT_EQ(prof.bytes(OpFamily::kAdd), 3 * 48 * 4.0);
+  // forward: out, rstd, inp, weight; backward: dout, inp, weight, rstd, and dinp, dweight twice.
+  EXPECT_EQ(prof.bytes(OpFamily::kRmsnorm), (48 + 6 + 48 + 8) * 4.0 + (48 + 48 + 8 + 6 + 2 * (48 + 8)) * 4.0);
+  EXPECT_EQ(prof.bytes(OpFamily::kMemory), 2 * 48 * 4.0 + 48 * 4.0);
+  EXPECT_EQ(prof.calls(OpFamily::kMemory), 3);
+  EXPECT_EQ(prof.bytes(OpFamily::kHost), -1);
+  EXPECT_EQ(prof.calls(OpFamily::kHost), 1);
+  EXPECT_GE(prof.seconds(OpFamily::kMatmul), 0.0);
+  prof.reset();
+  EXPECT_EQ(prof.bytes(OpFamily::kAdd), 0);
+  EXPECT_EQ(prof.calls(OpFamily::kHost), 0);
+  prof.set_enabled(false);
+  for (Tensor* t : {&a, &b, &c, &x, &w, &r}) prof.free(*t);
+  EXPECT_EQ(raw->bytes_allocated(), 0u);
+}
+
+TEST(BenchProfilingBackend, CopyBandwidthIsMeasured) {
+  auto raw = make_cpu_backend(DType::kF32);
+  const double gbps = measure_copy_bandwidth(*raw, size_t(8) << 20, 3);
+  EXPECT_TRUE(std::isfinite(gbps)) << gbps;
+  EXPECT_GT(gbps, 0.05);  // any machine copies faster than 50 MB/s
+  EXPECT_LT(gbps, 1e5);
+  EXPECT_EQ(raw->bytes_allocated(), 0u);
 }
 
 TEST(BenchTimingCommunicator, ForwardsAndCounts) {
@@ -207,13 +265,36 @@ TEST(BenchRun, FiguresAreConsistent) {
   EXPECT_NEAR(r["loss_first"].get<double>(), std::log(37.0), 0.5);
   ASSERT_TRUE(r["profile"].is_object());
   bool matmul_seen = false;
-  for (const auto& f : r["profile"]["families"])
-    if (f["name"] == "matmul") matmul_seen = f["ms_per_step"].get<double>() > 0;
+  const auto& prof = r["profile"];
+  const double copy = prof["copy_bandwidth_gb_per_s"].get<double>();
+  EXPECT_GT(copy, 0);
+  for (const auto& f : prof["families"]) {
+    const std::string name = f["name"];
+    if (name == "matmul") {
+      matmul_seen = f["ms_per_step"].get<double>() > 0;
+      EXPECT_GT(f["tflops"].get<double>(), 0);
+      EXPECT_TRUE(f["gb_per_s"].is_null());
+    }
+    if (name == "rmsnorm" || name == "swiglu" || name == "optimizer") {
+      ASSERT_TRUE(f["gb_per_s"].is_number()) << name;
+      EXPECT_GT(f["gb_per_s"].get<double>(), 0) << name;
+      EXPECT_NEAR(f["percent_of_copy_bandwidth"].get<double>(), 100 * f["gb_per_s"].get<double>() / copy, 1e-6);
+      EXPECT_NEAR(f["gb_per_s"].get<double>(),
+                  f["bytes_per_step"].get<double>() / (f["ms_per_step"].get<double>() * 1e-3) / 1e9, 1e-6);
+    }
+    if (name == "embedding") EXPECT_TRUE(f["gb_per_s"].is_null());
+  }
   EXPECT_TRUE(matmul_seen);
+  EXPECT_NE(prof["method"].get<std::string>().find("host clock"), std::string::npos);
+  // The plan predicts what the backend holds (the CPU has no workspace or scratch beyond RoPE).
+  EXPECT_EQ(r["memory_plan"]["resident_bytes"].get<double>(), r["memory_bytes"].get<double>());
+  EXPECT_EQ(r["deterministic"], false);
   const std::string report = format_bench_report(r);
   EXPECT_NE(report.find("tokens/s"), std::string::npos);
   EXPECT_NE(report.find("MFU            n/a"), std::string::npos) << report;
   EXPECT_NE(report.find("matmul"), std::string::npos) << report;
+  EXPECT_NE(report.find("device-to-device copy"), std::string::npos) << report;
+  EXPECT_NE(report.find("memory plan"), std::string::npos) << report;
 
   // A given peak gives an MFU, and the baseline an efficiency.
   o.profile = false;
@@ -227,6 +308,45 @@ TEST(BenchRun, FiguresAreConsistent) {
   EXPECT_NEAR(r2["scaling_efficiency"].get<double>(), r2["tokens_per_sec_per_rank"].get<double>() / 1000.0, 1e-12);
   EXPECT_TRUE(r2["profile"].is_null());
   EXPECT_NE(format_bench_report(r2).find("scaling"), std::string::npos);
+}
+
+TEST(BenchRunGpu, ProfileUsesCudaEventsAndThePlanMatches) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  Config c;
+  c.device = "cuda";
+  c.model.hidden_size = 256;  // head dim 64, as the CUDA attention needs
+  c.model.num_attention_heads = 4;
+  c.model.num_key_value_heads = 2;
+  c.model.intermediate_size = 352;
+  c.model.num_hidden_layers = 2;
+  c.model.vocab_size = 512;
+  c.model.max_position_embeddings = 128;
+  c.train.seq_len = 128;
+  c.train.micro_batch_size = 2;
+  c.train.global_batch_tokens = 512;
+  c.train.recompute = "selective";
+  BenchOptions o;
+  o.warmup = 2;
+  o.steps = 3;
+  o.profile = true;
+  const auto r = run_bench(c, o);
+  std::cout << format_bench_report(r);
+  EXPECT_EQ(r["backend"], "cuda");
+  const auto& prof = r["profile"];
+  EXPECT_NE(prof["method"].get<std::string>().find("CUDA events"), std::string::npos);
+  EXPECT_GT(prof["copy_bandwidth_gb_per_s"].get<double>(), 100.0);  // any sm_80+ GPU
+  double attributed = 0;
+  for (const auto& f : prof["families"]) {
+    attributed += f["ms_per_step"].get<double>();
+    if (f["name"] == "matmul") EXPECT_GT(f["tflops"].get<double>(), 0);
+    if (f["name"] == "attention") EXPECT_GT(f["tflops"].get<double>(), 0);
+  }
+  EXPECT_GT(attributed, 0);
+  EXPECT_LE(attributed, prof["step_ms"].get<double>() * 1.05);  // spans on one stream cannot exceed the step
+  // The CUDA backend's own count after the steps is the plan's resident figure, scratch included.
+  EXPECT_EQ(r["memory_plan"]["resident_bytes"].get<double>(), r["memory_bytes"].get<double>());
+  EXPECT_LE(r["memory_plan"]["total_bytes"].get<double>() - r["memory_plan"]["reserve_bytes"].get<double>(),
+            r["device_memory_used_bytes"].get<double>());
 }
 
 TEST(BenchRun, RefusesBadInput) {

@@ -22,6 +22,7 @@
 #include "ltrain/model/llama.h"
 #include "ltrain/optim/adamw.h"
 #include "ltrain/parallel/grad_reducer.h"
+#include "ltrain/train/memory_plan.h"
 #include "ltrain/train/trainer.h"
 
 #ifdef LTRAIN_WITH_CUDA
@@ -89,14 +90,42 @@ const char* op_family_name(OpFamily f) {
     case OpFamily::kAdd: return "add";
     case OpFamily::kOptimizer: return "optimizer";
     case OpFamily::kMemory: return "memory";
+    case OpFamily::kHost: return "host_transfer";
     case OpFamily::kCount: break;
   }
   return "?";
 }
 
 void ProfilingBackend::reset() {
+  pending_.clear();
+  if (timer_) timer_->clear();
   seconds_.fill(0.0);
   calls_.fill(0);
+  bytes_.fill(0.0);
+  flops_.fill(0.0);
+}
+
+void ProfilingBackend::set_enabled(bool on) {
+  if (enabled_ && !on) flush();
+  enabled_ = on;
+}
+
+void ProfilingBackend::flush() {
+  if (pending_.empty()) return;
+  inner_.synchronize();
+  for (const PendingOp& p : pending_) seconds_[size_t(p.family)] += timer_->seconds_between(p.start, p.end);
+  pending_.clear();
+  timer_->clear();
+}
+
+void ProfilingBackend::synchronize() {
+  inner_.synchronize();
+  flush();
+}
+
+std::string ProfilingBackend::method() {
+  if (!timer_) timer_ = inner_.make_event_timer();
+  return timer_->method();
 }
 
 double ProfilingBackend::total_seconds() const {
@@ -106,105 +135,161 @@ double ProfilingBackend::total_seconds() const {
 }
 
 template <class F>
-auto ProfilingBackend::timed(OpFamily f, F&& fn) -> decltype(fn()) {
+auto ProfilingBackend::timed(OpFamily f, double bytes, double flops, F&& fn) -> decltype(fn()) {
   if (!enabled_) return fn();
-  // Synchronize first so the op's time does not include earlier queued work, and after so it
-  // includes its own.
-  inner_.synchronize();
-  const double t0 = wall_time_seconds();
+  if (!timer_) timer_ = inner_.make_event_timer();
   struct Account {  // also on the return path of a value-returning op
     ProfilingBackend* self;
     OpFamily f;
-    double t0;
-    ~Account() {
-      self->inner_.synchronize();
-      self->seconds_[size_t(f)] += wall_time_seconds() - t0;
-      self->calls_[size_t(f)] += 1;
-    }
-  } account{this, f, t0};
+    int start;
+    double bytes, flops;
+    ~Account() { self->finish_op(f, start, bytes, flops); }
+  } account{this, f, timer_->record(), bytes, flops};
   return fn();
 }
 
+void ProfilingBackend::finish_op(OpFamily f, int start_mark, double bytes, double flops) {
+  const size_t i = size_t(f);
+  pending_.push_back({f, start_mark, timer_->record()});
+  calls_[i] += 1;
+  bytes_[i] = bytes >= 0 && bytes_[i] >= 0 ? bytes_[i] + bytes : -1.0;
+  flops_[i] += flops;
+  if (pending_.size() >= kMaxPendingOps) flush();
+}
+
+namespace {
+
+// Bytes of the tensors an op reads or writes once each (undefined tensors count 0).
+double tensor_bytes(std::initializer_list<const Tensor*> ts) {
+  double b = 0;
+  for (const Tensor* t : ts)
+    if (t->defined()) b += double(t->bytes());
+  return b;
+}
+
+// Causal attention FLOPs of the forward pass: QK^T and PV over the kept half of the square.
+double attention_forward_flops(const Tensor& q) {
+  const double B = double(q.shape.dims[0]), T = double(q.shape.dims[1]), H = double(q.shape.dims[2]),
+               HD = double(q.shape.dims[3]);
+  return 4.0 * B * H * HD * (T * (T + 1) / 2);
+}
+
+}  // namespace
+
 Tensor ProfilingBackend::alloc(Shape shape, DType dtype) {
-  return timed(OpFamily::kMemory, [&] { return inner_.alloc(shape, dtype); });
+  return timed(OpFamily::kHost, -1, 0, [&] { return inner_.alloc(shape, dtype); });
 }
 void ProfilingBackend::free(Tensor& t) {
-  timed(OpFamily::kMemory, [&] { inner_.free(t); });
+  timed(OpFamily::kHost, -1, 0, [&] { inner_.free(t); });
 }
 void ProfilingBackend::from_host(Tensor dst, const void* src, DType src_dtype) {
-  timed(OpFamily::kMemory, [&] { inner_.from_host(dst, src, src_dtype); });
+  timed(OpFamily::kHost, -1, 0, [&] { inner_.from_host(dst, src, src_dtype); });
 }
 void ProfilingBackend::to_host(void* dst, DType dst_dtype, const Tensor& src) {
-  timed(OpFamily::kMemory, [&] { inner_.to_host(dst, dst_dtype, src); });
+  timed(OpFamily::kHost, -1, 0, [&] { inner_.to_host(dst, dst_dtype, src); });
 }
 void ProfilingBackend::copy(Tensor dst, const Tensor& src) {
-  timed(OpFamily::kMemory, [&] { inner_.copy(dst, src); });
+  const double bytes = dst.data == src.data && dst.dtype == src.dtype ? 0.0 : tensor_bytes({&dst, &src});
+  timed(OpFamily::kMemory, bytes, 0, [&] { inner_.copy(dst, src); });
 }
 void ProfilingBackend::zero(Tensor t) {
-  timed(OpFamily::kMemory, [&] { inner_.zero(t); });
+  timed(OpFamily::kMemory, tensor_bytes({&t}), 0, [&] { inner_.zero(t); });
 }
 void ProfilingBackend::matmul(Tensor out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
                               float alpha, float beta) {
-  timed(OpFamily::kMatmul, [&] { inner_.matmul(out, a, b, trans_a, trans_b, alpha, beta); });
+  const double M = double(out.shape.dims[0]), N = double(out.shape.dims[1]),
+               K = double(trans_a ? a.shape.dims[0] : a.shape.dims[1]);
+  timed(OpFamily::kMatmul, -1, 2.0 * M * N * K, [&] { inner_.matmul(out, a, b, trans_a, trans_b, alpha, beta); });
 }
 void ProfilingBackend::embedding_forward(Tensor out, const Tensor& tokens, const Tensor& wte) {
-  timed(OpFamily::kEmbedding, [&] { inner_.embedding_forward(out, tokens, wte); });
+  // The rows read from wte are as large as out.
+  timed(OpFamily::kEmbedding, 2 * tensor_bytes({&out}) + tensor_bytes({&tokens}), 0,
+        [&] { inner_.embedding_forward(out, tokens, wte); });
 }
 void ProfilingBackend::embedding_backward(Tensor dwte, const Tensor& dout, const Tensor& tokens) {
-  timed(OpFamily::kEmbedding, [&] { inner_.embedding_backward(dwte, dout, tokens); });
+  timed(OpFamily::kEmbedding, -1, 0, [&] { inner_.embedding_backward(dwte, dout, tokens); });
 }
 void ProfilingBackend::rmsnorm_forward(Tensor out, Tensor rstd, const Tensor& inp, const Tensor& weight,
                                        float eps) {
-  timed(OpFamily::kRmsnorm, [&] { inner_.rmsnorm_forward(out, rstd, inp, weight, eps); });
+  timed(OpFamily::kRmsnorm, tensor_bytes({&out, &rstd, &inp, &weight}), 0,
+        [&] { inner_.rmsnorm_forward(out, rstd, inp, weight, eps); });
 }
 void ProfilingBackend::rmsnorm_backward(Tensor dinp, Tensor dweight, const Tensor& dout, const Tensor& inp,
                                         const Tensor& weight, const Tensor& rstd) {
-  timed(OpFamily::kRmsnorm, [&] { inner_.rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd); });
+  // dinp and dweight accumulate: read and written.
+  const double bytes = tensor_bytes({&dout, &inp, &weight, &rstd}) + 2 * tensor_bytes({&dinp, &dweight});
+  timed(OpFamily::kRmsnorm, bytes, 0, [&] { inner_.rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd); });
 }
 void ProfilingBackend::rope_forward(Tensor out, const Tensor& inp, const Tensor& freqs) {
-  timed(OpFamily::kRope, [&] { inner_.rope_forward(out, inp, freqs); });
+  timed(OpFamily::kRope, tensor_bytes({&out, &inp}), 0, [&] { inner_.rope_forward(out, inp, freqs); });
 }
 void ProfilingBackend::rope_backward(Tensor dinp, const Tensor& dout, const Tensor& freqs) {
-  timed(OpFamily::kRope, [&] { inner_.rope_backward(dinp, dout, freqs); });
+  timed(OpFamily::kRope, tensor_bytes({&dinp, &dout}), 0, [&] { inner_.rope_backward(dinp, dout, freqs); });
 }
 void ProfilingBackend::attention_forward(Tensor out, Tensor lse, const Tensor& q, const Tensor& k,
                                          const Tensor& v) {
-  timed(OpFamily::kAttention, [&] { inner_.attention_forward(out, lse, q, k, v); });
+  timed(OpFamily::kAttention, -1, attention_forward_flops(q), [&] { inner_.attention_forward(out, lse, q, k, v); });
 }
 void ProfilingBackend::attention_backward(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout,
                                           const Tensor& q, const Tensor& k, const Tensor& v,
                                           const Tensor& out, const Tensor& lse) {
-  timed(OpFamily::kAttention, [&] { inner_.attention_backward(dq, dk, dv, dout, q, k, v, out, lse); });
+  timed(OpFamily::kAttention, -1, 2.5 * attention_forward_flops(q),
+        [&] { inner_.attention_backward(dq, dk, dv, dout, q, k, v, out, lse); });
 }
 void ProfilingBackend::swiglu_forward(Tensor out, const Tensor& gate, const Tensor& up) {
-  timed(OpFamily::kSwiglu, [&] { inner_.swiglu_forward(out, gate, up); });
+  timed(OpFamily::kSwiglu, tensor_bytes({&out, &gate, &up}), 0, [&] { inner_.swiglu_forward(out, gate, up); });
 }
 void ProfilingBackend::swiglu_backward(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate,
                                        const Tensor& up) {
-  timed(OpFamily::kSwiglu, [&] { inner_.swiglu_backward(dgate, dup, dout, gate, up); });
+  timed(OpFamily::kSwiglu, tensor_bytes({&dgate, &dup, &dout, &gate, &up}), 0,
+        [&] { inner_.swiglu_backward(dgate, dup, dout, gate, up); });
 }
 void ProfilingBackend::add(Tensor out, const Tensor& a, const Tensor& b) {
-  timed(OpFamily::kAdd, [&] { inner_.add(out, a, b); });
+  timed(OpFamily::kAdd, tensor_bytes({&out, &a, &b}), 0, [&] { inner_.add(out, a, b); });
 }
 void ProfilingBackend::cross_entropy(Tensor losses, Tensor dlogits, const Tensor& logits,
                                      const Tensor& targets, float dloss) {
-  timed(OpFamily::kCrossEntropy, [&] { inner_.cross_entropy(losses, dlogits, logits, targets, dloss); });
+  timed(OpFamily::kCrossEntropy, tensor_bytes({&losses, &dlogits, &logits, &targets}), 0,
+        [&] { inner_.cross_entropy(losses, dlogits, logits, targets, dloss); });
 }
 void ProfilingBackend::logsumexp_rows(Tensor lse, const Tensor& logits) {
-  timed(OpFamily::kCrossEntropy, [&] { inner_.logsumexp_rows(lse, logits); });
+  timed(OpFamily::kCrossEntropy, tensor_bytes({&lse, &logits}), 0, [&] { inner_.logsumexp_rows(lse, logits); });
 }
 void ProfilingBackend::cross_entropy_with_lse(Tensor losses, Tensor dlogits, const Tensor& logits,
                                               const Tensor& lse, const Tensor& targets, int vocab_offset,
                                               float dloss) {
-  timed(OpFamily::kCrossEntropy,
+  timed(OpFamily::kCrossEntropy, tensor_bytes({&losses, &dlogits, &logits, &lse, &targets}), 0,
         [&] { inner_.cross_entropy_with_lse(losses, dlogits, logits, lse, targets, vocab_offset, dloss); });
 }
 double ProfilingBackend::sum_squares(const std::vector<Tensor>& tensors) {
-  return timed(OpFamily::kOptimizer, [&] { return inner_.sum_squares(tensors); });
+  double bytes = 0;
+  for (const Tensor& t : tensors) bytes += tensor_bytes({&t});
+  return timed(OpFamily::kOptimizer, bytes, 0, [&] { return inner_.sum_squares(tensors); });
 }
 void ProfilingBackend::adamw_update(Tensor param, const Tensor& grad, Tensor m, Tensor v,
                                     const AdamWStep& s) {
-  timed(OpFamily::kOptimizer, [&] { inner_.adamw_update(param, grad, m, v, s); });
+  // param, m and v are read and written, grad read.
+  timed(OpFamily::kOptimizer, 2 * tensor_bytes({&param, &m, &v}) + tensor_bytes({&grad}), 0,
+        [&] { inner_.adamw_update(param, grad, m, v, s); });
+}
+
+double measure_copy_bandwidth(Backend& be, size_t bytes, int reps) {
+  LTRAIN_CHECK(bytes >= 4 && reps >= 1, "measure_copy_bandwidth(" << bytes << ", " << reps << ")");
+  const int64_t n = int64_t(bytes / 4);
+  Tensor a = be.alloc({n}, DType::kF32), b = be.alloc({n}, DType::kF32);
+  be.copy(b, a);  // untimed: first touch, lazy initialization
+  be.synchronize();
+  auto timer = be.make_event_timer();
+  const int start = timer->record();
+  for (int i = 0; i < reps; ++i) be.copy(b, a);
+  const int end = timer->record();
+  be.synchronize();
+  const double seconds = timer->seconds_between(start, end);
+  const double moved = 2.0 * double(a.bytes()) * reps;
+  timer.reset();
+  be.free(a);
+  be.free(b);
+  return seconds > 0 ? moved / seconds / 1e9 : NAN;
 }
 
 // ---- TimingCommunicator --------------------------------------------------------------------------
@@ -358,10 +443,17 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt) {
   // As in the trainer: the backend of this rank's GPU (or the CPU), NCCL for data parallelism on
   // CUDA, the MPI group otherwise. The model is built on the profiling decorator, which only
   // forwards until --profile's extra steps enable it.
-  auto raw = make_backend(cfg.device, par.local_rank());
+  auto raw = make_backend(cfg.device, par.local_rank(), cfg.deterministic);
   ProfilingBackend be(*raw);
   const int tp_size = cfg.parallel.tensor;
   ParallelComms comms = make_parallel_comms(*raw, dp_size, tp_size, cfg.parallel.timeout_s);
+  // As in the trainer: refused before the model is built when it cannot fit. Bench loads no
+  // checkpoint, so no staging is planned.
+  const MemoryPlan plan = check_run_memory(cfg, dp_size, tp_size, *raw);
+  // --profile: the device-to-device copy bandwidth the memory-bound families are compared with,
+  // measured before the model takes the memory.
+  const size_t copy_bytes = size_t(is_cuda(*raw) ? 256 : 32) << 20;
+  const double copy_gbps = opt.profile ? measure_copy_bandwidth(*raw, copy_bytes) : NAN;
   // Every collective of the step goes through a timing wrapper: communication vs compute.
   TimingCommunicator dp(*comms.dp);
   std::unique_ptr<TimingCommunicator> tp;
@@ -426,7 +518,7 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt) {
     comm_ms.push_back((comm_seconds() - c0) * 1e3);
   }
 
-  // --profile: as many extra steps with every op synchronized and timed.
+  // --profile: as many extra steps with every op timed by the backend's event timer.
   nlohmann::json profile = nullptr;
   if (opt.profile) {
     be.synchronize();
@@ -440,19 +532,28 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt) {
       bench_step();
       prof_ms.push_back((wall_time_seconds() - t0) * 1e3);
     }
-    be.set_enabled(false);
+    be.set_enabled(false);  // reads the last marks
     const double n = opt.steps;
     const double prof_mean = mean(prof_ms);
     const double comm = (comm_seconds() - c0) * 1e3 / n;
     nlohmann::json fams = nlohmann::json::array();
     double attributed = 0;
     for (int f = 0; f < kNumOpFamilies; ++f) {
-      const double ms = be.seconds(OpFamily(f)) * 1e3 / n;
+      const OpFamily fam = OpFamily(f);
+      const double ms = be.seconds(fam) * 1e3 / n;
       attributed += ms;
-      fams.push_back({{"name", op_family_name(OpFamily(f))},
+      const double bytes = be.calls(fam) > 0 && be.bytes(fam) >= 0 ? be.bytes(fam) / n : NAN;
+      const double flops = be.flops(fam) > 0 ? be.flops(fam) / n : NAN;
+      const double gbps = ms > 0 ? bytes / (ms * 1e-3) / 1e9 : NAN;
+      fams.push_back({{"name", op_family_name(fam)},
                       {"ms_per_step", ms},
                       {"percent", 100.0 * ms / prof_mean},
-                      {"calls_per_step", double(be.calls(OpFamily(f))) / n}});
+                      {"calls_per_step", double(be.calls(fam)) / n},
+                      {"bytes_per_step", num_or_null(bytes)},
+                      {"gb_per_s", num_or_null(gbps)},
+                      {"percent_of_copy_bandwidth", num_or_null(100.0 * gbps / copy_gbps)},
+                      {"flops_per_step", num_or_null(flops)},
+                      {"tflops", num_or_null(ms > 0 ? flops / (ms * 1e-3) / 1e12 : NAN)}});
     }
     const double other = std::max(0.0, prof_mean - attributed - comm);
     profile = {{"steps", opt.steps},
@@ -463,7 +564,9 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt) {
                {"communication_percent", 100.0 * comm / prof_mean},
                {"other_ms_per_step", other},
                {"other_percent", 100.0 * other / prof_mean},
-               {"method", "host timers around ops synchronized before and after (inner.synchronize())"}};
+               {"method", be.method()},
+               {"copy_bytes", double(copy_bytes)},
+               {"copy_bandwidth_gb_per_s", num_or_null(copy_gbps)}};
   }
 
   // ---- figures ----
@@ -548,6 +651,13 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt) {
   r["mfu"] = num_or_null(achieved / peak);
   r["mfu_palm"] = num_or_null(achieved_palm / peak);
   r["memory_bytes"] = peak_mem;
+  // What memory_plan() predicted for this rank: resident_bytes is what the backend should hold
+  // after the first step (memory_bytes), total_bytes adds the reserve the check keeps free.
+  r["memory_plan"] = {{"weights_bytes", plan.weights},        {"gradients_bytes", plan.gradients},
+                      {"optimizer_bytes", plan.optimizer},    {"activations_bytes", plan.activations},
+                      {"workspace_bytes", plan.workspace},    {"reserve_bytes", plan.reserve},
+                      {"resident_bytes", plan.resident()},    {"total_bytes", plan.total()}};
+  r["deterministic"] = cfg.deterministic;
   r["device_memory_used_bytes"] = dev_mem >= 0 ? nlohmann::json(dev_mem) : nlohmann::json(nullptr);
   r["comm_ms_per_step"] = comm_mean;
   r["compute_ms_per_step"] = step_mean - comm_mean;
@@ -623,6 +733,14 @@ std::string format_bench_report(const nlohmann::json& r) {
   if (r["device_memory_used_bytes"].is_number())
     memory += " | " + mib(num(r, "device_memory_used_bytes")) + " in use on the device (cudaMemGetInfo)";
   row("memory", memory);
+  if (r.contains("memory_plan") && r["memory_plan"].is_object()) {
+    const auto& mp = r["memory_plan"];
+    row("memory plan", mib(num(mp, "resident_bytes")) + " resident (weights " + mib(num(mp, "weights_bytes")) +
+                           ", gradients " + mib(num(mp, "gradients_bytes")) + ", optimizer " +
+                           mib(num(mp, "optimizer_bytes")) + ", activations " + mib(num(mp, "activations_bytes")) +
+                           ", workspace " + mib(num(mp, "workspace_bytes")) + ") + " + mib(num(mp, "reserve_bytes")) +
+                           " reserve");
+  }
   row("FLOPs/token", human(num(r, "flops_per_token"), "FLOP") + " causal | " +
                          human(num(r, "flops_per_token_palm"), "FLOP") + " PaLM");
   row("achieved", strfmt("%.4g TFLOP/s per rank (causal) | %.4g (PaLM)", num(r, "tflops_per_rank"),
@@ -653,17 +771,28 @@ std::string format_bench_report(const nlohmann::json& r) {
                   std::log(num(r["model"], "vocab_size"))));
   const auto& p = r["profile"];
   if (p.is_object()) {
-    os << strfmt("\n  profile (rank %d, %d extra steps, every op synchronized: %.1f ms/step)\n",
-              p["rank"].get<int>(), p["steps"].get<int>(), num(p, "step_ms"));
-    os << strfmt("  %-16s %12s %8s %10s\n", "family", "ms/step", "%", "calls/step");
+    os << strfmt("\n  profile (rank %d, %d extra steps, %.1f ms/step; %s)\n", p["rank"].get<int>(),
+                 p["steps"].get<int>(), num(p, "step_ms"), p["method"].get<std::string>().c_str());
+    const double copy = num(p, "copy_bandwidth_gb_per_s");
+    if (std::isfinite(copy))
+      os << strfmt("  device-to-device copy: %.1f GB/s (Backend::copy of %s, read + write counted)\n", copy,
+                   mib(num(p, "copy_bytes")).c_str());
+    os << strfmt("  %-16s %12s %8s %10s %10s %8s %9s\n", "family", "ms/step", "%", "calls/step", "GB/s", "% copy",
+                 "TFLOP/s");
     std::vector<nlohmann::json> fams(p["families"].begin(), p["families"].end());
     std::stable_sort(fams.begin(), fams.end(), [](const nlohmann::json& a, const nlohmann::json& b) {
       return a["ms_per_step"].get<double>() > b["ms_per_step"].get<double>();
     });
+    auto cell = [](double x, const char* fmt, int width) {
+      return std::isfinite(x) ? strfmt(fmt, width, x) : strfmt("%*s", width, "-");
+    };
     for (const auto& f : fams)
       if (num(f, "calls_per_step") > 0)  // families the model never calls (e.g. add, fused away)
-        os << strfmt("  %-16s %12.3f %7.1f%% %10.0f\n", f["name"].get<std::string>().c_str(), num(f, "ms_per_step"),
-                num(f, "percent"), num(f, "calls_per_step"));
+        os << strfmt("  %-16s %12.3f %7.1f%% %10.0f %s %s %s\n", f["name"].get<std::string>().c_str(),
+                     num(f, "ms_per_step"), num(f, "percent"), num(f, "calls_per_step"),
+                     cell(num(f, "gb_per_s"), "%*.1f", 10).c_str(),
+                     cell(num(f, "percent_of_copy_bandwidth"), "%*.0f%%", 7).c_str(),
+                     cell(num(f, "tflops"), "%*.2f", 9).c_str());
     os << strfmt("  %-16s %12.3f %7.1f%%\n", "communication", num(p, "communication_ms_per_step"),
               num(p, "communication_percent"));
     os << strfmt("  %-16s %12.3f %7.1f%%\n", "other (host)", num(p, "other_ms_per_step"), num(p, "other_percent"));

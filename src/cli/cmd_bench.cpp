@@ -20,7 +20,7 @@ int cmd_bench(int argc, char** argv) {
   args.add_flag("warmup", "untimed warm-up steps (default 3)");
   args.add_flag("steps", "timed steps (default 10)");
   args.add_flag("json", "also write the figures as JSON to this file");
-  args.add_flag("profile", "time each op family on extra steps, with every op synchronized", true);
+  args.add_flag("profile", "time each op family on extra steps (CUDA events on the GPU), with bandwidth and copy bandwidth", true);
   args.add_flag("peak-tflops", "peak dense bf16 TFLOP/s per GPU for MFU (default: the table by device name)");
   args.add_flag("baseline", "the --json file of a one-rank bench: scaling efficiency against it");
   args.parse(argc, argv);

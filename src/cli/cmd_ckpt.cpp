@@ -1,24 +1,22 @@
 // ltrain ckpt info DIR     what a checkpoint holds
-// ltrain ckpt verify DIR   checks every file's size and CRC-32 (exit 2 naming the bad file)
+// ltrain ckpt verify DIR   checks every file's size and CRC-32, and that the shard files cover
+//                          every tensor exactly once (exit 2 naming the bad file)
 // DIR is a checkpoint directory or a run directory (its latest checkpoint).
 #include <cstdio>
+#include <map>
+#include <set>
+#include <string>
 
 #include "cli/commands.h"
 #include "ltrain/checkpoint/checkpoint.h"
 #include "ltrain/core/check.h"
+#include "ltrain/core/io.h"
 
 namespace ltrain {
 
-int cmd_ckpt(int argc, char** argv) {
-  const std::string action = argc > 0 ? argv[0] : "";
-  if ((action != "info" && action != "verify") || argc != 2)
-    user_error("usage: ltrain ckpt info DIR | ltrain ckpt verify DIR (a checkpoint or run directory)");
-  CheckpointInfo ck = open_checkpoint(argv[1]);
-  if (action == "verify") {
-    verify_checkpoint(ck);
-    std::printf("%s: OK (%zu files verified)\n", ck.dir.c_str(), ck.meta["files"].size());
-    return 0;
-  }
+namespace {
+
+void print_info(const CheckpointInfo& ck) {
   const auto& m = ck.config.model;
   std::printf("checkpoint   %s\n", ck.dir.c_str());
   std::printf("format       %s v%d\n", ck.meta.value("format", "?").c_str(), ck.meta.value("version", 0));
@@ -30,10 +28,46 @@ int cmd_ckpt(int argc, char** argv) {
   if (ck.meta.contains("data")) std::printf("data         %s\n", ck.meta["data"].dump().c_str());
   std::printf("tensors      %zu weights%s\n", ck.meta["tensors"].size(),
               ck.meta.contains("optimizer") ? ", AdamW moments" : "");
+  // Who wrote each shard file (version 2: a weights and a moments file per writing rank).
+  std::map<std::string, std::string> writer;
+  if (ck.meta.contains("shards") && ck.meta["shards"].is_array()) {
+    const auto& sh = ck.meta["shards"];
+    std::set<int> ranks;
+    for (const auto& s : sh) {
+      ranks.insert(s.at("rank").get<int>());
+      writer[s.at("file").get<std::string>()] =
+          strfmt("  rank %d (data %d, tensor %d), %zu pieces", s.at("rank").get<int>(),
+                 s.at("data_rank").get<int>(), s.at("tensor_rank").get<int>(), s.at("pieces").size());
+    }
+    std::printf("shards       %zu files from %zu writing rank(s)\n", sh.size(), ranks.size());
+  }
   if (ck.meta.contains("files"))
     for (const auto& [name, f] : ck.meta["files"].items())
-      std::printf("file         %-18s %12llu bytes  crc32 %08x\n", name.c_str(),
-                  (unsigned long long)f.at("bytes").get<uint64_t>(), f.at("crc32").get<uint32_t>());
+      std::printf("file         %-18s %12llu bytes  crc32 %08x%s\n", name.c_str(),
+                  (unsigned long long)f.at("bytes").get<uint64_t>(), f.at("crc32").get<uint32_t>(),
+                  writer.count(name) ? writer[name].c_str() : "");
+}
+
+}  // namespace
+
+int cmd_ckpt(int argc, char** argv) {
+  const std::string action = argc > 0 ? argv[0] : "";
+  if ((action != "info" && action != "verify") || argc != 2)
+    user_error("usage: ltrain ckpt info DIR | ltrain ckpt verify DIR (a checkpoint or run directory)");
+  CheckpointInfo ck = open_checkpoint(argv[1]);
+  if (action == "verify") {
+    verify_checkpoint(ck);  // also checks that the shard files' slices tile every tensor
+    const size_t tensors =
+        ck.meta["tensors"].size() + (ck.meta.contains("optimizer") ? ck.meta["optimizer"].size() : 0);
+    std::printf("%s: OK (%zu files verified; %zu tensors, each covered exactly once)\n", ck.dir.c_str(),
+                ck.meta["files"].size(), tensors);
+    return 0;
+  }
+  try {
+    print_info(ck);
+  } catch (const nlohmann::json::exception& e) {
+    user_error(path_join(ck.dir, "meta.json"), ": malformed checkpoint manifest (", e.what(), ")");
+  }
   return 0;
 }
 

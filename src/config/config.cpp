@@ -47,6 +47,16 @@ namespace {
 
 using FlatMap = std::map<std::string, std::string>;
 
+// Keys whose value is a list (data.blend) rather than a single value.
+bool is_list_key(const std::string& key) {
+  bool list = false;
+  Config c;
+  visit_config(c, [&](const char* k, auto& field, const char*) {
+    if constexpr (std::is_same_v<std::decay_t<decltype(field)>, BlendList>) list = list || key == k;
+  });
+  return list;
+}
+
 // Bounded: YAML aliases can make a small file expand exponentially (a map of two references to
 // a map of two references ...), and a config is only ever a few dozen keys two levels deep.
 void flatten(const YAML::Node& node, const std::string& prefix, FlatMap& out,
@@ -66,6 +76,10 @@ void flatten(const YAML::Node& node, const std::string& prefix, FlatMap& out,
     out[prefix] = node.as<std::string>();
   } else if (node.IsNull()) {
     out[prefix] = "";
+  } else if (is_list_key(prefix)) {
+    YAML::Emitter e;  // kept as flow-style text; parse_blend reads it back
+    e << YAML::Flow << node;
+    out[prefix] = e.c_str();
   } else {
     user_error(origin, ": config key '", prefix, "' must be a single value, not a list");
   }
@@ -101,7 +115,8 @@ std::string closest_key(const std::string& key) {
 
 template <class T>
 const char* type_name() {
-  if constexpr (std::is_same_v<T, bool>) return "true or false";
+  if constexpr (std::is_same_v<T, BlendList>) return "a list of {path, weight} or {path, epochs} entries";
+  else if constexpr (std::is_same_v<T, bool>) return "true or false";
   else if constexpr (std::is_integral_v<T>) return "an integer";
   else if constexpr (std::is_floating_point_v<T>) return "a number";
   else return "a (UTF-8) string";
@@ -170,13 +185,60 @@ bool parse_value(const std::string& s, T& out) {
   }
 }
 
+// data.blend from its text (YAML flow or JSON: a list of mappings). UserError naming the entry.
+BlendList parse_blend(const std::string& text, const std::string& origin, const char* key) {
+  BlendList out;
+  if (text.empty() || text == "[]") return out;
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    user_error(origin, ": config key '", key, "' is not a valid list (", e.what(), ")");
+  }
+  if (!root.IsSequence())
+    user_error(origin, ": config key '", key, "' must be a list of {path, weight} or {path, epochs} entries, got '",
+               text, "'");
+  for (size_t i = 0; i < root.size(); ++i) {
+    const YAML::Node& e = root[i];
+    const std::string where = std::string(key) + "[" + std::to_string(i) + "]";
+    if (!e.IsMap()) user_error(origin, ": ", where, " must be a mapping like {path: DIR, weight: 0.5}");
+    BlendSource src;
+    for (const auto& kv : e) {
+      const std::string k = kv.first.IsScalar() ? kv.first.as<std::string>() : "?";
+      if (!kv.second.IsScalar())
+        user_error(origin, ": ", where, ".", k, " must be a single value");
+      const std::string v = kv.second.as<std::string>();
+      bool ok = true;
+      if (k == "path") ok = parse_value(v, src.path);
+      else if (k == "name") ok = parse_value(v, src.name);
+      else if (k == "weight") ok = parse_value(v, src.weight);
+      else if (k == "epochs") ok = parse_value(v, src.epochs);
+      else
+        user_error(origin, ": ", where, " has the unknown key '", k, "' (an entry takes path, weight or epochs, and name)");
+      if (!ok) user_error(origin, ": ", where, ".", k, " expects ", k == "path" || k == "name" ? "a string" : "a number",
+                          ", got '", v, "'");
+    }
+    if (src.name.empty()) {
+      std::string p = src.path;
+      while (p.size() > 1 && p.back() == '/') p.pop_back();
+      src.name = basename_of(p);
+    }
+    out.push_back(std::move(src));
+  }
+  return out;
+}
+
 Config config_from_flat(FlatMap flat, const std::string& origin) {
   Config c;
   visit_config(c, [&](const char* key, auto& field, const char*) {
     auto it = flat.find(key);
     if (it == flat.end()) return;
     using T = std::decay_t<decltype(field)>;
-    if (!parse_value(it->second, field))
+    if constexpr (std::is_same_v<T, BlendList>) {
+      field = parse_blend(it->second, origin, key);
+      flat.erase(it);
+      return;
+    } else if (!parse_value(it->second, field))
       user_error(origin, ": config key '", key, "' expects ", type_name<T>(), ", got '", it->second, "'");
     flat.erase(it);
   });
@@ -212,6 +274,12 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     flat[ov.substr(0, eq)] = ov.substr(eq + 1);
   }
   return config_from_flat(std::move(flat), overrides.empty() ? path : path + " (with overrides)");
+}
+
+void to_json(nlohmann::json& j, const BlendSource& s) {
+  j = {{"path", s.path}, {"name", s.name}};
+  if (s.weight > 0) j["weight"] = s.weight;
+  if (s.epochs > 0) j["epochs"] = s.epochs;
 }
 
 nlohmann::json config_to_json(const Config& c) {
@@ -307,6 +375,24 @@ void validate_config(const Config& c, int dp_world) {
   if (ck.interval < 0 || ck.keep_last < 0 || ck.keep_every < 0)
     user_error("config keys checkpoint.interval, checkpoint.keep_last and checkpoint.keep_every must be >= 0");
   if (t.run_dir.empty()) user_error("config key 'train.run_dir' must name a directory");
+  const auto& blend = c.data.blend;
+  if (!blend.empty() && !c.data.path.empty())
+    user_error("config keys 'data.path' and 'data.blend' are both set; use data.path for one dataset or data.blend "
+               "for several, not both");
+  for (size_t i = 0; i < blend.size(); ++i) {
+    const auto& b = blend[i];
+    const std::string where = "data.blend[" + std::to_string(i) + "]";
+    if (b.path.empty()) user_error("config key '", where, ".path' is required (a dataset as data.path takes it)");
+    if (b.weight < 0 || b.epochs < 0 || !std::isfinite(b.weight) || !std::isfinite(b.epochs))
+      user_error("config key '", where, "' ('", b.name, "'): weight and epochs must be positive");
+    if ((b.weight > 0) == (b.epochs > 0))
+      user_error("config key '", where, "' ('", b.name, "') needs exactly one of weight (its relative share) or epochs "
+                 "(how many times the run reads it)");
+    for (size_t k = 0; k < i; ++k)
+      if (blend[k].name == b.name)
+        user_error("config key 'data.blend': entries ", k, " and ", i, " are both named '", b.name,
+                   "'; give them distinct names (name: ...)");
+  }
   if (t.recompute != "none" && t.recompute != "selective" && t.recompute != "full")
     user_error("config key 'train.recompute' must be none, selective or full, got '", t.recompute, "'");
   if (t.seq_len > m.max_position_embeddings)

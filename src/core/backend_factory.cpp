@@ -20,11 +20,12 @@ int cuda_device_for_rank(int local_rank) {
   return n > 0 ? local_rank % n : 0;
 }
 
-std::unique_ptr<Backend> make_backend(const std::string& device, int local_rank) {
+std::unique_ptr<Backend> make_backend(const std::string& device, int local_rank, bool deterministic) {
   // One GPU per rank of a node: the local rank selects it.
   const int gpu = cuda_device_for_rank(local_rank);
-  if (device == "cuda") return make_cuda_backend(gpu);  // a clear UserError without a GPU
-  if (device == "auto") return cuda_backend_available() ? make_cuda_backend(gpu) : make_cpu_backend(DType::kF32);
+  if (device == "cuda") return make_cuda_backend(gpu, deterministic);  // a clear UserError without a GPU
+  if (device == "auto")
+    return cuda_backend_available() ? make_cuda_backend(gpu, deterministic) : make_cpu_backend(DType::kF32);
   if (device != "cpu") user_error("device must be auto, cpu or cuda, got '", device, "'");
   return make_cpu_backend(DType::kF32);
 }

@@ -5,10 +5,12 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "cpu/ops.h"
 #include "ltrain/core/backend.h"
 #include "ltrain/core/check.h"
+#include "ltrain/core/io.h"
 
 namespace ltrain {
 
@@ -31,6 +33,24 @@ void gemm_ld(double* out, int ldo, const double* a, int lda, const double* b, in
 }  // namespace cpu
 
 namespace {
+
+class HostEventTimer final : public EventTimer {
+ public:
+  int record() override {
+    marks_.push_back(wall_time_seconds());
+    return int(marks_.size()) - 1;
+  }
+  double seconds_between(int from, int to) override {
+    LTRAIN_CHECK(from >= 0 && to >= 0 && size_t(from) < marks_.size() && size_t(to) < marks_.size(),
+                 "event timer: marks " << from << ", " << to << " of " << marks_.size());
+    return marks_[size_t(to)] - marks_[size_t(from)];
+  }
+  void clear() override { marks_.clear(); }
+  const char* method() const override { return "host clock around each op (the ops are synchronous)"; }
+
+ private:
+  std::vector<double> marks_;
+};
 
 template <class T>
 constexpr DType dtype_of();
@@ -76,6 +96,8 @@ class CpuBackend final : public Backend {
   }
   void zero(Tensor t) override { std::memset(t.data, 0, t.bytes()); }
   size_t bytes_allocated() const override { return allocated_; }
+  // The ops are synchronous: the host clock at a mark is when the work before it finished.
+  std::unique_ptr<EventTimer> make_event_timer() override { return make_host_event_timer(); }
 
   void matmul(Tensor out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
               float alpha, float beta) override {
@@ -210,6 +232,8 @@ class CpuBackend final : public Backend {
 };
 
 }  // namespace
+
+std::unique_ptr<EventTimer> make_host_event_timer() { return std::make_unique<HostEventTimer>(); }
 
 std::unique_ptr<Backend> make_cpu_backend(DType dtype) {
   if (dtype == DType::kF64) return std::make_unique<CpuBackend<double>>();

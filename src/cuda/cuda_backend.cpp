@@ -9,11 +9,17 @@
 //
 // Memory: tensors are allocated by the model and optimizer up front. Kernel scratch (rmsnorm's
 // partial column sums, attention's D = rowsum(dO * O), embedding's row grouping, the sum of
-// squares' partials) depends only on the shapes, so it is sized on first use, grows only if a
-// larger shape comes, and then is reused every step; bytes_allocated() counts it with the tensors.
+// squares' partials) depends only on the shapes, so it is sized on first use (embedding's for the
+// worst case of its N rows, so it never grows within a run), grows only if a larger shape comes,
+// and then is reused every step; bytes_allocated() counts it with the tensors.
+// src/train/memory_plan.cpp predicts all of it before the model is built.
 //
 // Synchronization: ops are asynchronous on the stream; from_host, to_host, sum_squares and
 // embedding_backward (which groups token ids on the host) synchronize.
+//
+// Determinism: every kernel reduces in a fixed order (no atomics); with `deterministic`, cuBLASLt
+// is restricted to ordered split-K reductions and NCCL to the ring algorithm with the simple
+// protocol (make_cuda_backend, kernels/matmul.cu).
 #include "ltrain/cuda/cuda_backend.h"
 
 #include "ltrain/core/check.h"
@@ -22,7 +28,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <string>
+#include <strings.h>
+#include <utility>
 #include <vector>
 
 #include "common/cuda_check.cuh"
@@ -79,14 +90,47 @@ class Scratch {
   size_t bytes_ = 0;
 };
 
-constexpr size_t kCublasWorkspace = size_t(32) << 20;  // what cuBLAS recommends for Hopper
+// CUDA events on one stream, created as needed and reused after clear().
+class CudaEventTimer final : public EventTimer {
+ public:
+  explicit CudaEventTimer(cudaStream_t stream) : stream_(stream) {}
+  ~CudaEventTimer() override {
+    for (cudaEvent_t e : events_) cudaEventDestroy(e);
+  }
+  int record() override {
+    if (used_ == events_.size()) {
+      cudaEvent_t e;
+      CUDA_CHECK(cudaEventCreate(&e));
+      events_.push_back(e);
+    }
+    CUDA_CHECK(cudaEventRecord(events_[used_], stream_));
+    return int(used_++);
+  }
+  double seconds_between(int from, int to) override {
+    LTRAIN_CHECK(from >= 0 && to >= 0 && size_t(from) < used_ && size_t(to) < used_,
+                 "event timer: marks " << from << ", " << to << " of " << used_);
+    CUDA_CHECK(cudaEventSynchronize(events_[size_t(to)]));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, events_[size_t(from)], events_[size_t(to)]));
+    return double(ms) * 1e-3;
+  }
+  void clear() override { used_ = 0; }
+  const char* method() const override {
+    return "CUDA events recorded on the backend's stream around each op, read at synchronization points";
+  }
+
+ private:
+  cudaStream_t stream_;
+  std::vector<cudaEvent_t> events_;
+  size_t used_ = 0;
+};
 
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(int device) : device_(device) {
+  CudaBackend(int device, bool deterministic) : device_(device) {
     CUDA_CHECK(cudaSetDevice(device));
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    matmul_ = std::make_unique<cuda::LtMatmul>(kCublasWorkspace);
+    matmul_ = std::make_unique<cuda::LtMatmul>(kCudaMatmulWorkspaceBytes, deterministic);
     allocated_ += matmul_->workspace_bytes();
   }
   ~CudaBackend() override {
@@ -163,6 +207,9 @@ class CudaBackend final : public Backend {
   void zero(Tensor t) override { CUDA_CHECK(cudaMemsetAsync(t.data, 0, t.bytes(), stream_)); }
   void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
   size_t bytes_allocated() const override { return allocated_; }
+  std::unique_ptr<EventTimer> make_event_timer() override {
+    return std::make_unique<CudaEventTimer>(stream_);
+  }
 
   // ---- matrix products ------------------------------------------------------------------------
   void matmul(Tensor out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha,
@@ -236,7 +283,9 @@ class CudaBackend final : public Backend {
     for (int n = 0; n < N; ++n)
       if (ids[n] >= 0) order[next_[ids[n]]++] = n;  // stable: rows in increasing order
     const size_t ints = size_t(N) + size_t(U) + 1 + size_t(U);
-    auto* dev = static_cast<int32_t*>(int_scratch_.get(ints * 4, allocated_));
+    // Sized for the worst case (every row a distinct token, U = N), so that a later batch with
+    // more distinct tokens never grows it: the memory plan counts 3N + 1 ints.
+    auto* dev = static_cast<int32_t*>(int_scratch_.get((size_t(N) * 3 + 1) * 4, allocated_));
     CUDA_CHECK(cudaMemcpyAsync(dev, order, ints * 4, cudaMemcpyHostToDevice, stream_));
     CUDA_CHECK(cudaStreamSynchronize(stream_));  // host_ints_ is reused by the next call
     dispatch_act(dout.dtype, "embedding_backward", [&](auto tag) {
@@ -463,13 +512,42 @@ int cuda_device_count() {
   return n;
 }
 
-std::unique_ptr<Backend> make_cuda_backend(int device) {
+namespace {
+
+// NCCL reads its environment when the first communicator is created, which is after the backend
+// (src/train/trainer.cpp, src/bench/bench.cpp). Ring all-reduce with the simple protocol adds
+// the ranks' contributions in an order fixed by the ring; tree, NVLS and CollNet algorithms (which
+// NCCL picks by message size and topology, or a site's /etc/nccl.conf) use other orders.
+void set_deterministic_nccl_env() {
+  for (auto [key, want] : {std::pair<const char*, const char*>{"NCCL_ALGO", "Ring"}, {"NCCL_PROTO", "Simple"}}) {
+    const char* have = std::getenv(key);
+    if (!have) {
+      setenv(key, want, 0);
+    } else if (strcasecmp(have, want) != 0) {  // NCCL reads the names case-insensitively
+      std::fprintf(stderr, "ltrain: warning: deterministic: true, but %s=%s is set; %s=%s gives a fixed reduction "
+                   "order across runs\n", key, have, key, want);
+    }
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(int device, bool deterministic) {
   const int n = cuda_device_count();
   if (n == 0)
     user_error("device: cuda was requested, but no CUDA GPU is visible (check nvidia-smi and ",
                "CUDA_VISIBLE_DEVICES), or use device=cpu");
   if (device < 0 || device >= n) user_error("CUDA device ", device, " does not exist; this machine has ", n);
-  return std::make_unique<CudaBackend>(device);
+  if (deterministic) set_deterministic_nccl_env();
+  return std::make_unique<CudaBackend>(device, deterministic);
+}
+
+bool cuda_memory_info(size_t* free_bytes, size_t* total_bytes) {
+  if (cudaMemGetInfo(free_bytes, total_bytes) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return true;
 }
 
 }  // namespace ltrain
@@ -480,10 +558,12 @@ namespace ltrain {
 
 int cuda_device_count() { return 0; }
 
-std::unique_ptr<Backend> make_cuda_backend(int) {
+std::unique_ptr<Backend> make_cuda_backend(int, bool) {
   user_error("device: cuda was requested, but this build has no CUDA backend (nvcc was not ",
              "found at configure time); use device=cpu or device=auto");
 }
+
+bool cuda_memory_info(size_t*, size_t*) { return false; }
 
 }  // namespace ltrain
 

@@ -338,7 +338,15 @@ DatasetMeta load_dataset_meta(const std::string& path) {
 
 // ---- LoaderState --------------------------------------------------------------------------------
 
-json LoaderState::to_json() const { return json{{"epoch", epoch}, {"cursor", cursor}}; }
+json LoaderState::to_json() const {
+  json j{{"epoch", epoch}, {"cursor", cursor}};
+  if (!sources.empty()) {
+    json list = json::array();
+    for (const auto& s : sources) list.push_back({{"name", s.name}, {"epoch", s.epoch}, {"cursor", s.cursor}});
+    j["sources"] = list;
+  }
+  return j;
+}
 
 LoaderState LoaderState::from_json(const json& j) {
   auto get = [&](const char* key) -> uint64_t {
@@ -350,6 +358,16 @@ LoaderState LoaderState::from_json(const json& j) {
   LoaderState s;
   s.epoch = get("epoch");
   s.cursor = get("cursor");
+  if (j.contains("sources")) {
+    const json& list = j.at("sources");
+    if (!list.is_array()) user_error("data loader state ", j.dump(), ": 'sources' must be a list");
+    for (const json& e : list) {
+      const LoaderState one = from_json(json{{"epoch", e.value("epoch", json())}, {"cursor", e.value("cursor", json())}});
+      if (!e.contains("name") || !e.at("name").is_string())
+        user_error("data loader state ", j.dump(), ": a blend source position lacks its 'name'");
+      s.sources.push_back({e.at("name").get<std::string>(), one.epoch, one.cursor});
+    }
+  }
   return s;
 }
 
@@ -425,6 +443,9 @@ DataLoader::DataLoader(const DatasetMeta& meta, Split split, int batch_size, int
 }
 
 void DataLoader::restore(const LoaderState& s) {
+  if (!s.sources.empty())
+    user_error("the data position to resume from belongs to a blend of ", s.sources.size(), " sources (data.blend), "
+               "but this run reads the single dataset '", dir_, "'; resume with the same data.blend");
   if (s.cursor > num_windows())
     user_error("data loader state (epoch ", s.epoch, ", cursor ", s.cursor, ") is beyond the ", num_windows(),
                " windows of the ", split_name(split_), " split of '", dir_,
@@ -432,13 +453,33 @@ void DataLoader::restore(const LoaderState& s) {
   state_ = s;
 }
 
-void DataLoader::ensure_permutation() {
-  if (!shuffle_ || perm_epoch_ == state_.epoch) return;
-  perm_ = epoch_permutation(num_windows(), seed_, state_.epoch);
-  perm_epoch_ = state_.epoch;
+void DataLoader::ensure_permutation(uint64_t epoch) {
+  if (!shuffle_ || perm_epoch_ == epoch) return;
+  perm_ = epoch_permutation(num_windows(), seed_, epoch);
+  perm_epoch_ = epoch;
 }
 
 uint64_t DataLoader::window_at(uint64_t position) const { return shuffle_ ? perm_[position] : position; }
+
+void DataLoader::read_global_window(uint64_t g, int32_t* inputs, int32_t* targets) {
+  // Shard s holds global windows [window_offsets_[s], window_offsets_[s+1]).
+  size_t s = std::upper_bound(window_offsets_.begin(), window_offsets_.end(), g) - window_offsets_.begin() - 1;
+  uint64_t start = (g - window_offsets_[s]) * T_;
+  sources_[s]->read(start, T_ + 1, window_buf_.data());
+  std::copy(window_buf_.begin(), window_buf_.begin() + T_, inputs);
+  std::copy(window_buf_.begin() + 1, window_buf_.end(), targets);
+  if (!masks_.empty()) {  // SFT: no loss where the target token is not part of an answer
+    masks_[s].read(start, T_ + 1, mask_buf_.data());
+    for (int i = 0; i < T_; ++i)
+      if (!mask_buf_[i + 1]) targets[i] = -1;
+  }
+}
+
+void DataLoader::read_window(uint64_t epoch, uint64_t position, int32_t* inputs, int32_t* targets) {
+  LTRAIN_CHECK(position < num_windows(), "window " << position << " of " << num_windows());
+  ensure_permutation(epoch);
+  read_global_window(window_at(position), inputs, targets);
+}
 
 void DataLoader::next_batch(int32_t* inputs, int32_t* targets) {
   const uint64_t global = uint64_t(world_) * B_;
@@ -446,22 +487,10 @@ void DataLoader::next_batch(int32_t* inputs, int32_t* targets) {
     state_.epoch += 1;
     state_.cursor = 0;
   }
-  ensure_permutation();
-  for (int b = 0; b < B_; ++b) {
-    uint64_t g = window_at(state_.cursor + uint64_t(rank_) * B_ + b);
-    // Shard s holds global windows [window_offsets_[s], window_offsets_[s+1]).
-    size_t s = std::upper_bound(window_offsets_.begin(), window_offsets_.end(), g) - window_offsets_.begin() - 1;
-    uint64_t start = (g - window_offsets_[s]) * T_;
-    sources_[s]->read(start, T_ + 1, window_buf_.data());
-    std::copy(window_buf_.begin(), window_buf_.begin() + T_, inputs + size_t(b) * T_);
-    std::copy(window_buf_.begin() + 1, window_buf_.end(), targets + size_t(b) * T_);
-    if (!masks_.empty()) {  // SFT: no loss where the target token is not part of an answer
-      masks_[s].read(start, T_ + 1, mask_buf_.data());
-      int32_t* tg = targets + size_t(b) * T_;
-      for (int i = 0; i < T_; ++i)
-        if (!mask_buf_[i + 1]) tg[i] = -1;
-    }
-  }
+  ensure_permutation(state_.epoch);
+  for (int b = 0; b < B_; ++b)
+    read_global_window(window_at(state_.cursor + uint64_t(rank_) * B_ + b), inputs + size_t(b) * T_,
+                       targets + size_t(b) * T_);
   state_.cursor += global;
 }
 

@@ -298,6 +298,29 @@ void LlamaModel::import_full(Tensor flat,
   }
 }
 
+int64_t LlamaModel::param_offset(const NamedTensor& p) const {
+  return (static_cast<const char*>(p.tensor.data) - static_cast<const char*>(param_buf_.data)) /
+         int64_t(dtype_size(param_buf_.dtype));
+}
+
+TensorSlice LlamaModel::local_slice(const NamedTensor& p) const {
+  if (p.shard_dim < 0) return {0, 0, p.global_shape.dims[0]};
+  const int64_t len = p.tensor.shape.dims[p.shard_dim];
+  return {p.shard_dim, int64_t(p_) * len, len};
+}
+
+void LlamaModel::import_local(Tensor flat,
+                              const std::function<const std::vector<float>&(const std::string&)>& get) {
+  for (const auto& p : params_) {
+    Tensor t = flat;
+    t.data = static_cast<char*>(flat.data) + param_offset(p) * int64_t(dtype_size(flat.dtype));
+    t.shape = p.tensor.shape;
+    const std::vector<float>& part = get(p.name);
+    LTRAIN_CHECK(int64_t(part.size()) == t.numel(), "import_local " << p.name);
+    backend_.from_host(t, part.data(), DType::kF32);
+  }
+}
+
 std::pair<int64_t, int64_t> LlamaModel::grad_unit_range(int unit) const {
   LTRAIN_CHECK(unit >= 0 && unit < num_grad_units(), "unit " << unit);
   if (unit == 0) return {unit_begin_[L_], grad_buf_.numel()};  // head: final norm, lm_head, padding

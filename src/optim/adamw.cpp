@@ -1,5 +1,7 @@
 #include "ltrain/optim/adamw.h"
 
+#include <algorithm>
+
 #include <cmath>
 
 #include "ltrain/core/check.h"
@@ -51,26 +53,20 @@ Tensor AdamW::range(const Tensor& flat, int64_t begin, int64_t n) const {
   return t;
 }
 
-void AdamW::export_moments(Tensor m_full, Tensor v_full) {
-  if (zero_) {
-    be_.synchronize();
-    dp_->all_gather(m_full, m_);
-    dp_->all_gather(v_full, v_);
-  } else {
-    be_.copy(m_full, m_);
-    be_.copy(v_full, v_);
-  }
+void AdamW::export_shard(float* w, float* m, float* v) {
+  be_.synchronize();
+  be_.to_host(w, DType::kF32, master_.defined() ? master_ : range(model_.param_buffer(), shard_begin_, shard_n_));
+  be_.to_host(m, DType::kF32, m_);
+  be_.to_host(v, DType::kF32, v_);
 }
 
-void AdamW::export_weights(Tensor w_full) {
-  if (!master_.defined()) {
-    be_.copy(w_full, model_.param_buffer());
-  } else if (zero_) {
-    be_.synchronize();
-    dp_->all_gather(w_full, master_);
-  } else {
-    be_.copy(w_full, master_);
-  }
+void AdamW::import_host_range(State which, int64_t begin, const float* values, int64_t n) {
+  LTRAIN_CHECK(begin >= 0 && n >= 0 && begin + n <= model_.param_buffer().numel(), "import range " << begin << "+" << n);
+  if (which == State::kWeights) be_.from_host(range(model_.param_buffer(), begin, n), values, DType::kF32);
+  const int64_t lo = std::max(begin, shard_begin_), hi = std::min(begin + n, shard_begin_ + shard_n_);
+  const Tensor& dst = which == State::kWeights ? master_ : which == State::kExpAvg ? m_ : v_;
+  if (lo >= hi || !dst.defined()) return;  // outside the shard, or the model's weights are the master
+  be_.from_host(range(dst, lo - shard_begin_, hi - lo), values + (lo - begin), DType::kF32);
 }
 
 void AdamW::import_weights(const Tensor& w_full) {

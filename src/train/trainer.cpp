@@ -22,6 +22,8 @@
 #include "ltrain/parallel/nccl_communicator.h"
 #include "ltrain/parallel/watchdog.h"
 #include "ltrain/train/guard.h"
+#include "ltrain/train/memory_plan.h"
+#include "ltrain/train/train_data.h"
 
 namespace ltrain {
 
@@ -211,10 +213,10 @@ void test_hooks_after_backward(LlamaModel& model, int step, int rollbacks, int w
 std::optional<CheckpointInfo> pick_resume(const std::string& resume, const std::string& run_dir,
                                           std::vector<std::string>& warnings) {
   if (resume.empty()) return std::nullopt;
-  if (resume == "auto") return find_latest_valid_checkpoint(run_dir, &warnings);
-  CheckpointInfo info = open_checkpoint(resume);
-  verify_checkpoint(info);
-  return info;
+  // Every rank must load a checkpoint it trusts; the ranks share the reading of the checksums.
+  Communicator& world = ParallelContext::get().world();
+  if (resume == "auto") return find_latest_valid_checkpoint(run_dir, &warnings, &world);
+  return open_verified_checkpoint(resume, world);
 }
 
 }  // namespace
@@ -229,21 +231,23 @@ double run_training(const Config& cfg, const std::string& resume) {
   const bool main_rank = par.is_main();
   const double start_time = wall_time_seconds();
 
-  if (cfg.data.path.empty())
-    user_error("config key 'data.path' is required: a directory written by `ltrain prepare`, a Megatron-LM "
-               "indexed dataset prefix, or llm.c shards (docs/data-format.md)");
-  const DatasetMeta meta = load_dataset_meta(cfg.data.path);
-  check_data_matches_model(meta, cfg.model);
   const int B = tc.micro_batch_size, T = tc.seq_len;
-  // Each data-parallel rank reads its own slice of every global batch.
-  DataLoader train_data(meta, Split::kTrain, B, T, cfg.data.shuffle, tc.seed, dp_rank, dp_size, cfg.data.verify);
-  DataLoader val_data(meta, Split::kVal, B, T, false, tc.seed, dp_rank, dp_size, cfg.data.verify);
+  // One dataset (data.path) or a blend (data.blend); each data-parallel rank reads its own slice
+  // of every global batch. Validation reads each source's val split.
+  TrainData data = open_train_data(cfg, dp_rank, dp_size);
+  BatchStream& train_data = *data.train;
+  const DatasetMeta& meta = data.sources.front().meta;  // the tokenizer copied into checkpoints
 
   std::vector<std::string> resume_warnings;
   const std::optional<CheckpointInfo> ck = pick_resume(resume, tc.run_dir, resume_warnings);
   if (ck && ck->step >= tc.steps)
     user_error("checkpoint '", ck->dir, "' is at step ", ck->step, ", not before train.steps = ",
                tc.steps, "; raise train.steps to train further");
+  if (ck) {  // the data position must fit this data (checked again where it is restored)
+    if (!ck->meta.contains("data") || !ck->meta["data"].contains("train"))
+      user_error(path_join(ck->dir, "meta.json"), ": has no data loader position to resume from");
+    train_data.restore(LoaderState::from_json(ck->meta["data"]["train"]));
+  }
   // Without resuming, a run directory that already holds checkpoints belongs to another run:
   // refuse rather than mix its logs and checkpoints with this one's.
   if (!ck && file_exists(path_join(tc.run_dir, "checkpoints/latest")))
@@ -259,7 +263,7 @@ double run_training(const Config& cfg, const std::string& resume) {
   log.info("ltrain train: resolved config (saved to " + path_join(tc.run_dir, "config.json") + ")");
   log.info(config_to_text(cfg));
 
-  auto backend = make_backend(cfg.device, par.local_rank());
+  auto backend = make_backend(cfg.device, par.local_rank(), cfg.deterministic);
   // The data-parallel communicator: MPI on host buffers for the CPU backend, NCCL on device
   // buffers (bootstrapped through the MPI group) for the CUDA backend; the same for the
   // tensor-parallel group, whose collectives move activations.
@@ -267,14 +271,17 @@ double run_training(const Config& cfg, const std::string& resume) {
   ParallelComms comms = make_parallel_comms(*backend, dp_size, tp_size, cfg.parallel.timeout_s);
   Communicator& dp = *comms.dp;
   const bool zero = cfg.parallel.zero == 1 && dp_size > 1;
+  // Refused here, before anything large is allocated, when the run cannot fit (memory_plan.h).
+  log.info("memory plan per rank: " + check_run_memory(cfg, dp_size, tp_size, *backend).breakdown());
   LlamaModel model(cfg.model, *backend, B, T, parse_recompute(tc.recompute), zero ? 64 * dp_size : 1,
                    comms.tp, comms.tp_host);
   model.init_weights(tc.seed);  // every rank draws the same whole tensors and keeps its part
   AdamW opt(cfg.optim, model, &dp, zero, comms.tp_host);
   int start_step = 0;
   if (ck) {
-    // Weights, moments and the data position; the schedule continues from the step. The
-    // checkpoint holds whole tensors, so any data x tensor layout (with or without ZeRO) reads it.
+    // Weights, moments and the data position; the schedule continues from the step. Each rank
+    // reads its slice from the shard files, so any data x tensor layout (with or without ZeRO)
+    // reads a checkpoint written under any other.
     load_checkpoint_training_state(*ck, model, opt);
     if (!ck->meta.contains("data") || !ck->meta["data"].contains("train"))
       user_error(path_join(ck->dir, "meta.json"), ": has no data loader position to resume from");
@@ -283,8 +290,7 @@ double run_training(const Config& cfg, const std::string& resume) {
     log.info(strfmt("resumed from %s at step %d", ck->dir.c_str(), start_step));
   } else if (!tc.init_from.empty()) {
     // Continued pretraining: weights only; the optimizer, the schedule and the data start fresh.
-    CheckpointInfo init = open_checkpoint(tc.init_from);
-    verify_checkpoint(init);
+    CheckpointInfo init = open_verified_checkpoint(tc.init_from, par.world());
     load_checkpoint_training_state(init, model, opt, /*with_moments=*/false);
     log.info(strfmt("initialized the weights from %s (step %d of its run)", init.dir.c_str(), init.step));
   }
@@ -302,7 +308,18 @@ double run_training(const Config& cfg, const std::string& resume) {
   log.info(strfmt("batch: %lld tokens/step = %d micro-batches x %d seqs x %d tokens x %d data ranks | "
                "data: %llu train windows, %llu val windows",
                (long long)tc.global_batch_tokens, accum, B, T, dp_size,
-               (unsigned long long)train_data.num_windows(), (unsigned long long)val_data.num_windows()));
+               (unsigned long long)train_data.num_windows(), (unsigned long long)data.sources.front().val->num_windows()));
+  for (const auto& line : data.describe(run_samples(cfg))) log.info(line);
+  // A blend: the share of the samples drawn from each source so far (all ranks together).
+  auto blend_drawn = [&]() {
+    nlohmann::json j = nlohmann::json::object();
+    if (!data.blend) return j;
+    const std::vector<uint64_t> drawn = data.blend->drawn();
+    uint64_t total = 0;
+    for (auto n : drawn) total += n;
+    for (size_t i = 0; i < drawn.size(); ++i) j[data.blend->name(i)] = total ? double(drawn[i]) / double(total) : 0.0;
+    return j;
+  };
 
   StepGuard guard(cfg.guard);  // src/train/guard.cpp; its history travels in checkpoints
   if (ck && ck->meta.contains("guard")) guard.restore(ck->meta["guard"]);
@@ -311,42 +328,55 @@ double run_training(const Config& cfg, const std::string& resume) {
     double t0 = wall_time_seconds();
     // train.val_batches counts micro-batches of the whole job: each data-parallel rank evaluates
     // its share of them (the same windows a single process would see), and the mean of the
-    // ranks' means is the global mean.
-    const int per_rank = (tc.val_batches + dp_size - 1) / dp_size;
-    double counted = 0;
-    const double mean = evaluate(model, val_data, B, T, per_rank, &counted);
-    const double total = dp.sum(counted);
-    double vl = total > 0 ? dp.sum(mean * counted) / total : NAN;
-    log.info(strfmt("step %6d | val_loss %.4f | val_ppl %.2f | %.1fs", step, vl, std::exp(vl),
-                 wall_time_seconds() - t0));
-    log.record({{"step", step}, {"val_loss", vl}, {"val_ppl", std::exp(vl)}});
+    // ranks' means is the global mean. A blend splits them over its sources' val splits and
+    // reports the share-weighted mean, with each source's loss beside it.
+    const int S = int(data.sources.size());
+    const int budget = tc.val_batches == 0 ? 0 : std::max(1, tc.val_batches / S);
+    const int per_rank = (budget + dp_size - 1) / dp_size;
+    double vl = 0;
+    nlohmann::json by_source = nlohmann::json::object();
+    std::string parts;
+    for (auto& src : data.sources) {
+      double counted = 0;
+      const double mean = evaluate(model, *src.val, B, T, per_rank, &counted);
+      const double total = dp.sum(counted);
+      const double l = total > 0 ? dp.sum(counted > 0 ? mean * counted : 0.0) / total : NAN;
+      vl += src.share * l;
+      if (S > 1) by_source[src.name] = l, parts += strfmt(" %s %.4f", src.name.c_str(), l);
+    }
+    log.info(strfmt("step %6d | val_loss %.4f | val_ppl %.2f%s%s | %.1fs", step, vl, std::exp(vl),
+                    S > 1 ? " | by source:" : "", parts.c_str(), wall_time_seconds() - t0));
+    nlohmann::json rec = {{"step", step}, {"val_loss", vl}, {"val_ppl", std::exp(vl)}};
+    if (S > 1) rec["val_loss_by_source"] = by_source;
+    if (S > 1 && step > 0) {
+      const nlohmann::json drawn = blend_drawn();
+      std::string mix;
+      for (size_t i = 0; i < data.sources.size(); ++i)
+        mix += strfmt(" %s %.3f (planned %.3f)", data.sources[i].name.c_str(),
+                      drawn[data.sources[i].name].get<double>(), data.sources[i].share);
+      log.info(strfmt("step %6d | blend drawn so far:%s", step, mix.c_str()));
+      rec["blend_drawn"] = drawn;
+    }
+    log.record(rec);
     return vl;
   };
   auto save = [&](int step) {
     double t0 = wall_time_seconds();
-    // Whole fp32 tensors: gathered over ZeRO shards (export_*) and tensor-parallel parts
-    // (export_full), so that the checkpoint does not depend on the layout.
-    const Shape shape = model.param_buffer().shape;
-    Tensor w = backend->alloc(shape, backend->master_dtype()), m = backend->alloc(shape, backend->master_dtype()),
-           v = backend->alloc(shape, backend->master_dtype());
-    opt.export_weights(w);
-    opt.export_moments(m, v);
-    const auto weights = model.export_full(w), exp_avg = model.export_full(m), exp_avg_sq = model.export_full(v);
-    backend->free(w);
+    // Every rank writes its own slice of the fp32 master weights and the moments (data rank 0 of
+    // each tensor group without ZeRO, every rank with it); rank 0 writes the manifest last. Any
+    // data x tensor layout reads it back (docs/checkpoint-format.md).
+    TrainState state;
+    state.step = step;
+    state.tokens = int64_t(step) * tc.global_batch_tokens;
+    state.data = {{"train", train_data.state().to_json()}};
+    state.layout = {{"data", dp_size}, {"tensor", tp_size}, {"zero", zero ? 1 : 0}};
+    state.guard = guard.to_json();
+    const std::string dir = save_checkpoint(tc.run_dir, state, cfg, model, opt, par.world(), meta.tokenizer_path);
     if (main_rank) {
-      TrainState state;
-      state.step = step;
-      state.tokens = int64_t(step) * tc.global_batch_tokens;
-      state.data = {{"train", train_data.state().to_json()}};
-      state.layout = {{"data", dp_size}, {"tensor", tp_size}, {"zero", zero ? 1 : 0}};
-      state.guard = guard.to_json();
-      std::string dir = save_checkpoint(tc.run_dir, state, cfg, weights, &exp_avg, &exp_avg_sq, meta.tokenizer_path);
       log.info(strfmt("step %6d | saved %s (%.1fs)", step, dir.c_str(), wall_time_seconds() - t0));
       for (const auto& gone : prune_checkpoints(tc.run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.keep_every))
         log.info("removed old checkpoint " + gone);
     }
-    backend->free(m);
-    backend->free(v);
     dp.barrier();
   };
 
@@ -402,7 +432,7 @@ double run_training(const Config& cfg, const std::string& resume) {
                                 "%s and consider a lower optim.lr", cfg.guard.max_rollbacks,
                                 verdict.reason.c_str(), step, skip_file.c_str()));
       std::vector<std::string> warnings;
-      const std::optional<CheckpointInfo> back = find_latest_valid_checkpoint(tc.run_dir, &warnings);
+      const std::optional<CheckpointInfo> back = find_latest_valid_checkpoint(tc.run_dir, &warnings, &par.world());
       for (const auto& w : warnings) log.info("WARNING: corrupt or incomplete checkpoint: " + w);
       if (!back)
         throw RunStopped(strfmt("guard: %s at step %d, and no checkpoint to roll back to in %s; stopping",
@@ -434,10 +464,12 @@ double run_training(const Config& cfg, const std::string& resume) {
     if (step % tc.log_every == 0 || step == start_step + 1 || step == tc.steps) {
       log.info(strfmt("step %6d/%d | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s (%.0f /rank) | %.1f ms",
                       step, tc.steps, loss, lr, grad_norm, tok_s, tok_s / par.world_size(), dt * 1e3));
-      log.record({{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
-                  {"tokens_per_sec", tok_s}, {"tokens_per_sec_per_rank", tok_s / par.world_size()},
-                  {"ms_per_step", dt * 1e3}, {"tokens", int64_t(step) * tc.global_batch_tokens},
-                  {"skipped_steps", guard.skipped_total()}});
+      nlohmann::json rec = {{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
+                            {"tokens_per_sec", tok_s}, {"tokens_per_sec_per_rank", tok_s / par.world_size()},
+                            {"ms_per_step", dt * 1e3}, {"tokens", int64_t(step) * tc.global_batch_tokens},
+                            {"skipped_steps", guard.skipped_total()}};
+      if (data.blend) rec["blend_drawn"] = blend_drawn();
+      log.record(rec);
     }
     if (cfg.guard.replica_check_interval > 0 && dp_size > 1 && step % cfg.guard.replica_check_interval == 0)
       check_replicas(model, dp, par.data_rank(), step, log);

@@ -2,7 +2,8 @@
 # Data and tensor parallelism on the CPU under mpirun: 10 optimizer steps of a tiny model give
 # the same losses and final weights as one process with the same global batch, for data=2
 # (bucketed all-reduce), data=2 with ZeRO-1, data=4, tensor=2 (with sequence parallelism),
-# data=2 x tensor=2, and data=2 x tensor=2 with ZeRO-1; and the layout errors are clear.
+# data=2 x tensor=2, and data=2 x tensor=2 with ZeRO-1; each checkpoint holds one shard file per
+# writing rank and verifies; and the layout errors are clear.
 # Usage: bash test_parallel_cli.sh /path/to/ltrain WORKDIR
 set -uo pipefail
 
@@ -25,6 +26,32 @@ train: {steps: 10, seq_len: 32, micro_batch_size: 2, global_batch_tokens: 256, v
 data: {path: data}
 parallel: {bucket_mb: 0.01}
 YAML
+# Whole tensors from a checkpoint's shard files, following meta.json (docs/checkpoint-format.md).
+cat > ckpt_tensors.py <<'PYEOF'
+import json
+import numpy as np
+
+def flat(ck, section="tensors"):
+    """Every tensor of the section, assembled from the shard files, concatenated in manifest order."""
+    meta = json.load(open(f"{ck}/meta.json"))
+    out = {t["name"]: np.full(t["shape"], np.nan, dtype=np.float32) for t in meta[section]}
+    for sh in meta["shards"]:
+        data = np.fromfile(f"{ck}/{sh['file']}", dtype="<f4")
+        for p in sh["pieces"]:
+            if p["name"] not in out:
+                continue
+            w2 = out[p["name"]].reshape(out[p["name"]].shape[0], -1)
+            s = p["slice"]
+            sl = np.s_[s["start"]:s["start"] + s["length"], :] if s["dim"] == 0 else np.s_[:, s["start"]:s["start"] + s["length"]]
+            b, e = p["elements"]
+            part = w2[sl].copy().reshape(-1)
+            part[b:e] = data[p["offset"] // 4:p["offset"] // 4 + (e - b)]
+            w2[sl] = part.reshape(w2[sl].shape)
+    all_ = np.concatenate([a.reshape(-1) for a in out.values()])
+    assert not np.isnan(all_).any(), f"{ck}: the shard files leave elements of '{section}' uncovered"
+    return all_
+PYEOF
+
 run_ok "tokenizer train" tokenizer train --input "$CORPUS" --vocab-size 512 --out tok
 run_ok "prepare" prepare --tokenizer tok.model --input "$CORPUS" --out data --val-fraction 0.05
 
@@ -42,6 +69,7 @@ for layout in "dp2:2:parallel.data=2" "zero2:2:parallel.data=2 parallel.zero=1" 
   $PY - single $name <<'PYEOF' || fail "$name differs from one process"
 import json, sys
 import numpy as np
+from ckpt_tensors import flat
 a, b = sys.argv[1], sys.argv[2]
 def losses(run):
     rows = [json.loads(l) for l in open(f"{run}/metrics.jsonl")]
@@ -52,10 +80,8 @@ assert len(la) == len(lb) == 10, (len(la), len(lb))
 dl = max(abs(x - y) / abs(x) for x, y in zip(la, lb))
 dg = max(abs(x - y) / abs(x) for x, y in zip(ga, gb))
 dv = max(abs(x - y) / abs(x) for x, y in zip(va, vb))
-wa = np.fromfile(f"{a}/checkpoints/step_00000010/model_00000.bin", dtype=np.float32)
-wb = np.fromfile(f"{b}/checkpoints/step_00000010/model_00000.bin", dtype=np.float32)
-ma = np.fromfile(f"{a}/checkpoints/step_00000010/optim_00000.bin", dtype=np.float32)
-mb = np.fromfile(f"{b}/checkpoints/step_00000010/optim_00000.bin", dtype=np.float32)
+ca, cb = f"{a}/checkpoints/step_00000010", f"{b}/checkpoints/step_00000010"
+wa, wb, ma, mb = flat(ca), flat(cb), flat(ca, "optimizer"), flat(cb, "optimizer")
 dw = np.abs(wa - wb).max() / np.abs(wa).max()
 dm = np.abs(ma - mb).max() / np.abs(ma).max()
 print(f"    {b}: max rel diff loss {dl:.2e}, grad_norm {dg:.2e}, val_loss {dv:.2e}; "
@@ -68,6 +94,18 @@ PYEOF
 done
 grep -q "ZeRO-1" zero2/train.log || fail "the ZeRO run did not report ZeRO-1"
 [ -e dp2/checkpoints/latest ] && [ ! -e dp2/checkpoints/latest.tmp* ] || fail "dp2 checkpoint layout"
+# One shard file pair per writing rank: data rank 0 of each tensor group without ZeRO (replicas
+# are identical), every rank with it; each checkpoint verifies.
+for spec in "dp2:0" "zero2:0 1" "dp4:0" "tp2:0 1" "dp2tp2:0 1" "zero2tp2:0 1 2 3"; do
+  name=${spec%%:*}
+  ck=$name/checkpoints/step_00000010
+  want=$(for r in ${spec#*:}; do printf 'model_%05d.bin\noptim_%05d.bin\n' $r $r; done | sort | tr '\n' ' ')
+  got=$(cd $ck 2>/dev/null && ls model_*.bin optim_*.bin 2>/dev/null | sort | tr '\n' ' ')
+  [ "$got" == "$want" ] && echo "ok: $name wrote $got" || fail "$name wrote '$got', expected '$want'"
+  out=$("$LTRAIN" ckpt verify $ck 2>&1) && echo "ok: ckpt verify $name: $out" || { fail "ckpt verify $name"; echo "    $out"; }
+done
+writers=$($PY -c "import json; print(json.load(open('zero2tp2/checkpoints/step_00000010/meta.json'))['layout']['writers'])")
+[ "$writers" == "[0, 1, 2, 3]" ] && echo "ok: the manifest names the writing ranks $writers" || fail "zero2tp2 writers: $writers"
 
 # Layout errors: every rank reports, the job ends non-zero, nothing is written.
 out=$($MPIRUN -np 3 "$LTRAIN" train --config tiny.yaml train.run_dir=bad1 parallel.data=2 2>&1); rc=$?

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checkpoints and resume on the CPU: exact (bitwise) resume after a stop, after SIGTERM and after
-# a kill -9 during a save; resuming under another data-parallel layout; falling back from a
-# corrupt checkpoint; retention; ckpt info/verify.
+# a kill -9 during a save, on one process and on 2 x 2 ranks with ZeRO-1 (per-rank shard files);
+# resuming under another data x tensor layout, with and without ZeRO-1; falling back from a
+# corrupt checkpoint; a missing shard file; retention; ckpt info/verify.
 # Usage: bash test_resume_cli.sh /path/to/ltrain WORKDIR
 set -uo pipefail
 
@@ -24,14 +25,49 @@ train: {steps: 12, seq_len: 32, micro_batch_size: 2, global_batch_tokens: 256, v
 data: {path: data}
 checkpoint: {interval: 4}
 YAML
+# Whole tensors from a checkpoint's shard files, following meta.json (an independent reader of
+# docs/checkpoint-format.md): every element must be covered exactly once.
+cat > ckpt_tensors.py <<'PYEOF'
+import json
+import numpy as np
+
+def tensors(ck, section="tensors"):
+    meta = json.load(open(f"{ck}/meta.json"))
+    out = {t["name"]: np.full(t["shape"], np.nan, dtype=np.float32) for t in meta[section]}
+    seen = {n: np.zeros(a.shape, dtype=np.int32) for n, a in out.items()}
+    for sh in meta["shards"]:
+        data = np.fromfile(f"{ck}/{sh['file']}", dtype="<f4")
+        for p in sh["pieces"]:
+            if p["name"] not in out:
+                continue
+            whole, count = out[p["name"]], seen[p["name"]]
+            rows = whole.shape[0]
+            w2, c2 = whole.reshape(rows, -1), count.reshape(rows, -1)
+            s = p["slice"]
+            sl = np.s_[s["start"]:s["start"] + s["length"], :] if s["dim"] == 0 else np.s_[:, s["start"]:s["start"] + s["length"]]
+            b, e = p["elements"]
+            part, cnt = w2[sl].copy().reshape(-1), c2[sl].copy().reshape(-1)
+            part[b:e] = data[p["offset"] // 4:p["offset"] // 4 + (e - b)]
+            cnt[b:e] += 1
+            w2[sl], c2[sl] = part.reshape(w2[sl].shape), cnt.reshape(c2[sl].shape)
+    for n, c in seen.items():
+        assert (c == 1).all(), f"{ck}: {n} is not covered exactly once by the shard files"
+    return out
+
+def flat(ck, section="tensors"):
+    """Every tensor of the section, whole, concatenated in manifest order."""
+    t = tensors(ck, section)
+    return np.concatenate([a.reshape(-1) for a in t.values()])
+PYEOF
+
 run_ok "tokenizer train" tokenizer train --input "$CORPUS" --vocab-size 512 --out tok
 run_ok "prepare" prepare --tokenizer tok.model --input "$CORPUS" --out data --val-fraction 0.05
 run_ok "uninterrupted run" train --config tiny.yaml train.run_dir=full
 
-# same_run A B: bitwise equal step losses and final weights and moments.
+# same_run A B: bitwise equal step losses and final weights and moments (every shard file).
 same_run() {
   $PY - "$1" "$2" <<'PYEOF'
-import json, sys
+import json, os, sys
 a, b = sys.argv[1], sys.argv[2]
 def steps(run):
     out = {}
@@ -43,11 +79,12 @@ sa, sb = steps(a), steps(b)
 assert sorted(sa) == sorted(sb) == list(range(1, 13)), (sorted(sa), sorted(sb))
 bad = [s for s in sa if sa[s] != sb[s]]
 assert not bad, f"steps {bad} differ: {[(sa[s], sb[s]) for s in bad]}"
-for f in ("model_00000.bin", "optim_00000.bin"):
-    x = open(f"{a}/checkpoints/step_00000012/{f}", "rb").read()
-    y = open(f"{b}/checkpoints/step_00000012/{f}", "rb").read()
-    assert x == y, f"{f} differs"
-print(f"    {b}: 12 step losses, grad norms, lrs and the final weights and moments are bitwise equal to {a}")
+ca, cb = f"{a}/checkpoints/step_00000012", f"{b}/checkpoints/step_00000012"
+files = sorted(f for f in os.listdir(ca) if f.startswith(("model_", "optim_")))
+assert files and files == sorted(f for f in os.listdir(cb) if f.startswith(("model_", "optim_"))), (files, os.listdir(cb))
+for f in files:
+    assert open(f"{ca}/{f}", "rb").read() == open(f"{cb}/{f}", "rb").read(), f"{f} differs"
+print(f"    {b}: 12 step losses, grad norms, lrs and the final weights and moments ({len(files)} files) are bitwise equal to {a}")
 PYEOF
 }
 
@@ -97,31 +134,54 @@ run_bad "resume from a corrupt checkpoint named explicitly" "checksum mismatch" 
   train --config tiny.yaml train.run_dir=corrupt2 train.steps=14 --resume corrupt_copy/checkpoints/step_00000012
 run_bad "resume a finished run" "raise train.steps" train --config tiny.yaml train.run_dir=full --resume auto
 
-# 5. Another data-parallel layout: 2 ranks to 1, and 1 to 2 (fp32 sums in another order: close, not bitwise).
+# 5. Another layout: data 2 <-> 1, tensor 2 <-> 1, with and without ZeRO-1 (fp32 sums in another
+#    order: close, not bitwise). The weights are assembled from the shard files of each run.
 close_run() {
   $PY - "$1" "$2" <<'PYEOF'
 import json, sys
 import numpy as np
+from ckpt_tensors import flat
 a, b = sys.argv[1], sys.argv[2]
 la = {json.loads(l)["step"]: json.loads(l)["loss"] for l in open(f"{a}/metrics.jsonl") if '"loss"' in l}
 lb = {json.loads(l)["step"]: json.loads(l)["loss"] for l in open(f"{b}/metrics.jsonl") if '"loss"' in l}
 assert sorted(la) == sorted(lb), (sorted(la), sorted(lb))
 dl = max(abs(la[s] - lb[s]) / la[s] for s in la)
-wa = np.fromfile(f"{a}/checkpoints/step_00000012/model_00000.bin", dtype=np.float32)
-wb = np.fromfile(f"{b}/checkpoints/step_00000012/model_00000.bin", dtype=np.float32)
+wa, wb = flat(f"{a}/checkpoints/step_00000012"), flat(f"{b}/checkpoints/step_00000012")
+ma, mb = flat(f"{a}/checkpoints/step_00000012", "optimizer"), flat(f"{b}/checkpoints/step_00000012", "optimizer")
 dw = np.abs(wa - wb).max() / np.abs(wa).max()
-print(f"    {b}: max rel loss diff {dl:.1e}, weights {dw:.1e}")
-assert dl < 1e-5 and dw < 1e-5
+dm = np.abs(ma - mb).max() / np.abs(ma).max()
+print(f"    {b}: max rel loss diff {dl:.1e}, weights {dw:.1e}, moments {dm:.1e}")
+assert dl < 1e-5 and dw < 1e-5 and dm < 1e-4
 PYEOF
+}
+# has_shards CKPT FILE...: exactly these shard files (model_*, optim_*).
+has_shards() {
+  local ck=$1; shift
+  local got want
+  got=$(cd "$ck" && ls model_*.bin optim_*.bin 2>/dev/null | sort | tr '\n' ' ')
+  want=$(printf '%s\n' "$@" | sort | tr '\n' ' ')
+  [ "$got" == "$want" ] && echo "ok: $ck holds $got" || fail "$ck holds '$got', expected '$want'"
 }
 LTRAIN_TEST_STOP_AT_STEP=6 OMP_NUM_THREADS=1 $MPIRUN -np 2 "$LTRAIN" train --config tiny.yaml train.run_dir=dp2to1 parallel.zero=1 > dp2to1.log 2>&1 \
   || fail "dp2 first half"
+has_shards dp2to1/checkpoints/step_00000006 model_00000.bin model_00001.bin optim_00000.bin optim_00001.bin
 run_ok "resume a 2-rank ZeRO checkpoint on 1 rank" train --config tiny.yaml train.run_dir=dp2to1 --resume auto
 close_run full dp2to1 || fail "data 2 -> 1 resume differs"
 LTRAIN_TEST_STOP_AT_STEP=6 "$LTRAIN" train --config tiny.yaml train.run_dir=dp1to2 > dp1to2.log 2>&1 || fail "dp1 first half"
+cp -r dp1to2 zero1to2 && cp -r dp1to2 zero1to2x2
 OMP_NUM_THREADS=1 $MPIRUN -np 2 "$LTRAIN" train --config tiny.yaml train.run_dir=dp1to2 --resume auto > dp1to2b.log 2>&1 \
   || { fail "resume on 2 ranks"; tail -5 dp1to2b.log; }
+# Data-parallel replicas without ZeRO are identical: only data rank 0 writes.
+has_shards dp1to2/checkpoints/step_00000012 model_00000.bin optim_00000.bin
 close_run full dp1to2 || fail "data 1 -> 2 resume differs"
+for layout in "zero1to2:2:parallel.zero=1" "zero1to2x2:4:parallel.tensor=2 parallel.zero=1"; do
+  name=${layout%%:*}; rest=${layout#*:}; np=${rest%%:*}
+  OMP_NUM_THREADS=1 $MPIRUN -np $np "$LTRAIN" train --config tiny.yaml train.run_dir=$name ${rest#*:} --resume auto > $name.log 2>&1 \
+    || { fail "$name: resume on $np ranks"; tail -5 $name.log; }
+  close_run full $name || fail "$name: resume of a 1-rank checkpoint under ZeRO-1 differs"
+done
+has_shards zero1to2x2/checkpoints/step_00000012 model_00000.bin model_00001.bin model_00002.bin model_00003.bin \
+  optim_00000.bin optim_00001.bin optim_00002.bin optim_00003.bin
 
 # Tensor parallelism: 2 ranks to 1, and 1 to 2 (checkpoints hold whole tensors).
 LTRAIN_TEST_STOP_AT_STEP=6 OMP_NUM_THREADS=1 $MPIRUN -np 2 "$LTRAIN" train --config tiny.yaml train.run_dir=tp2to1 parallel.tensor=2 > tp2to1.log 2>&1 \
@@ -132,6 +192,78 @@ LTRAIN_TEST_STOP_AT_STEP=6 "$LTRAIN" train --config tiny.yaml train.run_dir=tp1t
 OMP_NUM_THREADS=1 $MPIRUN -np 2 "$LTRAIN" train --config tiny.yaml train.run_dir=tp1to2 parallel.tensor=2 --resume auto > tp1to2b.log 2>&1 \
   || { fail "resume on 2 tensor ranks"; tail -5 tp1to2b.log; }
 close_run full tp1to2 || fail "tensor 1 -> 2 resume differs"
+has_shards tp1to2/checkpoints/step_00000012 model_00000.bin model_00001.bin optim_00000.bin optim_00001.bin
+
+# 2 x 2 ranks with ZeRO-1: every rank writes its own files; ckpt verify and info read them; the
+# same layout resumes bit for bit; another layout (tensor 2, no ZeRO; one process) resumes close.
+OMP_NUM_THREADS=1 $MPIRUN -np 4 "$LTRAIN" train --config tiny.yaml train.run_dir=z22full parallel.tensor=2 parallel.zero=1 > z22full.log 2>&1 \
+  || { fail "2x2 ZeRO run"; tail -5 z22full.log; }
+LTRAIN_TEST_STOP_AT_STEP=6 OMP_NUM_THREADS=1 $MPIRUN -np 4 "$LTRAIN" train --config tiny.yaml train.run_dir=z22 parallel.tensor=2 parallel.zero=1 > z22a.log 2>&1 \
+  || { fail "2x2 ZeRO first half"; tail -5 z22a.log; }
+has_shards z22/checkpoints/step_00000006 model_00000.bin model_00001.bin model_00002.bin model_00003.bin \
+  optim_00000.bin optim_00001.bin optim_00002.bin optim_00003.bin
+run_ok "verify a 2x2 ZeRO checkpoint" ckpt verify z22/checkpoints/step_00000006
+out=$("$LTRAIN" ckpt info z22/checkpoints/step_00000006 2>&1)
+echo "$out" | grep -q "shards       8 files from 4 writing rank(s)" && echo "$out" | grep -q "model_00003.bin .*rank 3 (data 1, tensor 1)" \
+  && echo "ok: ckpt info lists the shard files and their ranks" || { fail "ckpt info of a sharded checkpoint"; echo "$out"; }
+cp -r z22 z22_to_tp2
+cp -r z22 z22_to_1
+OMP_NUM_THREADS=1 $MPIRUN -np 4 "$LTRAIN" train --config tiny.yaml train.run_dir=z22 parallel.tensor=2 parallel.zero=1 --resume auto > z22b.log 2>&1 \
+  || { fail "2x2 ZeRO resume"; tail -5 z22b.log; }
+same_run z22full z22 || fail "2x2 ZeRO resume under the same layout is not exact"
+OMP_NUM_THREADS=1 $MPIRUN -np 2 "$LTRAIN" train --config tiny.yaml train.run_dir=z22_to_tp2 parallel.tensor=2 --resume auto > z22c.log 2>&1 \
+  || { fail "2x2 ZeRO -> tensor 2 resume"; tail -5 z22c.log; }
+close_run full z22_to_tp2 || fail "2x2 ZeRO -> tensor 2 resume differs"
+run_ok "resume a 2x2 ZeRO checkpoint on 1 rank" train --config tiny.yaml train.run_dir=z22_to_1 --resume auto
+close_run full z22_to_1 || fail "2x2 ZeRO -> 1 resume differs"
+
+# kill -9 of every rank in the middle of a 2x2 save (after each rank's weights file): step 4 stays
+# the latest, nothing names the partial step 8, and the run resumes from step 4 bit for bit.
+LTRAIN_TEST_KILL_DURING_SAVE=8 OMP_NUM_THREADS=1 $MPIRUN -np 4 "$LTRAIN" train --config tiny.yaml train.run_dir=z22killed \
+  parallel.tensor=2 parallel.zero=1 > z22killed.log 2>&1 && fail "the kill hook did not kill the 2x2 run"
+[ -d z22killed/checkpoints/step_00000008.tmp ] && [ ! -e z22killed/checkpoints/step_00000008.tmp/meta.json ] \
+  && echo "ok: a partial step_00000008.tmp without meta.json was left behind" || fail "expected a partial 2x2 save"
+[ "$(cat z22killed/checkpoints/latest)" == "step_00000004" ] || fail "2x2: latest moved to an incomplete checkpoint"
+run_ok "verify the 2x2 survivor" ckpt verify z22killed
+OMP_NUM_THREADS=1 $MPIRUN -np 4 "$LTRAIN" train --config tiny.yaml train.run_dir=z22killed parallel.tensor=2 parallel.zero=1 --resume auto > z22killed2.log 2>&1 \
+  || { fail "2x2 resume after kill -9"; tail -5 z22killed2.log; }
+grep -q "resumed from z22killed/checkpoints/step_00000004" z22killed/train.log || fail "2x2: did not resume from step 4"
+same_run z22full z22killed || fail "2x2 resume after a kill during a save is not exact"
+
+# A missing or damaged shard file is named, in ckpt verify and in an explicit --resume.
+cp -r z22/checkpoints/step_00000006 z22_missing && rm z22_missing/model_00002.bin
+run_bad "verify: a missing shard file" "checkpoint file missing: 'z22_missing/model_00002.bin'" ckpt verify z22_missing
+run_bad "resume from a checkpoint missing a shard" "model_00002.bin" \
+  train --config tiny.yaml train.run_dir=missing_res --resume z22_missing
+cp -r z22/checkpoints/step_00000006 z22_trunc && truncate -s -8 z22_trunc/optim_00001.bin
+run_bad "verify: a truncated shard file" "z22_trunc/optim_00001.bin: truncated or damaged" ckpt verify z22_trunc
+cp -r z22/checkpoints/step_00000006 z22_flip
+$PY - z22_flip/model_00003.bin <<'PYEOF'
+import sys
+f = open(sys.argv[1], "r+b"); f.seek(100); b = f.read(1); f.seek(100); f.write(bytes([b[0] ^ 4])); f.close()
+PYEOF
+run_bad "verify: a flipped byte in a shard file" "z22_flip/model_00003.bin: corrupt: checksum mismatch" ckpt verify z22_flip
+run_bad "eval: a flipped byte in a shard file" "model_00003.bin: corrupt: checksum mismatch in tensor" \
+  eval --checkpoint z22_flip --data data --batches 1
+# The ranks share the checksum reading when resuming (rank 3 of 4 reads model_00003.bin): a flip
+# there is still found, every rank agrees to fall back, and rank 0 names the file.
+cp -r z22full z22corrupt
+$PY - z22corrupt/checkpoints/step_00000012/model_00003.bin <<'PYEOF'
+import sys
+f = open(sys.argv[1], "r+b"); f.seek(40); b = f.read(1); f.seek(40); f.write(bytes([b[0] ^ 2])); f.close()
+PYEOF
+OMP_NUM_THREADS=1 $MPIRUN -np 4 "$LTRAIN" train --config tiny.yaml train.run_dir=z22corrupt parallel.tensor=2 parallel.zero=1 \
+  train.steps=14 --resume auto > z22corrupt.log 2>&1 || { fail "2x2 resume past a corrupt shard"; tail -5 z22corrupt.log; }
+grep -q "WARNING: corrupt or incomplete checkpoint:.*model_00003.bin: corrupt: checksum mismatch" z22corrupt/train.log &&
+  grep -q "resumed from z22corrupt/checkpoints/step_00000008" z22corrupt/train.log &&
+  echo "ok: 4 ranks sharing the verification fell back past a corrupt shard" ||
+  { fail "4 ranks did not fall back past a corrupt shard"; grep -E "WARN|resumed" z22corrupt/train.log; }
+
+# A manifest of another model: resuming with a wider model names meta.json and the tensor.
+out=$("$LTRAIN" train --config tiny.yaml train.run_dir=other_model model.hidden_size=128 --resume z22/checkpoints/step_00000006 2>&1); rc=$?
+[ $rc -eq 2 ] && echo "$out" | tail -1 | grep -q "ltrain: error: z22/checkpoints/step_00000006/meta.json: tensor 'model.embed_tokens.weight' has shape (512, 64) but the model needs (512, 128)" \
+  && echo "ok: resuming with another model names meta.json and the tensor (exit $rc)" \
+  || { fail "resume with another model (exit $rc)"; echo "$out" | tail -2; }
 
 # Continued pretraining from another run's weights: fresh optimizer and schedule, trained weights.
 run_ok "init_from" train --config tiny.yaml train.run_dir=cont train.init_from=full train.steps=2

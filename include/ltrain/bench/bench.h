@@ -5,12 +5,17 @@
 //  - the FLOP formulas of ../shared/REFERENCE.md (causal-attention and PaLM);
 //  - the table of dense bf16 peaks keyed by device name;
 //  - ProfilingBackend: a Backend decorator that forwards every op to another backend and, when
-//    enabled, synchronizes around each op and adds its wall time to the op's family;
+//    enabled, records a mark of the backend's EventTimer before and after each op (CUDA events on
+//    the GPU, the host clock on the CPU) and adds the time between them to the op's family, with
+//    the bytes the op moves and the FLOPs of the matrix products and attention;
+//  - measure_copy_bandwidth: the device-to-device copy bandwidth the memory-bound families are
+//    compared with;
 //  - TimingCommunicator: a Communicator decorator that adds up the wall time of every call.
 // docs/benchmarking.md describes every figure and how it is measured.
 #pragma once
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -56,7 +61,8 @@ enum class OpFamily {
   kEmbedding,
   kAdd,        // residual adds
   kOptimizer,  // adamw_update, sum_squares
-  kMemory,     // alloc, free, copy, zero, host transfers
+  kMemory,     // copy, zero (device memory)
+  kHost,       // host transfers, alloc, free
   kCount
 };
 constexpr int kNumOpFamilies = int(OpFamily::kCount);
@@ -64,20 +70,34 @@ const char* op_family_name(OpFamily f);
 
 // Every Backend op must be forwarded here (a new pure virtual op fails to compile until it is).
 // Wraps `inner` (which must outlive it) and forwards every method. Disabled, it only forwards.
-// Enabled, every op is bracketed by inner.synchronize() and host wall-clock reads, and its time is
-// added to its family: on an asynchronous backend (CUDA) that attributes device time to ops, at the
-// cost of one synchronization per op, which slows the step (the profile is taken on extra steps,
-// never on the timed ones).
+// Enabled, every op is bracketed by two marks of inner's EventTimer: on the CUDA backend CUDA
+// events on its stream, so nothing synchronizes per op and the step keeps its overlap of host
+// launches with GPU work; on the CPU the host clock (its ops are synchronous). The time between an
+// op's marks goes to its family when the marks are read: at every synchronize() of this backend
+// (the step's end, a gradient bucket's launch), at flush(), and every kMaxPendingOps ops.
+// An op's time is its span on the stream: it includes GPU idle time inside the op (host work such
+// as embedding_backward's grouping); gaps between ops are in no family.
 class ProfilingBackend final : public Backend {
  public:
+  static constexpr size_t kMaxPendingOps = size_t(1) << 15;
   explicit ProfilingBackend(Backend& inner) : inner_(inner) {}
   Backend& inner() { return inner_; }
-  void set_enabled(bool on) { enabled_ = on; }
+  void set_enabled(bool on);  // turning it off flushes
   bool enabled() const { return enabled_; }
-  void reset();
+  void reset();               // zero every figure and drop unread marks
+  void flush();               // synchronize inner and read the marks of every timed op
+  // Figures since reset(), complete after flush() or synchronize().
   double seconds(OpFamily f) const { return seconds_[size_t(f)]; }
   int64_t calls(OpFamily f) const { return calls_[size_t(f)]; }
+  // Bytes the family's ops read and wrote (compulsory traffic of each op's tensors; read-modify-
+  // write counted twice), or -1 when one of its ops has no count (embedding_backward, whose traffic
+  // depends on the distinct tokens; host transfers; matmul and attention, counted in FLOPs).
+  double bytes(OpFamily f) const { return bytes_[size_t(f)]; }
+  // FLOPs of matmul (2MNK) and attention (causal: 4 * B * H * HD * T(T+1)/2 forward, 2.5 times that
+  // backward, as FlashAttention counts); 0 for the other families.
+  double flops(OpFamily f) const { return flops_[size_t(f)]; }
   double total_seconds() const;
+  std::string method();       // how ops are timed (inner's EventTimer)
 
   std::string name() const override { return inner_.name(); }
   DType compute_dtype() const override { return inner_.compute_dtype(); }
@@ -88,8 +108,9 @@ class ProfilingBackend final : public Backend {
   void to_host(void* dst, DType dst_dtype, const Tensor& src) override;
   void copy(Tensor dst, const Tensor& src) override;
   void zero(Tensor t) override;
-  void synchronize() override { inner_.synchronize(); }
+  void synchronize() override;
   size_t bytes_allocated() const override { return inner_.bytes_allocated(); }
+  std::unique_ptr<EventTimer> make_event_timer() override { return inner_.make_event_timer(); }
   void matmul(Tensor out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha,
               float beta) override;
   void embedding_forward(Tensor out, const Tensor& tokens, const Tensor& wte) override;
@@ -119,13 +140,29 @@ class ProfilingBackend final : public Backend {
                     const AdamWStep& s) override;
 
  private:
+  // bytes < 0: not counted.
   template <class F>
-  auto timed(OpFamily f, F&& fn) -> decltype(fn());
+  auto timed(OpFamily f, double bytes, double flops, F&& fn) -> decltype(fn());
+  void finish_op(OpFamily f, int start_mark, double bytes, double flops);
+  struct PendingOp {
+    OpFamily family;
+    int start, end;  // marks
+  };
   Backend& inner_;
   bool enabled_ = false;
+  std::unique_ptr<EventTimer> timer_;
+  std::vector<PendingOp> pending_;
   std::array<double, kNumOpFamilies> seconds_{};
   std::array<int64_t, kNumOpFamilies> calls_{};
+  std::array<double, kNumOpFamilies> bytes_{};
+  std::array<double, kNumOpFamilies> flops_{};
 };
+
+// The backend's device-to-device copy bandwidth in GB/s (1e9 bytes): Backend::copy of an fp32
+// buffer of `bytes` into another, `reps` times after one untimed copy, timed with the backend's
+// EventTimer; each copy counts its read and its write (2 * bytes), the convention of the
+// families' bandwidth. Allocates and frees the two buffers.
+double measure_copy_bandwidth(Backend& backend, size_t bytes, int reps = 10);
 
 // ---- TimingCommunicator --------------------------------------------------------------------------
 // Wraps `inner` (which must outlive it), forwards every call and adds up the host wall time spent

@@ -62,8 +62,24 @@ struct TrainConfig {
   std::string recompute = "none";     // none | selective | full
 };
 
+// One source of a dataset blend (data.blend): its share of the training samples is either
+// `weight` (relative to the other weighted sources) or `epochs` (read that many times over the
+// run; docs/data-format.md, "Blends").
+struct BlendSource {
+  std::string path;    // anything data.path accepts
+  std::string name;    // for logs and checkpoints; default: the last component of path
+  double weight = 0;   // > 0, or 0 when epochs is given
+  double epochs = 0;   // > 0, or 0 when weight is given
+  bool operator==(const BlendSource& o) const {
+    return path == o.path && name == o.name && weight == o.weight && epochs == o.epochs;
+  }
+};
+using BlendList = std::vector<BlendSource>;
+void to_json(nlohmann::json& j, const BlendSource& s);
+
 struct DataConfig {
   std::string path;         // ltrain prepare dir, Megatron prefix, or llm.c shards (docs/data-format.md)
+  BlendList blend;          // several sources in fixed proportions, instead of path
   bool shuffle = true;
   bool verify = true;       // check shard checksums when opening
 };
@@ -96,6 +112,7 @@ struct ParallelConfig {
 
 struct Config {
   std::string device = "auto";  // auto | cpu | cuda
+  bool deterministic = false;   // bitwise-identical runs on the GPU (docs/cuda-backend.md, "Determinism")
   ModelConfig model;
   OptimConfig optim;
   TrainConfig train;
@@ -112,6 +129,8 @@ struct Config {
 template <class C, class V>
 void visit_config(C& c, V&& v) {
   v("device", c.device, "compute backend: auto (CUDA when a GPU is present), cpu, cuda");
+  v("deterministic", c.deterministic,
+    "two runs give bitwise-identical results on the GPU: cuBLASLt without split-K reduction passes, NCCL ring/simple (the CPU is deterministic anyway)");
   v("model.hidden_size", c.model.hidden_size, "model width C");
   v("model.intermediate_size", c.model.intermediate_size,
     "SwiGLU hidden size FF; 0 derives it as LLaMA does: multiple_of * ceil(ffn_dim_multiplier * 8C/3 / multiple_of)");
@@ -156,6 +175,8 @@ void visit_config(C& c, V&& v) {
     "activation recomputation: none, selective (recompute norms and SwiGLU), full (recompute each layer)");
   v("data.path", c.data.path,
     "a directory written by `ltrain prepare`, a Megatron-LM/GPT-NeoX indexed dataset prefix, or a directory or glob of llm.c shards");
+  v("data.blend", c.data.blend,
+    "instead of data.path: a list of {path, weight} or {path, epochs} (optional name) sampled in fixed proportions, e.g. [{path: data/cc, weight: 0.8}, {path: data/wiki, epochs: 2}]");
   v("data.shuffle", c.data.shuffle, "shuffle training windows (deterministic from train.seed)");
   v("data.verify", c.data.verify, "verify shard checksums when opening the data");
   v("checkpoint.interval", c.checkpoint.interval,

@@ -32,6 +32,22 @@ struct AdamWStep {
   int step;            // 1-based, for bias correction
 };
 
+// Timestamps taken in a backend's execution order, for profilers (`ltrain bench --profile`).
+// record() marks the point after all work issued so far; seconds_between() is the time between
+// two marks once the work before the later one has run (it waits for that). On the CUDA backend
+// the marks are CUDA events on its stream, so recording does not synchronize; on the CPU backend,
+// whose ops are synchronous, a mark is the host clock.
+class EventTimer {
+ public:
+  virtual ~EventTimer() = default;
+  virtual int record() = 0;                          // the mark's index, 0, 1, 2, ...
+  virtual double seconds_between(int from, int to) = 0;
+  virtual void clear() = 0;                          // forget every mark; indices restart at 0
+  virtual const char* method() const = 0;            // how the marks are taken, for reports
+};
+// Host wall-clock marks: right for a backend whose ops have finished when they return.
+std::unique_ptr<EventTimer> make_host_event_timer();
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -49,6 +65,8 @@ class Backend {
   virtual void zero(Tensor t) = 0;
   virtual void synchronize() {}
   virtual size_t bytes_allocated() const = 0;
+  // Marks in this backend's execution order (see EventTimer); must not outlive the backend.
+  virtual std::unique_ptr<EventTimer> make_event_timer() = 0;
 
   // ---- matrix products ----------------------------------------------------------------------
   // out (M, N) = alpha * op(a) @ op(b) + beta * out, op(x) = x or x^T; all 2-D row-major.

@@ -8,8 +8,9 @@ namespace ltrain {
 
 bool cuda_backend_available();
 // device: "auto" (CUDA when available, else CPU), "cpu" or "cuda". With CUDA, local_rank (the
-// rank within the node) selects the GPU.
-std::unique_ptr<Backend> make_backend(const std::string& device, int local_rank = 0);
+// rank within the node) selects the GPU. deterministic (config key `deterministic`): see
+// make_cuda_backend; the CPU backend is deterministic either way.
+std::unique_ptr<Backend> make_backend(const std::string& device, int local_rank = 0, bool deterministic = false);
 int cuda_device_for_rank(int local_rank);
 
 }  // namespace ltrain

@@ -3,16 +3,28 @@
 // Kernels live in kernels/, matrix products go through cuBLASLt. Declared in every build; without
 // CUDA (LTRAIN_WITH_CUDA undefined) cuda_device_count() is 0 and make_cuda_backend() refuses.
 #pragma once
+#include <cstddef>
 #include <memory>
 
 #include "ltrain/core/backend.h"
 
 namespace ltrain {
 
+// The cuBLASLt workspace every CUDA backend allocates when it is created (what cuBLAS recommends
+// for Hopper). src/train/memory_plan.cpp counts it.
+constexpr size_t kCudaMatmulWorkspaceBytes = size_t(32) << 20;
+
 // CUDA devices this process can use; 0 without a driver, a device, or CUDA support in the build.
 int cuda_device_count();
 
 // The backend on `device`; a UserError when there is no such device.
-std::unique_ptr<Backend> make_cuda_backend(int device = 0);
+// deterministic (config key `deterministic`): cuBLASLt may only choose algorithms without split-K
+// or with the in-place (ordered) split-K reduction, and NCCL_ALGO=Ring / NCCL_PROTO=Simple are set
+// in this process's environment for the NCCL communicators created afterwards, unless the user
+// set them (docs/cuda-backend.md, "Determinism").
+std::unique_ptr<Backend> make_cuda_backend(int device = 0, bool deterministic = false);
+
+// cudaMemGetInfo of the current device (the one the backend selected): false without a device.
+bool cuda_memory_info(size_t* free_bytes, size_t* total_bytes);
 
 }  // namespace ltrain

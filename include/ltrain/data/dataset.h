@@ -79,15 +79,39 @@ DatasetMeta load_dataset_meta(const std::string& path);
 enum class Split { kTrain, kVal };
 const char* split_name(Split s);
 
+// Where one source of a blend stands: its own epoch and windows of that epoch consumed.
+struct SourcePosition {
+  std::string name;
+  uint64_t epoch = 0, cursor = 0;
+  bool operator==(const SourcePosition& o) const { return name == o.name && epoch == o.epoch && cursor == o.cursor; }
+};
+
+// A loader's whole position. One dataset: (epoch, cursor). A blend (blend.h): epoch 0, cursor =
+// the global sample index (samples drawn by all ranks together), and one SourcePosition per
+// source. Positions of one run are ordered by (epoch, cursor).
 struct LoaderState {
   uint64_t epoch = 0;
   uint64_t cursor = 0;  // windows of this epoch's order already consumed (all ranks together)
+  std::vector<SourcePosition> sources;  // blends only
   nlohmann::json to_json() const;
   static LoaderState from_json(const nlohmann::json& j);  // UserError if fields are missing
-  bool operator==(const LoaderState& o) const { return epoch == o.epoch && cursor == o.cursor; }
+  bool operator==(const LoaderState& o) const {
+    return epoch == o.epoch && cursor == o.cursor && sources == o.sources;
+  }
 };
 
-class DataLoader {
+// What the trainer draws training batches from: one dataset (DataLoader) or a blend (BlendLoader).
+class BatchStream {
+ public:
+  virtual ~BatchStream() = default;
+  // The calling rank's (B, T) slice of the next global batch of world*B windows.
+  virtual void next_batch(int32_t* inputs /*(B, T)*/, int32_t* targets /*(B, T)*/) = 0;
+  virtual LoaderState state() const = 0;
+  virtual void restore(const LoaderState& s) = 0;  // UserError if the state does not fit
+  virtual uint64_t num_windows() const = 0;         // training windows available (all sources)
+};
+
+class DataLoader : public BatchStream {
  public:
   // Opens the split's shards (verifying their checksums once unless verify is false: one read
   // of the data). UserError if the split has fewer than world*batch_size windows of seq_len+1
@@ -95,12 +119,16 @@ class DataLoader {
   DataLoader(const DatasetMeta& meta, Split split, int batch_size /*B*/, int seq_len /*T*/,
              bool shuffle, uint64_t seed, int rank = 0, int world = 1, bool verify = true);
 
-  void next_batch(int32_t* inputs /*(B, T)*/, int32_t* targets /*(B, T)*/);
-  LoaderState state() const { return state_; }
-  void restore(const LoaderState& s);  // UserError if the state does not fit this dataset/batch
+  void next_batch(int32_t* inputs /*(B, T)*/, int32_t* targets /*(B, T)*/) override;
+  LoaderState state() const override { return state_; }
+  void restore(const LoaderState& s) override;  // UserError if the state does not fit this dataset/batch
   void reset() { restore(LoaderState{}); }
+  // One window, independent of the batch position: the one at `position` of epoch `epoch`'s
+  // order (position < num_windows()), as inputs/targets of T tokens each (SFT masks applied).
+  // What a blend reads its sources with.
+  void read_window(uint64_t epoch, uint64_t position, int32_t* inputs /*(T)*/, int32_t* targets /*(T)*/);
 
-  uint64_t num_windows() const { return window_offsets_.empty() ? 0 : window_offsets_.back(); }
+  uint64_t num_windows() const override { return window_offsets_.empty() ? 0 : window_offsets_.back(); }
   uint64_t batches_per_epoch() const { return num_windows() / (uint64_t(world_) * B_); }
   int vocab_size() const { return vocab_size_; }
   bool has_masks() const { return !masks_.empty(); }  // SFT: targets outside answers are -1
@@ -109,7 +137,8 @@ class DataLoader {
 
  private:
   uint64_t window_at(uint64_t position) const;  // position in the epoch order -> global window id
-  void ensure_permutation();
+  void ensure_permutation(uint64_t epoch);
+  void read_global_window(uint64_t g, int32_t* inputs, int32_t* targets);
   std::string dir_;
   Split split_;
   int B_, T_, rank_, world_, vocab_size_;

@@ -48,6 +48,13 @@ struct HostTensor {
   std::vector<float> data;
 };
 
+// The part of a global tensor one tensor-parallel rank holds: indices [start, start + length) of
+// dimension `dim`, all of every other dimension. A replicated tensor is the whole of dim 0.
+struct TensorSlice {
+  int dim = 0;
+  int64_t start = 0, length = 0;
+};
+
 enum class Recompute { kNone, kSelective, kFull };
 Recompute parse_recompute(const std::string& s);
 
@@ -90,6 +97,17 @@ class LlamaModel {
   std::vector<HostTensor> export_full(const Tensor& flat);
   // The reverse: `get(name)` returns the whole tensor; this rank keeps its part.
   void import_full(Tensor flat, const std::function<const std::vector<float>&(const std::string&)>& get);
+
+  // Local slices, for checkpoints written and read per rank (no collectives). A flat buffer "laid
+  // out like the parameters" is the weights, the gradients or an AdamW moment.
+  int tensor_parallel_rank() const { return p_; }
+  // Where p (one of params()) starts in such a buffer, in elements.
+  int64_t param_offset(const NamedTensor& p) const;
+  // Which part of p's global tensor this rank holds.
+  TensorSlice local_slice(const NamedTensor& p) const;
+  // Fills this rank's part of every parameter in `flat`: `get(name)` returns the local slice
+  // (p.tensor.numel() fp32 values, row-major in the local shape).
+  void import_local(Tensor flat, const std::function<const std::vector<float>&(const std::string&)>& get);
 
   // Gradient units, in the order backward finishes them: the head (final norm and lm_head),
   // layers L-1 .. 0, then the embedding. Each unit's gradients are one contiguous range of the

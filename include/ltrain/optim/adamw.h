@@ -49,18 +49,28 @@ class AdamW {
   void apply(int step, double lr, double grad_norm);
   double clip_scale(double grad_norm) const;
 
-  // The moments in the layout of model.param_buffer(), for checkpoints. With ZeRO these gather
-  // (export) or scatter (import) the shards: every data-parallel rank must call them.
-  void export_moments(Tensor m_full, Tensor v_full);
+  // From buffers laid out like model.param_buffer() (each rank keeps its shard of the moments;
+  // import_weights sets both the master copy and the model's). Not collective.
   void import_moments(const Tensor& m_full, const Tensor& v_full);
-  // The fp32 weights (the master copy where there is one, else the model's), whole-buffer
-  // layout; collective under ZeRO. import_weights sets both the master copy and the model's.
-  void export_weights(Tensor w_full);
   void import_weights(const Tensor& w_full);
 
- private:
-  // The part of the flat buffers this rank updates: all of it, or its ZeRO shard.
+  // The part of the flat buffers this rank updates: [shard_begin, shard_begin + shard_size) of
+  // the parameter layout; all of it, or its ZeRO shard.
+  bool zero() const { return zero_; }
   int64_t shard_begin() const { return shard_begin_; }
+  int64_t shard_size() const { return shard_n_; }
+  // For checkpoints written per rank: copies that range of the fp32 master weights (the model's
+  // own where they are the master copy) and of both moments to host arrays of shard_size()
+  // floats. Not collective.
+  void export_shard(float* w, float* m, float* v);
+  // For loading checkpoints without staging whole buffers on the device: host values of the
+  // flat parameter layout [begin, begin + n). kWeights sets the model's weights there and the
+  // master copy where it overlaps this rank's shard; the moments take their overlap. Not
+  // collective: every rank imports what it holds.
+  enum class State { kWeights, kExpAvg, kExpAvgSq };
+  void import_host_range(State which, int64_t begin, const float* values, int64_t n);
+
+ private:
   Tensor range(const Tensor& flat, int64_t begin, int64_t n) const;
   OptimConfig cfg_;
   LlamaModel& model_;

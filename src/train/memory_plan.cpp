@@ -1,0 +1,316 @@
+// The memory plan (include/ltrain/train/memory_plan.h). Every count below mirrors an allocation
+// elsewhere; the comment names it. tests/test_memory_plan.cpp compares the plan with the bytes the
+// model and optimizer allocate, so a change there that is not mirrored here fails a test.
+#include "ltrain/train/memory_plan.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include "ltrain/core/check.h"
+#include "ltrain/core/io.h"
+#include "ltrain/cuda/cuda_backend.h"
+#include "ltrain/model/llama.h"
+
+namespace ltrain {
+
+namespace {
+
+constexpr int64_t kViewAlign = 64;  // src/model/llama.cpp: kAlign, every parameter view's start
+
+int64_t align_up(int64_t x, int64_t a) { return (x + a - 1) / a * a; }
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// LlamaModel::build_param_views: the flat buffer's elements on one tensor-parallel rank.
+int64_t param_elements(const ModelConfig& m, int P) {
+  const int64_t C = m.hidden_size, HD = m.head_dim(), H = m.num_attention_heads, KV = m.kv_heads(),
+                FF = m.ffn_dim(), V = m.vocab_size;
+  int64_t off = 0;
+  auto take = [&](int64_t n) { off = align_up(off + n, kViewAlign); };
+  take(V / P * C);  // embed_tokens
+  for (int l = 0; l < m.num_hidden_layers; ++l) {
+    take(C);                 // input_layernorm
+    take(H * HD / P * C);    // q_proj
+    take(KV * HD / P * C);   // k_proj
+    take(KV * HD / P * C);   // v_proj
+    take(C * (H * HD / P));  // o_proj
+    take(C);                 // post_attention_layernorm
+    take(FF / P * C);        // gate_proj
+    take(FF / P * C);        // up_proj
+    take(C * (FF / P));      // down_proj
+  }
+  take(C);                                   // norm
+  if (!m.tie_word_embeddings) take(V / P * C);  // lm_head
+  return off;
+}
+
+struct Count {
+  int64_t bytes = 0;
+  int allocations = 0;
+  void add(int64_t elements, int64_t element_bytes) {
+    bytes += elements * element_bytes;
+    ++allocations;
+  }
+};
+
+// LlamaModel::alloc_activations, buffer by buffer.
+Count activation_count(const ModelConfig& m, int B, int T, Recompute rc, int P, int64_t act, int64_t stat) {
+  const int64_t C = m.hidden_size, HD = m.head_dim(), L = m.num_hidden_layers;
+  const int64_t Hl = m.num_attention_heads / P, KVl = m.kv_heads() / P, FFl = m.ffn_dim() / P,
+                Vl = m.vocab_size / P;
+  const int64_t N = int64_t(B) * T, Ns = ceil_div(N, P);
+  Count c;
+  // Layer 0 holds every member; layers 1.. share what recomputation rebuilds.
+  for (int64_t l = 0; l < L; ++l) {
+    const bool full = rc == Recompute::kFull && l > 0;
+    const bool sel = rc != Recompute::kNone && l > 0;
+    if (!full) c.add(Ns, stat);             // rstd1
+    if (!sel) c.add(N * C, act);            // ln1
+    if (!full) {
+      c.add(N * Hl * HD, act);              // q
+      c.add(N * KVl * HD, act);             // k
+      c.add(N * KVl * HD, act);             // v
+      c.add(N * Hl * HD, act);              // att
+      c.add(int64_t(B) * Hl * T, stat);     // lse
+      c.add(Ns * C, act);                   // x2
+      c.add(Ns, stat);                      // rstd2
+    }
+    if (!sel) c.add(N * C, act);            // ln2
+    if (!full) {
+      c.add(N * FFl, act);                  // gate
+      c.add(N * FFl, act);                  // up
+    }
+    if (!sel) c.add(N * FFl, act);          // h
+  }
+  for (int64_t l = 0; l <= L; ++l) c.add(Ns * C, act);  // resid_
+  c.add(N, 4);                              // tokens_ (i32)
+  c.add(N, 4);                              // targets_
+  c.add(Ns, stat);                          // rstdf_
+  c.add(N * C, act);                        // lnf_
+  if (P > 1) c.add(Ns * C, act);            // lnf_local_
+  const int64_t head_chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(1) << 24) / Vl));
+  c.add(head_chunk * Vl, act);              // logits_
+  c.add(N, stat);                           // losses_
+  c.add(Ns * C, act);                       // dres_
+  c.add(N * C, act);                        // dln_
+  if (P > 1) {
+    c.add(head_chunk, stat);                // lse_
+    c.add(Ns * C, act);                     // ln_local_
+    c.add(N * C, act);                      // partial_
+    c.add(Ns * C, act);                     // reduced_
+    c.add(N * C, act);                      // dres_full_
+    c.add(Ns * C, act);                     // dln_local_
+  }
+  c.add(N * Hl * HD, act);                  // datt_
+  c.add(N * Hl * HD, act);                  // dq_
+  c.add(N * KVl * HD, act);                 // dk_
+  c.add(N * KVl * HD, act);                 // dv_
+  c.add(N * FFl, act);                      // dh_
+  c.add(N * FFl, act);                      // dgate_
+  c.add(N * FFl, act);                      // dup_
+  return c;
+}
+
+// GiB with two decimals, or MiB below 1 GiB (small models).
+std::string gib(int64_t bytes) {
+  if (bytes < (int64_t(1) << 30)) return strfmt("%.1f MiB", double(bytes) / double(int64_t(1) << 20));
+  return strfmt("%.2f GiB", double(bytes) / double(int64_t(1) << 30));
+}
+
+// One single change for the hint: how to write it, the changed config and the layout it implies.
+struct Alternative {
+  std::string change;
+  Config cfg;
+  int dp, tp;
+};
+
+bool batch_divides(const Config& c, int dp) {
+  const int64_t per = int64_t(c.train.micro_batch_size) * c.train.seq_len * dp;
+  return per > 0 && c.train.global_batch_tokens % per == 0;
+}
+
+std::string hint_for(const MemoryPlan& plan, int64_t available) {
+  const Config& cfg = plan.config;
+  const int dp = plan.dp, tp = plan.tp;
+  std::vector<Alternative> alts;
+  const std::string rc = cfg.train.recompute;
+  for (const char* mode : {"selective", "full"}) {
+    if ((rc == "none") || (rc == "selective" && std::string(mode) == "full")) {
+      Config c = cfg;
+      c.train.recompute = mode;
+      alts.push_back({std::string("train.recompute=") + mode, c, dp, tp});
+    }
+  }
+  for (int b = cfg.train.micro_batch_size - 1; b >= 1; --b) {
+    Config c = cfg;
+    c.train.micro_batch_size = b;
+    if (!batch_divides(c, dp)) continue;
+    if (memory_plan(c, dp, tp, plan.options).total() <= available) {
+      alts.push_back({strfmt("train.micro_batch_size=%d", b), c, dp, tp});
+      break;  // the largest that fits
+    }
+  }
+  if (dp > 1 && cfg.parallel.zero != 1) {
+    Config c = cfg;
+    c.parallel.zero = 1;
+    alts.push_back({"parallel.zero=1", c, dp, tp});
+  }
+  const int world = dp * tp;
+  const ModelConfig& m = cfg.model;
+  for (int t = tp * 2; t <= std::min(world, 8); t *= 2) {
+    if (world % t || m.num_attention_heads % t || m.kv_heads() % t || m.ffn_dim() % t || m.vocab_size % t) continue;
+    Config c = cfg;
+    c.parallel.tensor = t;
+    c.parallel.data = 0;
+    if (!batch_divides(c, world / t)) continue;
+    alts.push_back({strfmt("parallel.tensor=%d", t), c, world / t, t});
+  }
+  std::vector<std::string> fits;
+  for (const auto& a : alts) {
+    const int64_t need = memory_plan(a.cfg, a.dp, a.tp, plan.options).total();
+    if (need <= available) fits.push_back(a.change + " (" + gib(need) + ")");
+  }
+  std::string hint;
+  if (!fits.empty()) {
+    hint = "fits with ";
+    for (size_t i = 0; i < fits.size(); ++i) hint += (i ? " or " : "") + fits[i];
+  } else {
+    Config c = cfg;
+    c.train.recompute = "full";
+    c.train.micro_batch_size = 1;
+    const int64_t smallest = memory_plan(c, dp, tp, plan.options).total();
+    hint = strfmt("no single change of train.recompute, train.micro_batch_size%s fits (recompute=full with "
+                  "micro_batch_size=1 needs %s)", world > 1 ? ", parallel.zero or parallel.tensor" : "",
+                  gib(smallest).c_str());
+  }
+  hint += "; more GPUs help: parallel.tensor=N splits weights, gradients and activations over N GPUs, "
+          "parallel.zero=1 shards the optimizer state over the data-parallel ranks";
+  return hint;
+}
+
+// /proc/meminfo's field in bytes, or -1.
+int64_t meminfo_bytes(const std::string& field) {
+  std::ifstream in("/proc/meminfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field + ":", 0) == 0) {
+      std::istringstream s(line.substr(field.size() + 1));
+      int64_t kb = -1;
+      s >> kb;
+      return kb < 0 ? -1 : kb * 1024;
+    }
+  }
+  return -1;
+}
+
+}  // namespace
+
+std::string MemoryPlan::breakdown() const {
+  std::string s = "weights " + gib(weights) + ", gradients " + gib(gradients) + ", optimizer state " +
+                  gib(optimizer);
+  const bool zero = config.parallel.zero == 1 && dp > 1;
+  if (zero) s += strfmt(" (ZeRO-1 over %d)", dp);
+  s += ", activations " + gib(activations) + " (micro-batch " + std::to_string(config.train.micro_batch_size) +
+       " x " + std::to_string(config.train.seq_len) + ", recompute " + config.train.recompute +
+       (tp > 1 ? strfmt(", tensor %d", tp) : std::string()) + "), workspace " + gib(workspace);
+  if (reserve > 0) s += ", reserve " + gib(reserve);
+  return s + ", total " + gib(total());
+}
+
+MemoryPlan memory_plan(const Config& cfg, int dp, int tp, const MemoryPlanOptions& o) {
+  LTRAIN_CHECK(dp >= 1 && tp >= 1, "memory_plan: dp " << dp << " tp " << tp);
+  const ModelConfig& m = cfg.model;
+  const int B = cfg.train.micro_batch_size, T = cfg.train.seq_len;
+  const int64_t act = dtype_size(o.compute), stat = dtype_size(o.master);
+  const bool zero = cfg.parallel.zero == 1 && dp > 1;
+  MemoryPlan p;
+  p.config = cfg;
+  p.dp = dp;
+  p.tp = tp;
+  p.options = o;
+
+  // LlamaModel: the parameter buffer (compute dtype) and the gradient buffer (master dtype),
+  // padded to a multiple of 64 * dp under ZeRO-1 (src/train/trainer.cpp's buffer_multiple).
+  const int64_t multiple = zero ? int64_t(64) * dp : 1;
+  p.param_elements = align_up(param_elements(m, tp), multiple);
+  p.weights = p.param_elements * act;
+  p.gradients = p.param_elements * stat;
+  p.allocations += 2;
+  // AdamW: m and v over its shard, fp32 master weights when the model computes in another dtype,
+  // and under ZeRO-1 the shard the gradients are reduce-scattered into.
+  p.shard_elements = zero ? p.param_elements / dp : p.param_elements;
+  p.optimizer = 2 * p.shard_elements * stat;
+  p.allocations += 2;
+  if (o.compute != o.master) {
+    p.optimizer += p.shard_elements * stat;
+    ++p.allocations;
+  }
+  if (zero) {
+    p.gradients += p.shard_elements * stat;
+    ++p.allocations;
+  }
+  // Activations.
+  const Count a = activation_count(m, B, T, parse_recompute(cfg.train.recompute), tp, act, stat);
+  p.activations = a.bytes;
+  p.allocations += a.allocations;
+  // Workspace: the RoPE table (T, HD/2, 2) in the master dtype.
+  p.rope_bytes = int64_t(T) * (m.head_dim() / 2) * 2 * stat;
+  p.workspace = p.rope_bytes;
+  ++p.allocations;
+  if (o.cuda) {
+    // src/cuda/cuda_backend.cpp: the cuBLASLt workspace, then the kernel scratch of the first step.
+    p.matmul_workspace_bytes = int64_t(kCudaMatmulWorkspaceBytes);
+    const int64_t N = int64_t(B) * T, Ns = ceil_div(N, tp);
+    const int64_t rows = ceil_div(Ns, 256);                      // kernels/rmsnorm.cu: at most 256 chunks
+    p.scratch_bytes += ceil_div(Ns, rows) * m.hidden_size * 4;   // rmsnorm dweight partials (fp32)
+    p.scratch_bytes += int64_t(B) * (m.num_attention_heads / tp) * T * 4;  // attention D (fp32)
+    p.scratch_bytes += (3 * N + 1) * 4;                          // embedding grouping (i32)
+    p.scratch_bytes += (256 + 1) * 8;                            // sum-of-squares partials (f64)
+    p.workspace += p.matmul_workspace_bytes + p.scratch_bytes;
+    p.allocations += 5;
+  }
+  // Loading and saving checkpoints go through host memory (src/checkpoint/checkpoint.cpp): nothing.
+  if (o.cuda)
+    p.reserve = kReserveBytes + (dp * tp > 1 ? kReserveNcclBytes : 0) +
+                int64_t(p.allocations) * kReservePerAllocationBytes;
+  return p;
+}
+
+MemoryPlanOptions memory_plan_options(const Backend& backend) {
+  MemoryPlanOptions o;
+  o.compute = backend.compute_dtype();
+  o.master = backend.master_dtype();
+  o.cuda = backend.name().rfind("cuda", 0) == 0;
+  return o;
+}
+
+void check_memory_fits(const MemoryPlan& plan, int64_t available_bytes, int64_t total_bytes,
+                       const std::string& where) {
+  if (plan.total() <= available_bytes) return;
+  user_error("this run needs ", gib(plan.total()), " per ", plan.options.cuda ? "GPU" : "process", " but ",
+             gib(available_bytes), " of ", gib(total_bytes), " are available on ", where, ": ", plan.breakdown(),
+             "; ", hint_for(plan, available_bytes));
+}
+
+MemoryPlan check_run_memory(const Config& cfg, int dp, int tp, Backend& backend) {
+  const MemoryPlan plan = memory_plan(cfg, dp, tp, memory_plan_options(backend));
+  const char* env = std::getenv("LTRAIN_MEMORY_CHECK");
+  if (env && std::string(env) == "0") return plan;
+  // What the backend already holds (the cuBLASLt workspace) is part of the plan.
+  const int64_t held = int64_t(backend.bytes_allocated());
+  if (plan.options.cuda) {
+    size_t free_b = 0, total_b = 0;
+    if (!cuda_memory_info(&free_b, &total_b)) return plan;
+    check_memory_fits(plan, int64_t(free_b) + held, int64_t(total_b), "this GPU (cudaMemGetInfo)");
+  } else {
+    const int64_t avail = meminfo_bytes("MemAvailable"), total = meminfo_bytes("MemTotal");
+    if (avail < 0 || total < 0) return plan;
+    check_memory_fits(plan, avail + held, total, "this host (MemAvailable)");
+  }
+  return plan;
+}
+
+}  // namespace ltrain
