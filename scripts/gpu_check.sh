@@ -5,8 +5,8 @@
 # Prints nvidia-smi, runs the binaries with GPU tests (test_cuda_ops, test_cuda_model,
 # test_deterministic, test_memory_plan, test_bench; with ALL=1 every packed test binary), then,
 # without a filter, the end-to-end checks of `deterministic: true` (two short `ltrain train` runs
-# on the GPU must give identical losses, gradient norms and checkpoint files) and of the memory
-# refusal; BENCH=1 adds `ltrain bench --profile` on the TinyLlama shape with deterministic off and
+# on the GPU must give identical losses, gradient norms and checkpoint files), exact resume on the GPU
+# (15 steps + stop + resume = 30 steps, bitwise) and the memory refusal; BENCH=1 adds `ltrain bench --profile` on the TinyLlama shape with deterministic off and
 # on. Keeps each log in ${LOG_DIR:-.devpack/logs}, and ends with a pass/fail table.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -99,6 +99,35 @@ if [[ "$FILTER" == "*" ]]; then
   bins+=(determinism)
   result[determinism]="$verdict $(( $(date +%s) - start ))s"
   echo "determinism: $verdict"
+
+  # Exact resume on the GPU (issue 5): run_a's 30 steps against 15 steps, a stop (as SIGTERM would),
+  # and --resume auto for the other 15, both with deterministic: true.
+  echo "=================== exact resume on the GPU ==================="
+  start=$(date +%s)
+  args=(--config configs/tiny-shakespeare.yaml device=cuda deterministic=true data.path="$W/data" train.run_dir="$W/run_c"
+        model.hidden_size=256 model.num_attention_heads=4 model.num_key_value_heads=2 model.vocab_size=512
+        train.steps=30 train.log_every=1 train.val_every=0 checkpoint.interval=0)
+  ( LTRAIN_TEST_STOP_AT_STEP=15 "$LT" train "${args[@]}" && "$LT" train "${args[@]}" --resume auto ) > "$W/resume.txt" 2>&1
+  rc=$?
+  steps_of() {  # step, loss, grad_norm and lr of every step record, exactly as logged
+    python3 -c 'import json, sys
+for l in open(sys.argv[1]):
+    r = json.loads(l)
+    if "loss" in r: print(r["step"], repr(r["loss"]), repr(r["grad_norm"]), repr(r["lr"]))' "$1/metrics.jsonl"
+  }
+  if [[ $rc != 0 ]]; then
+    verdict="rc=$rc (see $W/resume.txt)"
+  elif diff <(steps_of "$W/run_a") <(steps_of "$W/run_c") > "$W/resume.diff" &&
+       diff <(cd "$W/run_a/checkpoints/step_00000030" && cksum model_* optim_*) \
+            <(cd "$W/run_c/checkpoints/step_00000030" && cksum model_* optim_*) >> "$W/resume.diff"; then
+    verdict="rc=0 bitwise: $(steps_of "$W/run_c" | wc -l) step records and the step-30 weights and moments"
+  else
+    verdict="rc=1 DIFFERENT (see $W/resume.diff)"
+  fi
+  tail -n 3 "$W/resume.txt"
+  head -5 "$W/resume.diff" 2>/dev/null
+  bins+=(exact_resume)
+  result[exact_resume]="$verdict $(( $(date +%s) - start ))s"
 
   # The memory check refuses a run that cannot fit, before allocating, with the breakdown.
   echo "=================== memory refusal ==================="
