@@ -61,7 +61,7 @@ size_t blend_pick(uint64_t seed, uint64_t n, const std::vector<double>& cumulati
 
 BlendLoader::BlendLoader(const std::vector<BlendComponent>& sources, int batch_size, int seq_len, bool shuffle,
                          uint64_t seed, int rank, int world, bool verify)
-    : pick_seed_(seed), B_(batch_size), T_(seq_len), rank_(rank), world_(world) {
+    : pick_seed_(seed), B_(batch_size), T_(seq_len), rank_(rank), world_(world), shuffle_(shuffle) {
   LTRAIN_CHECK(!sources.empty(), "a blend needs sources");
   LTRAIN_CHECK(world >= 1 && rank >= 0 && rank < world, "rank " << rank << " world " << world);
   if (batch_size <= 0) user_error("batch size must be positive, got ", batch_size);
@@ -107,6 +107,7 @@ void BlendLoader::restore(const LoaderState& s) {
     user_error("the data position to resume from covers the blend sources ",
                theirs.empty() ? std::string("[] (a single dataset, data.path)") : list(theirs), ", but data.blend has ",
                list(names_), "; resume with the same sources, named the same, in the same order");
+  if (shuffle_) check_window_order(s, "data.blend");
   for (size_t i = 0; i < s.sources.size(); ++i)
     if (s.sources[i].cursor > loaders_[i]->num_windows())
       user_error("the data position of blend source '", names_[i], "' (epoch ", s.sources[i].epoch, ", window ",

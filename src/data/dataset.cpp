@@ -339,7 +339,7 @@ DatasetMeta load_dataset_meta(const std::string& path) {
 // ---- LoaderState --------------------------------------------------------------------------------
 
 json LoaderState::to_json() const {
-  json j{{"epoch", epoch}, {"cursor", cursor}};
+  json j{{"epoch", epoch}, {"cursor", cursor}, {"order", order}};
   if (!sources.empty()) {
     json list = json::array();
     for (const auto& s : sources) list.push_back({{"name", s.name}, {"epoch", s.epoch}, {"cursor", s.cursor}});
@@ -358,6 +358,11 @@ LoaderState LoaderState::from_json(const json& j) {
   LoaderState s;
   s.epoch = get("epoch");
   s.cursor = get("cursor");
+  s.order = "fisher-yates";  // positions saved before the order was named
+  if (j.contains("order")) {
+    if (!j.at("order").is_string()) user_error("data loader state ", j.dump(), ": 'order' must be a string");
+    s.order = j.at("order").get<std::string>();
+  }
   if (j.contains("sources")) {
     const json& list = j.at("sources");
     if (!list.is_array()) user_error("data loader state ", j.dump(), ": 'sources' must be a list");
@@ -382,23 +387,42 @@ uint64_t splitmix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-// Uniform in [0, bound) without modulo bias: reject the 2^64 mod bound lowest raw values.
-uint64_t uniform_below(std::mt19937_64& rng, uint64_t bound) {
-  const uint64_t threshold = (0 - bound) % bound;
-  while (true) {
-    uint64_t r = rng();
-    if (r >= threshold) return r % bound;
-  }
-}
-
 }  // namespace
 
+WindowOrder::WindowOrder(uint64_t n, uint64_t seed, uint64_t epoch) : n_(n), half_bits_(1) {
+  while (half_bits_ < 32 && (uint64_t(1) << (2 * half_bits_)) < n) ++half_bits_;
+  mask_ = (uint64_t(1) << half_bits_) - 1;
+  const uint64_t base = splitmix64(seed ^ splitmix64(epoch ^ 0x5748494e444f5752ull));  // "WHINDOWR"
+  for (int r = 0; r < 6; ++r) keys_[r] = splitmix64(base + uint64_t(r) * 0x9E3779B97F4A7C15ull);
+}
+
+uint64_t WindowOrder::operator()(uint64_t position) const {
+  LTRAIN_CHECK(position < n_, "window order: position " << position << " of " << n_);
+  uint64_t x = position;
+  do {  // cycle walking: the permutation of [0, 4^half_bits) restricted to [0, n) by iterating
+    uint64_t left = x >> half_bits_, right = x & mask_;
+    for (const uint64_t key : keys_) {
+      const uint64_t next = left ^ (splitmix64(right ^ key) & mask_);
+      left = right;
+      right = next;
+    }
+    x = (left << half_bits_) | right;
+  } while (x >= n_);
+  return x;
+}
+
 std::vector<uint64_t> epoch_permutation(uint64_t num_windows, uint64_t seed, uint64_t epoch) {
+  const WindowOrder order(num_windows, seed, epoch);
   std::vector<uint64_t> perm(num_windows);
-  for (uint64_t i = 0; i < num_windows; ++i) perm[i] = i;
-  std::mt19937_64 rng(splitmix64(seed ^ splitmix64(epoch)));
-  for (uint64_t i = num_windows; i > 1; --i) std::swap(perm[i - 1], perm[uniform_below(rng, i)]);
+  for (uint64_t i = 0; i < num_windows; ++i) perm[i] = order(i);
   return perm;
+}
+
+void check_window_order(const LoaderState& s, const std::string& what) {
+  if (s.order != kWindowOrderName)
+    user_error("the data position to resume from (", what, ") was taken under the shuffle order '", s.order,
+               "' of an older ltrain, not '", kWindowOrderName, "'; continuing would repeat and skip windows. "
+               "Start a new run from its weights (train.init_from) or resume with data.shuffle=false");
 }
 
 // ---- DataLoader ---------------------------------------------------------------------------------
@@ -446,6 +470,7 @@ void DataLoader::restore(const LoaderState& s) {
   if (!s.sources.empty())
     user_error("the data position to resume from belongs to a blend of ", s.sources.size(), " sources (data.blend), "
                "but this run reads the single dataset '", dir_, "'; resume with the same data.blend");
+  if (shuffle_) check_window_order(s, dir_);
   if (s.cursor > num_windows())
     user_error("data loader state (epoch ", s.epoch, ", cursor ", s.cursor, ") is beyond the ", num_windows(),
                " windows of the ", split_name(split_), " split of '", dir_,
@@ -453,13 +478,13 @@ void DataLoader::restore(const LoaderState& s) {
   state_ = s;
 }
 
-void DataLoader::ensure_permutation(uint64_t epoch) {
-  if (!shuffle_ || perm_epoch_ == epoch) return;
-  perm_ = epoch_permutation(num_windows(), seed_, epoch);
-  perm_epoch_ = epoch;
+void DataLoader::ensure_order(uint64_t epoch) {
+  if (!shuffle_ || order_epoch_ == epoch) return;
+  order_ = WindowOrder(num_windows(), seed_, epoch);
+  order_epoch_ = epoch;
 }
 
-uint64_t DataLoader::window_at(uint64_t position) const { return shuffle_ ? perm_[position] : position; }
+uint64_t DataLoader::window_at(uint64_t position) const { return shuffle_ ? order_(position) : position; }
 
 void DataLoader::read_global_window(uint64_t g, int32_t* inputs, int32_t* targets) {
   // Shard s holds global windows [window_offsets_[s], window_offsets_[s+1]).
@@ -477,7 +502,7 @@ void DataLoader::read_global_window(uint64_t g, int32_t* inputs, int32_t* target
 
 void DataLoader::read_window(uint64_t epoch, uint64_t position, int32_t* inputs, int32_t* targets) {
   LTRAIN_CHECK(position < num_windows(), "window " << position << " of " << num_windows());
-  ensure_permutation(epoch);
+  ensure_order(epoch);
   read_global_window(window_at(position), inputs, targets);
 }
 
@@ -487,7 +512,7 @@ void DataLoader::next_batch(int32_t* inputs, int32_t* targets) {
     state_.epoch += 1;
     state_.cursor = 0;
   }
-  ensure_permutation(state_.epoch);
+  ensure_order(state_.epoch);
   for (int b = 0; b < B_; ++b)
     read_global_window(window_at(state_.cursor + uint64_t(rank_) * B_ + b), inputs + size_t(b) * T_,
                        targets + size_t(b) * T_);

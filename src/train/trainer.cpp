@@ -137,7 +137,10 @@ std::vector<SkipRange> read_skip_ranges(const std::string& path) {
     if (line.empty()) continue;
     try {
       auto j = nlohmann::json::parse(line);
-      out.push_back({LoaderState::from_json(j.at("from")), LoaderState::from_json(j.at("to")), j.at("step").get<int>()});
+      SkipRange r{LoaderState::from_json(j.at("from")), LoaderState::from_json(j.at("to")), j.at("step").get<int>()};
+      // A range written by hand names no shuffle order: it means this run's.
+      if (!j.at("to").contains("order")) r.from.order = r.to.order = kWindowOrderName;
+      out.push_back(r);
     } catch (const nlohmann::json::exception& e) {
       user_error(path, ":", n, ": not a skipped-range record (", e.what(), ")");
     }

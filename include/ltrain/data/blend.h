@@ -65,6 +65,7 @@ class BlendLoader : public BatchStream {
   std::vector<double> shares_, cumulative_;
   uint64_t pick_seed_;
   int B_, T_, rank_, world_;
+  bool shuffle_;
   LoaderState state_;
 };
 

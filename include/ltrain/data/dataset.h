@@ -7,8 +7,9 @@
 //    token but a shard's first and its dropped tail is a target exactly once per epoch. Windows
 //    cross documents: the BOS/EOS ids inside a window mark the boundaries.
 //  - The global window list is the concatenation over shards in meta.json order. shuffle=false
-//    reads it in order; shuffle=true reads it in a permutation drawn per epoch from (seed, epoch)
-//    by Fisher-Yates with std::mt19937_64, so it is the same on every platform and every rank.
+//    reads it in order; shuffle=true reads it in a pseudorandom permutation keyed by (seed, epoch)
+//    (WindowOrder: a Feistel network with cycle walking), computed per position, so it needs no
+//    memory however many windows there are, and is the same on every platform and every rank.
 //  - One next_batch() call consumes one *global* batch of world*B consecutive windows of the
 //    epoch's order; rank r takes windows [cursor + r*B, cursor + (r+1)*B), then cursor += world*B.
 //    Hence rank r of a world-W run with batch B gets exactly rows r*B..(r+1)*B-1 of the batch a
@@ -89,14 +90,37 @@ struct SourcePosition {
 // A loader's whole position. One dataset: (epoch, cursor). A blend (blend.h): epoch 0, cursor =
 // the global sample index (samples drawn by all ranks together), and one SourcePosition per
 // source. Positions of one run are ordered by (epoch, cursor).
+// The name of the shuffled window order, stored with every loader position: a checkpoint whose
+// position was taken under another order cannot continue it exactly.
+constexpr const char* kWindowOrderName = "feistel6-v1";
+
+// A bijection of [0, n) keyed by (seed, epoch): a 6-round Feistel network on the smallest
+// even-bit power of two >= n (round function: splitmix64's finalizer of the half and a round key),
+// with cycle walking back into [0, n). O(1) memory; about 6-24 hashes per call.
+class WindowOrder {
+ public:
+  WindowOrder(uint64_t n, uint64_t seed, uint64_t epoch);
+  uint64_t operator()(uint64_t position) const;  // position < n
+  uint64_t size() const { return n_; }
+
+ private:
+  uint64_t n_;
+  int half_bits_;
+  uint64_t mask_;
+  uint64_t keys_[6];
+};
+
 struct LoaderState {
   uint64_t epoch = 0;
   uint64_t cursor = 0;  // windows of this epoch's order already consumed (all ranks together)
   std::vector<SourcePosition> sources;  // blends only
+  // The shuffle order the position was taken under ("fisher-yates" for positions saved before
+  // ltrain had WindowOrder, which carry no name); restore() refuses another when shuffling.
+  std::string order = kWindowOrderName;
   nlohmann::json to_json() const;
   static LoaderState from_json(const nlohmann::json& j);  // UserError if fields are missing
   bool operator==(const LoaderState& o) const {
-    return epoch == o.epoch && cursor == o.cursor && sources == o.sources;
+    return epoch == o.epoch && cursor == o.cursor && sources == o.sources && order == o.order;
   }
 };
 
@@ -137,7 +161,7 @@ class DataLoader : public BatchStream {
 
  private:
   uint64_t window_at(uint64_t position) const;  // position in the epoch order -> global window id
-  void ensure_permutation(uint64_t epoch);
+  void ensure_order(uint64_t epoch);
   void read_global_window(uint64_t g, int32_t* inputs, int32_t* targets);
   std::string dir_;
   Split split_;
@@ -147,15 +171,17 @@ class DataLoader : public BatchStream {
   std::vector<std::unique_ptr<TokenSource>> sources_;  // one per shard / stream, in order
   std::vector<uint64_t> window_offsets_;  // (num_shards+1,) prefix sums of windows per shard
   LoaderState state_;
-  std::vector<uint64_t> perm_;  // (num_windows,) order of the current epoch when shuffling
-  uint64_t perm_epoch_ = UINT64_MAX;
+  WindowOrder order_{0, 0, 0};  // of epoch order_epoch_, when shuffling
+  uint64_t order_epoch_ = UINT64_MAX;
   std::vector<int32_t> window_buf_;  // (T+1,)
   std::vector<LossMask> masks_;      // SFT: one per source, else empty
   std::vector<uint8_t> mask_buf_;    // (T+1,)
 };
 
-// The window order of one epoch: identity when !shuffle, else the seeded permutation. Exposed so
+// The window order of one shuffled epoch, whole (WindowOrder's values for 0..n-1). Exposed so
 // tests and tools can reproduce what the loader reads.
 std::vector<uint64_t> epoch_permutation(uint64_t num_windows, uint64_t seed, uint64_t epoch);
+// Refuses (UserError) to continue a position taken under another shuffle order.
+void check_window_order(const LoaderState& s, const std::string& what);
 
 }  // namespace ltrain
