@@ -246,7 +246,7 @@ double run_training(const Config& cfg, const std::string& resume) {
   if (ck && ck->step >= tc.steps)
     user_error("checkpoint '", ck->dir, "' is at step ", ck->step, ", not before train.steps = ",
                tc.steps, "; raise train.steps to train further");
-  if (ck) {  // the data position must fit this data (checked again where it is restored)
+  if (ck) {  // the data position, restored before anything is built, so a mismatch fails fast
     if (!ck->meta.contains("data") || !ck->meta["data"].contains("train"))
       user_error(path_join(ck->dir, "meta.json"), ": has no data loader position to resume from");
     train_data.restore(LoaderState::from_json(ck->meta["data"]["train"]));
@@ -282,13 +282,10 @@ double run_training(const Config& cfg, const std::string& resume) {
   AdamW opt(cfg.optim, model, &dp, zero, comms.tp_host);
   int start_step = 0;
   if (ck) {
-    // Weights, moments and the data position; the schedule continues from the step. Each rank
+    // Weights and moments; the schedule continues from the step. Each rank
     // reads its slice from the shard files, so any data x tensor layout (with or without ZeRO)
     // reads a checkpoint written under any other.
-    load_checkpoint_training_state(*ck, model, opt);
-    if (!ck->meta.contains("data") || !ck->meta["data"].contains("train"))
-      user_error(path_join(ck->dir, "meta.json"), ": has no data loader position to resume from");
-    train_data.restore(LoaderState::from_json(ck->meta["data"]["train"]));
+    load_checkpoint_training_state(*ck, model, opt);  // the data position was restored above
     start_step = ck->step;
     log.info(strfmt("resumed from %s at step %d", ck->dir.c_str(), start_step));
   } else if (!tc.init_from.empty()) {
