@@ -6,6 +6,7 @@
 // once: memory-bound, 16-byte accesses when the pointers allow, scalar otherwise.
 #include "common/cuda_check.cuh"
 #include "common/device.cuh"
+#include "common/launch.cuh"
 #include "kernels.h"
 
 namespace ltrain::cuda {
@@ -41,12 +42,12 @@ void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n
   constexpr int VEC = 4;
   const int64_t head = can_vectorize<float>(VEC, {param, grad, m, v}) ? n / VEC * VEC : 0;
   if (head > 0) {
-    adamw_update_elementwise<VEC><<<ceil_div(head, 256 * VEC), 256, 0, stream>>>(
+    launch_kernel(adamw_update_elementwise<VEC>, ceil_div(head, 256 * VEC), 256, 0, stream,
         param, grad, m, v, head, lr, beta1, beta2, eps, weight_decay, grad_scale, bc1, bc2);
     CUDA_CHECK_LAUNCH();
   }
   if (n > head) {
-    adamw_update_elementwise<1><<<ceil_div(n - head, 256), 256, 0, stream>>>(
+    launch_kernel(adamw_update_elementwise<1>, ceil_div(n - head, 256), 256, 0, stream,
         param + head, grad + head, m + head, v + head, n - head, lr, beta1, beta2, eps,
         weight_decay, grad_scale, bc1, bc2);
     CUDA_CHECK_LAUNCH();

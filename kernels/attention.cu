@@ -31,6 +31,7 @@
 // FlashAttention-2; all sums are fp32.
 #include "common/cuda_check.cuh"
 #include "common/device.cuh"
+#include "common/launch.cuh"
 #include "kernels.h"
 
 namespace ltrain::cuda {
@@ -50,11 +51,15 @@ constexpr int kStride = HD + 8;
 
 __device__ __forceinline__ void mma_bf16_16x8x16(float c[4], const uint32_t a[4], uint32_t b0,
                                                  uint32_t b1) {
+#ifdef LTRAIN_CUDA_EMU
+  ::cuda_emu::mma_m16n8k16_bf16(c, a, b0, b1);  // the emulator's warp collective (tests/cuda_emu)
+#else
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
       "{%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
 }
 
 // Two floats as bf16x2, the first in the low half (the lower column of a fragment).
@@ -115,7 +120,7 @@ __global__ void __launch_bounds__(kThreads)
     attention_forward_flash(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
                             int Tn, int H, int KV, float scale_log2) {
   constexpr int S = kStride<HD>, BK = kTile;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  LTRAIN_DYNAMIC_SHARED(unsigned char, smem_raw);
   bf16* sQ = reinterpret_cast<bf16*>(smem_raw);  // (64, S)
   bf16* sK = sQ + kTile * S;                      // (BK, S)
   bf16* sV = sK + BK * S;                         // (BK, S)
@@ -261,7 +266,7 @@ __global__ void __launch_bounds__(kThreads)
                              const bf16* v, const float* lse, const float* D, int Tn, int H, int KV,
                              float scale, float scale_log2) {
   constexpr int S = kStride<HD>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  LTRAIN_DYNAMIC_SHARED(unsigned char, smem_raw);
   bf16* sK = reinterpret_cast<bf16*>(smem_raw);  // (64, S)
   bf16* sV = sK + kTile * S;                      // (64, S)
   bf16* sQ = sV + kTile * S;                      // (BQ, S)
@@ -371,7 +376,7 @@ __global__ void __launch_bounds__(kThreads)
                           const float* lse, const float* D, int Tn, int H, int KV, float scale,
                           float scale_log2) {
   constexpr int S = kStride<HD>, BK = kTile;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  LTRAIN_DYNAMIC_SHARED(unsigned char, smem_raw);
   bf16* sQ = reinterpret_cast<bf16*>(smem_raw);  // (64, S)
   bf16* sdO = sQ + kTile * S;                     // (64, S)
   bf16* sK = sdO + kTile * S;                     // (BK, S)
@@ -463,7 +468,7 @@ template <class Kernel, class... Args>
 void launch_with_smem(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, Args... args) {
   if (smem > 48 * 1024)
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  kernel<<<grid, kThreads, smem, stream>>>(args...);
+  launch_kernel(kernel, grid, kThreads, smem, stream, args...);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -487,7 +492,7 @@ void backward_hd(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q, 
                  int KV, cudaStream_t stream) {
   const float scale = 1.f / sqrtf(float(HD)), scale_log2 = kLog2e * scale;
   const int64_t rows = int64_t(B) * Tn * H;
-  attention_backward_dot_do_o<HD><<<ceil_div(rows * 32, 256), 256, 0, stream>>>(D, dout, out, Tn, H, rows);
+  launch_kernel(attention_backward_dot_do_o<HD>, ceil_div(rows * 32, 256), 256, 0, stream, D, dout, out, Tn, H, rows);
   CUDA_CHECK_LAUNCH();
   const size_t smem_kv = (size_t(2) * kTile + 2 * BQ) * kStride<HD> * sizeof(bf16) + 2 * BQ * sizeof(float);
   launch_with_smem(attention_backward_dk_dv<HD, BQ>, dim3(ceil_div(Tn, kTile), B * KV), smem_kv,

@@ -7,6 +7,7 @@
 // The model calls this on chunks of rows, so no (N, V) fp32 buffer ever exists.
 #include "common/cuda_check.cuh"
 #include "common/device.cuh"
+#include "common/launch.cuh"
 #include "kernels.h"
 
 namespace ltrain::cuda {
@@ -82,10 +83,10 @@ void launch(float* losses, T* dlogits, const T* logits, const int32_t* targets, 
             float dloss, const float* lse_in, float* lse_out, int vocab_offset, cudaStream_t stream) {
   if (N == 0) return;
   if (can_vectorize<T>(V, {logits, dlogits}))
-    cross_entropy_row_per_block<T, kVec<T>><<<N, kThreads, 0, stream>>>(
+    launch_kernel(cross_entropy_row_per_block<T, kVec<T>>, N, kThreads, 0, stream,
         losses, dlogits, logits, targets, V, dloss, lse_in, lse_out, vocab_offset);
   else
-    cross_entropy_row_per_block<T, 1><<<N, kThreads, 0, stream>>>(
+    launch_kernel(cross_entropy_row_per_block<T, 1>, N, kThreads, 0, stream,
         losses, dlogits, logits, targets, V, dloss, lse_in, lse_out, vocab_offset);
   CUDA_CHECK_LAUNCH();
 }

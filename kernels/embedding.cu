@@ -6,6 +6,7 @@
 // increasing row order. No atomics, so repeated tokens sum in the same order every run.
 #include "common/cuda_check.cuh"
 #include "common/device.cuh"
+#include "common/launch.cuh"
 #include "kernels.h"
 
 namespace ltrain::cuda {
@@ -70,10 +71,10 @@ void embedding_forward(T* out, const int32_t* tokens, const T* wte, int N, int C
   if (can_vectorize<T>(C, {out, wte})) {
     constexpr int VEC = kVec<T>;
     dim3 grid(N, ceil_div(C, int64_t(kThreads) * VEC));
-    embedding_forward_row_per_block<T, VEC><<<grid, kThreads, 0, stream>>>(out, tokens, wte, C, V);
+    launch_kernel(embedding_forward_row_per_block<T, VEC>, grid, kThreads, 0, stream, out, tokens, wte, C, V);
   } else {
     dim3 grid(N, ceil_div(C, kThreads));
-    embedding_forward_row_per_block<T, 1><<<grid, kThreads, 0, stream>>>(out, tokens, wte, C, V);
+    launch_kernel(embedding_forward_row_per_block<T, 1>, grid, kThreads, 0, stream, out, tokens, wte, C, V);
   }
   CUDA_CHECK_LAUNCH();
 }
@@ -87,12 +88,12 @@ void embedding_backward(float* dwte, const T* dout, const int32_t* order, const 
   if (C % VEC == 0 && reinterpret_cast<uintptr_t>(dout) % (VEC * sizeof(T)) == 0 &&
       reinterpret_cast<uintptr_t>(dwte) % 32 == 0) {
     dim3 grid(U, ceil_div(C, int64_t(kThreads) * VEC));
-    embedding_backward_segment_per_block<T, VEC>
-        <<<grid, kThreads, 0, stream>>>(dwte, dout, order, starts, seg_tokens, C);
+    launch_kernel(embedding_backward_segment_per_block<T, VEC>,
+        grid, kThreads, 0, stream, dwte, dout, order, starts, seg_tokens, C);
   } else {
     dim3 grid(U, ceil_div(C, kThreads));
-    embedding_backward_segment_per_block<T, 1>
-        <<<grid, kThreads, 0, stream>>>(dwte, dout, order, starts, seg_tokens, C);
+    launch_kernel(embedding_backward_segment_per_block<T, 1>,
+        grid, kThreads, 0, stream, dwte, dout, order, starts, seg_tokens, C);
   }
   CUDA_CHECK_LAUNCH();
 }

@@ -5,6 +5,7 @@
 //   convert:     elementwise dtype conversion (fp32 master weights <-> bf16 compute weights).
 #include "common/cuda_check.cuh"
 #include "common/device.cuh"
+#include "common/launch.cuh"
 #include "kernels.h"
 
 namespace ltrain::cuda {
@@ -47,12 +48,12 @@ void sum_squares_accumulate(double* partials, const T* x, int64_t n, cudaStream_
   if (n == 0) return;
   // A fixed grid (not sized by the device) keeps the summation order, and so the result,
   // identical on every GPU.
-  sum_squares_grid_stride<T><<<kSumSquaresBlocks, kThreads, 0, stream>>>(partials, x, n);
+  launch_kernel(sum_squares_grid_stride<T>, kSumSquaresBlocks, kThreads, 0, stream, partials, x, n);
   CUDA_CHECK_LAUNCH();
 }
 
 void sum_partials(double* out, const double* partials, cudaStream_t stream) {
-  sum_partials_one_block<<<1, kThreads, 0, stream>>>(out, partials);
+  launch_kernel(sum_partials_one_block, 1, kThreads, 0, stream, out, partials);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -60,7 +61,7 @@ template <class D, class S>
 void convert(D* dst, const S* src, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
   const unsigned blocks = unsigned(std::min<int64_t>(ceil_div(n, kThreads), 4096));
-  convert_elementwise<D, S><<<blocks, kThreads, 0, stream>>>(dst, src, n);
+  launch_kernel(convert_elementwise<D, S>, blocks, kThreads, 0, stream, dst, src, n);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -9,6 +9,7 @@
 // the chunks in order.
 #include "common/cuda_check.cuh"
 #include "common/device.cuh"
+#include "common/launch.cuh"
 #include "kernels.h"
 
 namespace ltrain::cuda {
@@ -54,7 +55,7 @@ template <class T, int VEC>
 __global__ void rmsnorm_backward_row_chunk_per_block(T* dinp, float* dweight_partial,
                                                      const T* dout, const T* inp, const T* weight,
                                                      const float* rstd, int N, int C, int rows) {
-  extern __shared__ float dw[];  // (C)
+  LTRAIN_DYNAMIC_SHARED(float, dw);  // (C)
   __shared__ float scratch[32];
   for (int c = threadIdx.x; c < C; c += blockDim.x) dw[c] = 0.f;
   __syncthreads();
@@ -107,10 +108,10 @@ void rmsnorm_forward(T* out, float* rstd, const T* inp, const T* weight, int N, 
   if (N == 0) return;
   if (can_vectorize<T>(C, {out, inp, weight})) {
     constexpr int VEC = kVec<T>;
-    rmsnorm_forward_row_per_block<T, VEC>
-        <<<N, threads_for(C, VEC), 0, stream>>>(out, rstd, inp, weight, C, eps);
+    launch_kernel(rmsnorm_forward_row_per_block<T, VEC>,
+        N, threads_for(C, VEC), 0, stream, out, rstd, inp, weight, C, eps);
   } else {
-    rmsnorm_forward_row_per_block<T, 1><<<N, threads_for(C, 1), 0, stream>>>(out, rstd, inp, weight, C, eps);
+    launch_kernel(rmsnorm_forward_row_per_block<T, 1>, N, threads_for(C, 1), 0, stream, out, rstd, inp, weight, C, eps);
   }
   CUDA_CHECK_LAUNCH();
 }
@@ -130,7 +131,7 @@ void rmsnorm_backward(T* dinp, float* dweight, const T* dout, const T* inp, cons
   auto launch = [&](auto kernel, int vec) {
     if (smem > 48 * 1024)
       CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    kernel<<<chunks, threads_for(C, vec), smem, stream>>>(dinp, scratch, dout, inp, weight, rstd, N,
+    launch_kernel(kernel, chunks, threads_for(C, vec), smem, stream, dinp, scratch, dout, inp, weight, rstd, N,
                                                           C, rows);
     CUDA_CHECK_LAUNCH();
   };
@@ -138,7 +139,7 @@ void rmsnorm_backward(T* dinp, float* dweight, const T* dout, const T* inp, cons
     launch(rmsnorm_backward_row_chunk_per_block<T, kVec<T>>, kVec<T>);
   else
     launch(rmsnorm_backward_row_chunk_per_block<T, 1>, 1);
-  rmsnorm_dweight_sum_chunks<<<ceil_div(C, 256), 256, 0, stream>>>(dweight, scratch, chunks, C);
+  launch_kernel(rmsnorm_dweight_sum_chunks, ceil_div(C, 256), 256, 0, stream, dweight, scratch, chunks, C);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -6,6 +6,7 @@
 // directions are one kernel with a sign. Elementwise on pairs, so out may alias inp.
 #include "common/cuda_check.cuh"
 #include "common/device.cuh"
+#include "common/launch.cuh"
 #include "kernels.h"
 
 namespace ltrain::cuda {
@@ -49,10 +50,10 @@ void rope_rotate(T* out, const T* inp, const float* freqs, int B, int Tn, int NH
                    reinterpret_cast<uintptr_t>(freqs) % 32 == 0;
   if (vec) {
     const int64_t groups = pairs / P;
-    rope_rotate_pairs<T, P><<<ceil_div(groups, 256), 256, 0, stream>>>(out, inp, freqs, groups, Tn,
+    launch_kernel(rope_rotate_pairs<T, P>, ceil_div(groups, 256), 256, 0, stream, out, inp, freqs, groups, Tn,
                                                                        NH, HD, float(sign));
   } else {
-    rope_rotate_pairs<T, 1><<<ceil_div(pairs, 256), 256, 0, stream>>>(out, inp, freqs, pairs, Tn,
+    launch_kernel(rope_rotate_pairs<T, 1>, ceil_div(pairs, 256), 256, 0, stream, out, inp, freqs, pairs, Tn,
                                                                       NH, HD, float(sign));
   }
   CUDA_CHECK_LAUNCH();

@@ -5,6 +5,7 @@
 // All arrays (N, FF) (or any shape of n elements); gradients written (=).
 #include "common/cuda_check.cuh"
 #include "common/device.cuh"
+#include "common/launch.cuh"
 #include "kernels.h"
 
 namespace ltrain::cuda {
@@ -69,8 +70,8 @@ template <class T>
 void swiglu_forward(T* out, const T* gate, const T* up, int64_t n, cudaStream_t stream) {
   split_vector_tail<T>(n, {out, gate, up}, [&](auto vec, int64_t off, int64_t cnt) {
     constexpr int VEC = decltype(vec)::value;
-    swiglu_forward_elementwise<T, VEC>
-        <<<ceil_div(cnt, 256 * VEC), 256, 0, stream>>>(out + off, gate + off, up + off, cnt);
+    launch_kernel(swiglu_forward_elementwise<T, VEC>,
+        ceil_div(cnt, 256 * VEC), 256, 0, stream, out + off, gate + off, up + off, cnt);
     CUDA_CHECK_LAUNCH();
   });
 }
@@ -80,7 +81,7 @@ void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up
                      cudaStream_t stream) {
   split_vector_tail<T>(n, {dgate, dup, dout, gate, up}, [&](auto vec, int64_t off, int64_t cnt) {
     constexpr int VEC = decltype(vec)::value;
-    swiglu_backward_elementwise<T, VEC><<<ceil_div(cnt, 256 * VEC), 256, 0, stream>>>(
+    launch_kernel(swiglu_backward_elementwise<T, VEC>, ceil_div(cnt, 256 * VEC), 256, 0, stream,
         dgate + off, dup + off, dout + off, gate + off, up + off, cnt);
     CUDA_CHECK_LAUNCH();
   });
@@ -90,7 +91,7 @@ template <class T>
 void add(T* out, const T* a, const T* b, int64_t n, cudaStream_t stream) {
   split_vector_tail<T>(n, {out, a, b}, [&](auto vec, int64_t off, int64_t cnt) {
     constexpr int VEC = decltype(vec)::value;
-    add_elementwise<T, VEC><<<ceil_div(cnt, 256 * VEC), 256, 0, stream>>>(out + off, a + off, b + off, cnt);
+    launch_kernel(add_elementwise<T, VEC>, ceil_div(cnt, 256 * VEC), 256, 0, stream, out + off, a + off, b + off, cnt);
     CUDA_CHECK_LAUNCH();
   });
 }

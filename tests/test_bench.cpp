@@ -334,7 +334,10 @@ TEST(BenchRunGpu, ProfileUsesCudaEventsAndThePlanMatches) {
   EXPECT_EQ(r["backend"], "cuda");
   const auto& prof = r["profile"];
   EXPECT_NE(prof["method"].get<std::string>().find("CUDA events"), std::string::npos);
-  EXPECT_GT(prof["copy_bandwidth_gb_per_s"].get<double>(), 100.0);  // any sm_80+ GPU
+  // Any sm_80+ GPU copies at over 100 GB/s. The CUDA emulator (tests/cuda_emu) runs the same
+  // code on the CPU, where only the figure's presence means anything.
+  const bool emulated = r["device_name"].get<std::string>().find("CUDA emulator") != std::string::npos;
+  EXPECT_GT(prof["copy_bandwidth_gb_per_s"].get<double>(), emulated ? 0.0 : 100.0);
   double attributed = 0;
   for (const auto& f : prof["families"]) {
     attributed += f["ms_per_step"].get<double>();

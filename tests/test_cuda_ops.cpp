@@ -149,8 +149,13 @@ TEST(CudaEmbedding, ForwardBackwardShapes) {
   for (DType dt : kActDtypes) {
     check_embedding(7, 72, 11, dt, 1);
     check_embedding(33, 75, 50, dt, 2);        // C not a multiple of the vector width
-    check_embedding(2048, 4096, 32000, dt, 3);  // production
   }
+}
+
+// Production sizes: run on a real GPU (ctest label gpu-only), left out of the emulator's run.
+TEST(CudaEmbedding, ProductionSizes) {
+  LTRAIN_SKIP_WITHOUT_GPU();
+  for (DType dt : kActDtypes) check_embedding(2048, 4096, 32000, dt, 3);
 }
 
 // ---- rmsnorm -----------------------------------------------------------------------------------
@@ -194,8 +199,12 @@ TEST(CudaRmsNorm, ForwardBackwardShapes) {
     check_rmsnorm(7, 72, dt, 1);
     check_rmsnorm(300, 75, dt, 2);    // scalar path, more rows than chunks
     check_rmsnorm(5, 20000, dt, 3);   // dweight partials above 48 KiB of shared memory
-    check_rmsnorm(2048, 4096, dt, 4); // production
   }
+}
+
+TEST(CudaRmsNorm, ProductionSizes) {
+  LTRAIN_SKIP_WITHOUT_GPU();
+  for (DType dt : kActDtypes) check_rmsnorm(2048, 4096, dt, 4);
 }
 
 // ---- rope --------------------------------------------------------------------------------------
@@ -238,7 +247,13 @@ TEST(CudaRope, ForwardBackwardShapes) {
   for (DType dt : kActDtypes) {
     check_rope(1, 7, 3, 72, dt, 1);
     check_rope(2, 9, 2, 6, dt, 2);      // HD/2 odd: scalar path
-    check_rope(2, 2048, 32, 128, dt, 3); // production q
+  }
+}
+
+TEST(CudaRope, ProductionSizes) {
+  LTRAIN_SKIP_WITHOUT_GPU();
+  for (DType dt : kActDtypes) {
+    check_rope(2, 2048, 32, 128, dt, 3);  // q
     check_rope(1, 2048, 8, 64, dt, 4);
   }
 }
@@ -275,8 +290,12 @@ TEST(CudaSwiGLU, ForwardBackwardAndAdd) {
   for (DType dt : kActDtypes) {
     check_swiglu(7, dt, 1);
     check_swiglu(7 * 352 + 5, dt, 2);         // vector part plus a scalar tail
-    check_swiglu(int64_t(2048) * 11008, dt, 3); // production (N, FF)
   }
+}
+
+TEST(CudaSwiGLU, ProductionSizes) {
+  LTRAIN_SKIP_WITHOUT_GPU();
+  for (DType dt : kActDtypes) check_swiglu(int64_t(2048) * 11008, dt, 3);  // (N, FF)
 }
 
 // ---- cross-entropy -----------------------------------------------------------------------------
@@ -308,8 +327,12 @@ TEST(CudaCrossEntropy, FusedLossAndGradient) {
   for (DType dt : kActDtypes) {
     check_cross_entropy(7, 72, dt, false, 1);
     check_cross_entropy(9, 1001, dt, true, 2);    // V odd: scalar path
-    check_cross_entropy(512, 32000, dt, true, 3); // production vocabulary, in place like the model
   }
+}
+
+TEST(CudaCrossEntropy, ProductionSizes) {
+  LTRAIN_SKIP_WITHOUT_GPU();
+  for (DType dt : kActDtypes) check_cross_entropy(512, 32000, dt, true, 3);  // in place like the model
 }
 
 // ---- optimizer ---------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 #include "ltrain/core/check.h"
 
-#ifdef LTRAIN_WITH_CUDA
+#ifdef LTRAIN_WITH_NCCL
 
 #include <cuda_runtime.h>
 #include <nccl.h>
@@ -130,11 +130,11 @@ std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, in
 
 }  // namespace ltrain
 
-#else  // no CUDA in this build
+#else  // no NCCL in this build (no CUDA, or the CUDA emulator)
 
 namespace ltrain {
 std::unique_ptr<Communicator> make_nccl_communicator(Communicator&, int) {
-  user_error("NCCL needs the CUDA backend, which this build does not have");
+  user_error("NCCL needs the CUDA backend built with nvcc, which this build does not have (NCCL is not emulated)");
 }
 }  // namespace ltrain
 

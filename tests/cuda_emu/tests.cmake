@@ -1,0 +1,51 @@
+# Tests of the emulator build (-DLTRAIN_CUDA_EMU=ON), included from tests/CMakeLists.txt: every
+# GPU test of the project, run on the CPU through the CUDA emulator, and the emulator's own tests.
+# All carry the ctest label "emu". The production-size cases (gtest name *.ProductionSizes), which
+# would take minutes each on the CPU, are left out here; in the nvcc build they carry the ctest
+# label "gpu-only", and scripts/gpu_check.sh runs them on a device.
+set(LTRAIN_EMU_GPU_TESTS test_cuda_ops test_cuda_model test_deterministic test_memory_plan test_bench)
+foreach(name ${LTRAIN_EMU_GPU_TESTS})
+  add_executable(${name} ${CMAKE_CURRENT_SOURCE_DIR}/${name}.cpp ${CMAKE_CURRENT_SOURCE_DIR}/test_util.cpp)
+  target_link_libraries(${name} PRIVATE ltrain_core GTest::gtest_main)
+  target_include_directories(${name} PRIVATE ${CMAKE_SOURCE_DIR}/src ${CMAKE_CURRENT_SOURCE_DIR})
+  target_compile_definitions(${name} PRIVATE
+    LTRAIN_TEST_DATA="${CMAKE_CURRENT_SOURCE_DIR}/data"
+    LTRAIN_BINARY="$<TARGET_FILE:ltrain>")
+  add_dependencies(${name} ltrain)
+endforeach()
+
+# Each GPU test binary under two thread schedules: round-robin, and seeded random (whose order
+# changes from launch to launch, so the bitwise-determinism tests also catch schedule-dependent
+# results).
+set(LTRAIN_EMU_ENV "ASAN_OPTIONS=detect_leaks=0" "OMP_NUM_THREADS=1")
+foreach(name ${LTRAIN_EMU_GPU_TESTS})
+  gtest_discover_tests(${name} TEST_PREFIX "emu.rr." TEST_FILTER "-*.ProductionSizes" DISCOVERY_TIMEOUT 120
+    PROPERTIES TIMEOUT 900 LABELS emu ENVIRONMENT "${LTRAIN_EMU_ENV};LTRAIN_EMU_SCHEDULE=round-robin"
+    WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
+endforeach()
+foreach(name test_cuda_ops test_deterministic test_cuda_model)
+  gtest_discover_tests(${name} TEST_PREFIX "emu.random." TEST_FILTER "-*.ProductionSizes" DISCOVERY_TIMEOUT 120
+    PROPERTIES TIMEOUT 900 LABELS emu ENVIRONMENT "${LTRAIN_EMU_ENV};LTRAIN_EMU_SCHEDULE=random:7"
+    WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
+endforeach()
+
+# The emulator's own tests: its kernels are compiled like kernels/*.cu (emu.h first, access hooks).
+add_executable(test_emu ${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu/test_emu.cpp)
+set_source_files_properties(${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu/test_emu.cpp PROPERTIES LANGUAGE CXX)
+target_compile_options(test_emu PRIVATE ${LTRAIN_EMU_KERNEL_FLAGS})
+target_link_libraries(test_emu PRIVATE ltrain_cuda_emu GTest::gtest_main)
+target_include_directories(test_emu PRIVATE ${CMAKE_SOURCE_DIR}/kernels)
+gtest_discover_tests(test_emu TEST_PREFIX "emu." DISCOVERY_TIMEOUT 120
+  PROPERTIES TIMEOUT 300 LABELS emu ENVIRONMENT "${LTRAIN_EMU_ENV}")
+
+add_executable(test_cublaslt_emu ${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu/test_cublaslt_emu.cpp)
+target_compile_options(test_cublaslt_emu PRIVATE ${LTRAIN_SANITIZE_FLAGS})
+target_link_libraries(test_cublaslt_emu PRIVATE ltrain_cuda_emu GTest::gtest_main)
+gtest_discover_tests(test_cublaslt_emu TEST_PREFIX "emu." DISCOVERY_TIMEOUT 120
+  PROPERTIES TIMEOUT 300 LABELS emu ENVIRONMENT "${LTRAIN_EMU_ENV}")
+
+# `ltrain train device=cuda` end to end under the emulator: losses against the CPU backend, and a
+# checkpoint saved on the "GPU" resumed on the CPU and back.
+add_test(NAME emu.train_cli COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu/test_emu_train.sh
+  $<TARGET_FILE:ltrain> ${CMAKE_CURRENT_BINARY_DIR}/emu_train.work)
+set_tests_properties(emu.train_cli PROPERTIES TIMEOUT 900 LABELS emu ENVIRONMENT "${LTRAIN_EMU_ENV}")
