@@ -32,6 +32,7 @@
 #include "common/cuda_check.cuh"
 #include "common/device.cuh"
 #include "common/launch.cuh"
+#include "common/mma.cuh"
 #include "kernels.h"
 
 namespace ltrain::cuda {
@@ -48,19 +49,6 @@ constexpr float kLn2 = 0.6931471805599453f;
 // touches on different banks.
 template <int HD>
 constexpr int kStride = HD + 8;
-
-__device__ __forceinline__ void mma_bf16_16x8x16(float c[4], const uint32_t a[4], uint32_t b0,
-                                                 uint32_t b1) {
-#ifdef LTRAIN_CUDA_EMU
-  ::cuda_emu::mma_m16n8k16_bf16(c, a, b0, b1);  // the emulator's warp collective (tests/cuda_emu)
-#else
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-}
 
 // Two floats as bf16x2, the first in the low half (the lower column of a fragment).
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {

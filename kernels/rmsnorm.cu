@@ -129,10 +129,13 @@ void rmsnorm_backward(T* dinp, float* dweight, const T* dout, const T* inp, cons
   const int rows = rows_per_chunk(N), chunks = (N + rows - 1) / rows;
   const size_t smem = size_t(C) * sizeof(float);
   auto launch = [&](auto kernel, int vec) {
-    if (smem > 48 * 1024)
+    // Above 48 KiB in all, static (the block_sum scratch) plus dynamic, a kernel must opt in.
+    cudaFuncAttributes attr{};
+    CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+    if (smem + attr.sharedSizeBytes > 48 * 1024)
       CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    launch_kernel(kernel, chunks, threads_for(C, vec), smem, stream, dinp, scratch, dout, inp, weight, rstd, N,
-                                                          C, rows);
+    launch_kernel(kernel, chunks, threads_for(C, vec), smem, stream, dinp, scratch, dout, inp, weight,
+                  rstd, N, C, rows);
     CUDA_CHECK_LAUNCH();
   };
   if (can_vectorize<T>(C, {dinp, dout, inp, weight}))

@@ -2,7 +2,8 @@
 # Runs the packed CUDA tests on a GPU machine. From the repository root, after
 # scripts/gpu_pack.sh on the build machine and with .devpack carried over:
 #   scripts/gpu_check.sh [gtest filter]        (default: all tests of the CUDA binaries)
-# Prints nvidia-smi, runs the binaries with GPU tests (test_cuda_ops, test_cuda_model, test_nccl,
+# Prints nvidia-smi, runs the binaries with GPU tests (test_mma_selftest: the CUDA emulator's mma
+# self-test on the hardware; test_cuda_ops, test_cuda_model, test_nccl,
 # test_deterministic, test_memory_plan, test_bench; with ALL=1 every packed test binary), then,
 # without a filter, the end-to-end checks of `deterministic: true` (two short `ltrain train` runs
 # on the GPU must give identical losses, gradient norms and checkpoint files), exact resume on the GPU
@@ -30,7 +31,7 @@ if [[ -n "$src" && "$src" != "$PWD" && ! -e "$src" ]]; then
   mkdir -p "$(dirname "$src")" && ln -s "$PWD" "$src" 2>/dev/null || true
 fi
 
-bins=(test_cuda_ops test_cuda_model test_nccl test_deterministic test_memory_plan test_bench)
+bins=(test_mma_selftest test_cuda_ops test_cuda_model test_nccl test_deterministic test_memory_plan test_bench)
 if [[ "${ALL:-0}" == 1 ]]; then
   bins=()
   for f in "$PACK"/bin/test_*; do bins+=("$(basename "$f")"); done

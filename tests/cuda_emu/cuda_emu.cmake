@@ -31,9 +31,11 @@ target_link_libraries(ltrain_cuda_emu PUBLIC ${CMAKE_DL_LIBS})
 # and g++'s -fsanitize=thread instrumentation, whose per-access hooks the emulator defines (the
 # access checks and the race detector; no libtsan is linked). -fno-tree-sra keeps 16-byte vector
 # accesses whole, so their alignment is checked as one access.
-# -g1: line tables, so that reports name the kernel's file and line.
+# -g1: line tables, so that reports name the kernel's file and line. -fno-strict-aliasing: CUDA
+# code reinterprets registers (bf16x2 as uint32_t) as nvcc allows; g++ must not optimize on it.
+# -Wno-unknown-pragmas: #pragma unroll is nvcc's.
 set(LTRAIN_EMU_KERNEL_FLAGS -x c++ -include ${LTRAIN_EMU_DIR}/emu.h -fsanitize=thread -fno-tree-sra -g1
-  -Wall -Wextra -Wno-unused-parameter)
+  -fno-strict-aliasing -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas)
 if(LTRAIN_SANITIZE)
   # UBSan's alignment check would abort the process before the emulator can name the kernel,
   # block and thread of a misaligned access; the emulator checks alignment itself.

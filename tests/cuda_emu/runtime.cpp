@@ -40,7 +40,8 @@ struct State {
   std::map<cudaEvent_t, Event> events;
   cudaError_t last = cudaSuccess;   // returned (and cleared, unless sticky) by cudaGetLastError
   cudaError_t sticky = cudaSuccess;
-  std::string message;
+  std::string message;              // the report of the most recent error, of code message_code
+  cudaError_t message_code = cudaSuccess;
   uint64_t syncs = 0;
   int device = 0;
 };
@@ -162,6 +163,7 @@ void set_error(cudaError_t err, const std::string& message) {
   State& s = st();
   s.last = err;
   s.message = message;
+  s.message_code = err;
   if (err == cudaErrorLaunchFailure || err == cudaErrorIllegalAddress) s.sticky = err;
 }
 
@@ -171,6 +173,7 @@ void clear_error() {
   st().last = cudaSuccess;
   st().sticky = cudaSuccess;
   st().message.clear();
+  st().message_code = cudaSuccess;
 }
 
 uint64_t host_sync_count() { return st().syncs; }
@@ -441,7 +444,7 @@ const char* cudaGetErrorName(cudaError_t err) {
 
 // The emulator's report for the last error (kernel, block, thread, line) when there is one.
 const char* cudaGetErrorString(cudaError_t err) {
-  if (err != cudaSuccess && err == st().last && !st().message.empty()) return st().message.c_str();
+  if (err != cudaSuccess && err == st().message_code && !st().message.empty()) return st().message.c_str();
   switch (err) {
     case cudaSuccess: return "no error";
     case cudaErrorInvalidValue: return "invalid argument";

@@ -1,8 +1,6 @@
 // The CUDA emulator's own tests. This file is compiled like a kernel source (emu.h first, the
 // access hooks on), so its kernels run exactly as kernels/*.cu do under the emulator.
-//  - the m16n8k16 mma emulation against a plain matrix product for random fragments, and the
-//    fragment layout checked element by element (the self-test to run on a real GPU too:
-//    scripts/gpu_check.sh runs the same fragment-layout kernel through nvcc);
+//  - (the mma emulation has its own test, test_mma_selftest.cu, which also runs on a real GPU);
 //  - warp shuffles and block barriers compute what CUDA defines;
 //  - each defect class is reported with kernel, block, thread and line: a shared-memory race, a
 //    missing barrier, a divergent barrier, a barrier after an early exit, a collective missing a
@@ -13,7 +11,6 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -58,96 +55,6 @@ void expect_report(F f, cudaError_t err, std::initializer_list<const char*> part
   EXPECT_EQ(got, err) << cudaGetErrorName(got) << ": " << msg;
   for (const char* p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "report lacks '" << p << "':\n" << msg;
   std::printf("[ report   ] %s\n", msg.c_str());
-}
-
-uint16_t bf16_bits(float x) {  // round to nearest even
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  u += 0x7FFF + ((u >> 16) & 1);
-  return uint16_t(u >> 16);
-}
-float bf16_value(uint16_t b) {
-  uint32_t u = uint32_t(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-// ---- mma ---------------------------------------------------------------------------------------
-
-// One warp: each lane loads its fragments from row-major A (16x16), B (16x8 as k x n) and C
-// (16x8) by the PTX ISA's layout (written here independently of attention.cu) and stores D.
-__global__ void mma_fragments(float* d, const uint16_t* a, const uint16_t* b, const float* c) {
-  const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
-  auto pair = [](uint16_t lo, uint16_t hi) { return uint32_t(lo) | (uint32_t(hi) << 16); };
-  uint32_t af[4];
-  af[0] = pair(a[g * 16 + 2 * t], a[g * 16 + 2 * t + 1]);
-  af[1] = pair(a[(g + 8) * 16 + 2 * t], a[(g + 8) * 16 + 2 * t + 1]);
-  af[2] = pair(a[g * 16 + 2 * t + 8], a[g * 16 + 2 * t + 9]);
-  af[3] = pair(a[(g + 8) * 16 + 2 * t + 8], a[(g + 8) * 16 + 2 * t + 9]);
-  const uint32_t b0 = pair(b[(2 * t) * 8 + g], b[(2 * t + 1) * 8 + g]);
-  const uint32_t b1 = pair(b[(2 * t + 8) * 8 + g], b[(2 * t + 9) * 8 + g]);
-  float acc[4] = {c[g * 8 + 2 * t], c[g * 8 + 2 * t + 1], c[(g + 8) * 8 + 2 * t], c[(g + 8) * 8 + 2 * t + 1]};
-  cuda_emu::mma_m16n8k16_bf16(acc, af, b0, b1);
-  d[g * 8 + 2 * t] = acc[0];
-  d[g * 8 + 2 * t + 1] = acc[1];
-  d[(g + 8) * 8 + 2 * t] = acc[2];
-  d[(g + 8) * 8 + 2 * t + 1] = acc[3];
-}
-
-TEST(EmuMma, MatchesAPlainMatrixProductForRandomFragments) {
-  std::mt19937 rng(12345);
-  std::uniform_real_distribution<float> u(-2.f, 2.f);
-  for (int trial = 0; trial < 20; ++trial) {
-    std::vector<uint16_t> a(256), b(128);
-    std::vector<float> c(128);
-    for (auto& x : a) x = bf16_bits(u(rng));
-    for (auto& x : b) x = bf16_bits(u(rng));
-    for (auto& x : c) x = u(rng);
-    uint16_t* da = dev_alloc<uint16_t>(256);
-    uint16_t* db = dev_alloc<uint16_t>(128);
-    float* dc = dev_alloc<float>(128);
-    float* dd = dev_alloc<float>(128);  // NaN until written
-    upload(da, a);
-    upload(db, b);
-    upload(dc, c);
-    launch_kernel(mma_fragments, dim3(1), dim3(32), 0, nullptr, dd, da, db, dc);
-    ASSERT_EQ(cudaGetLastError(), cudaSuccess) << cuda_emu::last_error_message();
-    const std::vector<float> d = download(dd, 128);
-    for (int i = 0; i < 16; ++i)
-      for (int j = 0; j < 8; ++j) {
-        double ref = c[i * 8 + j];
-        for (int k = 0; k < 16; ++k) ref += double(bf16_value(a[i * 16 + k])) * double(bf16_value(b[k * 8 + j]));
-        EXPECT_NEAR(d[i * 8 + j], ref, 1e-5 * (1 + std::fabs(ref))) << "trial " << trial << " D(" << i << "," << j << ")";
-      }
-    EXPECT_EQ(cuda_emu::last_launch_stats().mma, 1u);
-    for (void* p : {(void*)da, (void*)db, (void*)dc, (void*)dd}) cudaFree(p);
-  }
-}
-
-// Unit matrices pin the layout: with A = E_ij (one 1 at row i, column k) and B = E_kj', D has a
-// single 1 at (i, j'); a swapped register or half would move it.
-TEST(EmuMma, FragmentLayoutMovesSingleElementsWhereThePtxIsaSays) {
-  uint16_t* da = dev_alloc<uint16_t>(256);
-  uint16_t* db = dev_alloc<uint16_t>(128);
-  float* dc = dev_alloc<float>(128);
-  float* dd = dev_alloc<float>(128);
-  upload(dc, std::vector<float>(128, 0.f));
-  for (int i = 0; i < 16; i += 3)
-    for (int k = 0; k < 16; ++k)
-      for (int j = 0; j < 8; j += 5) {
-        std::vector<uint16_t> a(256, 0), b(128, 0);
-        a[i * 16 + k] = bf16_bits(1.f);
-        b[k * 8 + j] = bf16_bits(2.f);
-        upload(da, a);
-        upload(db, b);
-        launch_kernel(mma_fragments, dim3(1), dim3(32), 0, nullptr, dd, da, db, dc);
-        const std::vector<float> d = download(dd, 128);
-        for (int r = 0; r < 16; ++r)
-          for (int cc = 0; cc < 8; ++cc)
-            ASSERT_EQ(d[r * 8 + cc], (r == i && cc == j) ? 2.f : 0.f) << "A(" << i << "," << k << ") B(" << k << "," << j << ")";
-      }
-  for (void* p : {(void*)da, (void*)db, (void*)dc, (void*)dd}) cudaFree(p);
 }
 
 // ---- collectives and barriers that are right -----------------------------------------------------

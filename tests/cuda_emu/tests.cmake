@@ -38,6 +38,15 @@ target_include_directories(test_emu PRIVATE ${CMAKE_SOURCE_DIR}/kernels)
 gtest_discover_tests(test_emu TEST_PREFIX "emu." DISCOVERY_TIMEOUT 120
   PROPERTIES TIMEOUT 300 LABELS emu ENVIRONMENT "${LTRAIN_EMU_ENV}")
 
+# The mma self-test: the same source also runs on a real GPU in the nvcc build (tests/CMakeLists.txt).
+add_executable(test_mma_selftest ${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu/test_mma_selftest.cu)
+set_source_files_properties(${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu/test_mma_selftest.cu PROPERTIES LANGUAGE CXX)
+target_compile_options(test_mma_selftest PRIVATE ${LTRAIN_EMU_KERNEL_FLAGS})
+target_link_libraries(test_mma_selftest PRIVATE ltrain_cuda_emu GTest::gtest_main)
+target_include_directories(test_mma_selftest PRIVATE ${CMAKE_SOURCE_DIR}/kernels)
+gtest_discover_tests(test_mma_selftest TEST_PREFIX "emu." DISCOVERY_TIMEOUT 120
+  PROPERTIES TIMEOUT 300 LABELS emu ENVIRONMENT "${LTRAIN_EMU_ENV}")
+
 add_executable(test_cublaslt_emu ${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu/test_cublaslt_emu.cpp)
 target_compile_options(test_cublaslt_emu PRIVATE ${LTRAIN_SANITIZE_FLAGS})
 target_link_libraries(test_cublaslt_emu PRIVATE ltrain_cuda_emu GTest::gtest_main)
