@@ -5,13 +5,7 @@
 # label "gpu-only", and scripts/gpu_check.sh runs them on a device.
 set(LTRAIN_EMU_GPU_TESTS test_cuda_ops test_cuda_model test_deterministic test_memory_plan test_bench)
 foreach(name ${LTRAIN_EMU_GPU_TESTS})
-  add_executable(${name} ${CMAKE_CURRENT_SOURCE_DIR}/${name}.cpp ${CMAKE_CURRENT_SOURCE_DIR}/test_util.cpp)
-  target_link_libraries(${name} PRIVATE ltrain_core GTest::gtest_main)
-  target_include_directories(${name} PRIVATE ${CMAKE_SOURCE_DIR}/src ${CMAKE_CURRENT_SOURCE_DIR})
-  target_compile_definitions(${name} PRIVATE
-    LTRAIN_TEST_DATA="${CMAKE_CURRENT_SOURCE_DIR}/data"
-    LTRAIN_BINARY="$<TARGET_FILE:ltrain>")
-  add_dependencies(${name} ltrain)
+  ltrain_test_executable(${name})
 endforeach()
 
 # Each GPU test binary under two thread schedules: round-robin, and seeded random (whose order
@@ -29,29 +23,25 @@ foreach(name test_cuda_ops test_deterministic test_cuda_model)
     WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
 endforeach()
 
-# The emulator's own tests: its kernels are compiled like kernels/*.cu (emu.h first, access hooks).
-add_executable(test_emu ${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu/test_emu.cpp)
-set_source_files_properties(${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu/test_emu.cpp PROPERTIES LANGUAGE CXX)
-target_compile_options(test_emu PRIVATE ${LTRAIN_EMU_KERNEL_FLAGS})
-target_link_libraries(test_emu PRIVATE ltrain_cuda_emu GTest::gtest_main)
-target_include_directories(test_emu PRIVATE ${CMAKE_SOURCE_DIR}/kernels)
-gtest_discover_tests(test_emu TEST_PREFIX "emu." DISCOVERY_TIMEOUT 120
-  PROPERTIES TIMEOUT 300 LABELS emu ENVIRONMENT "${LTRAIN_EMU_ENV}")
-
-# The mma self-test: the same source also runs on a real GPU in the nvcc build (tests/CMakeLists.txt).
-add_executable(test_mma_selftest ${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu/test_mma_selftest.cu)
-set_source_files_properties(${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu/test_mma_selftest.cu PROPERTIES LANGUAGE CXX)
-target_compile_options(test_mma_selftest PRIVATE ${LTRAIN_EMU_KERNEL_FLAGS})
-target_link_libraries(test_mma_selftest PRIVATE ltrain_cuda_emu GTest::gtest_main)
-target_include_directories(test_mma_selftest PRIVATE ${CMAKE_SOURCE_DIR}/kernels)
-gtest_discover_tests(test_mma_selftest TEST_PREFIX "emu." DISCOVERY_TIMEOUT 120
-  PROPERTIES TIMEOUT 300 LABELS emu ENVIRONMENT "${LTRAIN_EMU_ENV}")
-
-add_executable(test_cublaslt_emu ${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu/test_cublaslt_emu.cpp)
-target_compile_options(test_cublaslt_emu PRIVATE ${LTRAIN_SANITIZE_FLAGS})
-target_link_libraries(test_cublaslt_emu PRIVATE ltrain_cuda_emu GTest::gtest_main)
-gtest_discover_tests(test_cublaslt_emu TEST_PREFIX "emu." DISCOVERY_TIMEOUT 120
-  PROPERTIES TIMEOUT 300 LABELS emu ENVIRONMENT "${LTRAIN_EMU_ENV}")
+# The emulator's own tests. Sources with kernels are compiled like kernels/*.cu (emu.h first, the
+# access hooks on); test_mma_selftest.cu also runs on a real GPU in the nvcc build
+# (tests/CMakeLists.txt).
+function(ltrain_emu_own_test name source kernel_source)
+  add_executable(${name} ${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu/${source})
+  if(kernel_source)
+    set_source_files_properties(${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu/${source} PROPERTIES LANGUAGE CXX)
+    target_compile_options(${name} PRIVATE ${LTRAIN_EMU_KERNEL_FLAGS})
+    target_include_directories(${name} PRIVATE ${CMAKE_SOURCE_DIR}/kernels)
+  else()
+    target_compile_options(${name} PRIVATE ${LTRAIN_SANITIZE_FLAGS})
+  endif()
+  target_link_libraries(${name} PRIVATE ltrain_cuda_emu GTest::gtest_main)
+  gtest_discover_tests(${name} TEST_PREFIX "emu." DISCOVERY_TIMEOUT 120
+    PROPERTIES TIMEOUT 300 LABELS emu ENVIRONMENT "${LTRAIN_EMU_ENV}")
+endfunction()
+ltrain_emu_own_test(test_emu test_emu.cpp ON)
+ltrain_emu_own_test(test_mma_selftest test_mma_selftest.cu ON)
+ltrain_emu_own_test(test_cublaslt_emu test_cublaslt_emu.cpp OFF)
 
 # `ltrain train device=cuda` end to end under the emulator: losses against the CPU backend, and a
 # checkpoint saved on the "GPU" resumed on the CPU and back.
