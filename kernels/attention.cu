@@ -13,6 +13,9 @@
 // Two adjacent C tiles (n 0..15) hold exactly the elements of one A fragment (k 0..15), so
 // probabilities computed in registers feed the next product without going through memory.
 //
+// Grids are (B * heads, query or key tiles): x takes the (b, head) pairs, which can number more
+// than the 65,535 that y allows (B 2,049 x H 32 does), and y the tiles (T up to 4M).
+//
 // Forward (one block per (64 queries, b, h); the last query tiles, which have the most keys,
 // are scheduled first): Q stays in registers; K and V tiles of 64 keys are staged in shared
 // memory; scores, an online softmax in the log2 domain, and O accumulate in fp32 registers.
@@ -113,8 +116,8 @@ __global__ void __launch_bounds__(kThreads)
   bf16* sK = sQ + kTile * S;                      // (BK, S)
   bf16* sV = sK + BK * S;                         // (BK, S)
 
-  const int qtile = gridDim.x - 1 - blockIdx.x;
-  const int b = blockIdx.y / H, h = blockIdx.y % H, kvh = h / (H / KV);
+  const int qtile = gridDim.y - 1 - blockIdx.y;  // the last query tiles, which see the most keys, first
+  const int b = blockIdx.x / H, h = blockIdx.x % H, kvh = h / (H / KV);
   const int q0 = qtile * kTile;
   const int64_t ldq = int64_t(H) * HD, ldk = int64_t(KV) * HD;
   const bf16* K = k + int64_t(b) * Tn * ldk + kvh * HD;
@@ -262,8 +265,8 @@ __global__ void __launch_bounds__(kThreads)
   float* sL = reinterpret_cast<float*>(sdO + BQ * S);  // (BQ) lse * log2(e); +inf past the end
   float* sD = sL + BQ;                                 // (BQ)
 
-  const int ktile = gridDim.x - 1 - blockIdx.x;  // the first key tiles see the most queries
-  const int b = blockIdx.y / KV, kvh = blockIdx.y % KV, group = H / KV;
+  const int ktile = blockIdx.y;  // the first key tiles, which see the most queries, first
+  const int b = blockIdx.x / KV, kvh = blockIdx.x % KV, group = H / KV;
   const int k0 = ktile * kTile;
   const int64_t ldq = int64_t(H) * HD, ldk = int64_t(KV) * HD;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -370,8 +373,8 @@ __global__ void __launch_bounds__(kThreads)
   bf16* sK = sdO + kTile * S;                     // (BK, S)
   bf16* sV = sK + BK * S;                         // (BK, S)
 
-  const int qtile = gridDim.x - 1 - blockIdx.x;
-  const int b = blockIdx.y / H, h = blockIdx.y % H, kvh = h / (H / KV);
+  const int qtile = gridDim.y - 1 - blockIdx.y;  // the last query tiles, which see the most keys, first
+  const int b = blockIdx.x / H, h = blockIdx.x % H, kvh = h / (H / KV);
   const int q0 = qtile * kTile;
   const int64_t ldq = int64_t(H) * HD, ldk = int64_t(KV) * HD;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -470,7 +473,7 @@ void forward_hd(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16*
                 int H, int KV, cudaStream_t stream) {
   const size_t smem = size_t(3) * kTile * kStride<HD> * sizeof(bf16);
   const float scale_log2 = kLog2e / sqrtf(float(HD));
-  launch_with_smem(attention_forward_flash<HD>, dim3(ceil_div(Tn, kTile), B * H), smem, stream, out,
+  launch_with_smem(attention_forward_flash<HD>, dim3(B * H, ceil_div(Tn, kTile)), smem, stream, out,
                    lse, q, k, v, Tn, H, KV, scale_log2);
 }
 
@@ -483,10 +486,10 @@ void backward_hd(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q, 
   launch_kernel(attention_backward_dot_do_o<HD>, ceil_div(rows * 32, 256), 256, 0, stream, D, dout, out, Tn, H, rows);
   CUDA_CHECK_LAUNCH();
   const size_t smem_kv = (size_t(2) * kTile + 2 * BQ) * kStride<HD> * sizeof(bf16) + 2 * BQ * sizeof(float);
-  launch_with_smem(attention_backward_dk_dv<HD, BQ>, dim3(ceil_div(Tn, kTile), B * KV), smem_kv,
+  launch_with_smem(attention_backward_dk_dv<HD, BQ>, dim3(B * KV, ceil_div(Tn, kTile)), smem_kv,
                    stream, dk, dv, dout, q, k, v, lse, (const float*)D, Tn, H, KV, scale, scale_log2);
   const size_t smem_q = size_t(4) * kTile * kStride<HD> * sizeof(bf16);
-  launch_with_smem(attention_backward_dq<HD>, dim3(ceil_div(Tn, kTile), B * H), smem_q, stream, dq,
+  launch_with_smem(attention_backward_dq<HD>, dim3(B * H, ceil_div(Tn, kTile)), smem_q, stream, dq,
                    dout, q, k, v, lse, (const float*)D, Tn, H, KV, scale, scale_log2);
 }
 

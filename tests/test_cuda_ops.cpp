@@ -550,6 +550,13 @@ TEST(CudaAttention, ProductionSizes) {
   check_attention({1, 2048, 32, 4, 64}, 22);    // TinyLlama: 32 heads, 4 KV heads, head dim 64
 }
 
+// B * H over 65,535: more (b, head) pairs than a grid's y dimension takes (the kernels put them in
+// x). Many blocks: a real GPU's case (label gpu-only), too slow for the emulator.
+TEST(CudaAttentionManyHeads, ProductionSizes) {
+  LTRAIN_SKIP_WITHOUT_GPU();
+  check_attention({2049, 3, 32, 8, 64}, 30);
+}
+
 // Odd matmul shapes come last: cuBLASLt's support for leading dimensions that are not a
 // multiple of 8 is the least certain, and a failure aborts the binary.
 TEST(CudaMatmul, OddShapes) {
