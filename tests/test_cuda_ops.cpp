@@ -118,9 +118,13 @@ Tensor put_tokens(GpuScope& s, const std::vector<int32_t>& t) {
   return s.put({int64_t(t.size())}, DType::kI32, d);
 }
 
-void check_embedding(int N, int C, int V, DType dt, uint64_t seed) {
+// other_shard: some tokens are -1 (owned by another vocabulary shard under tensor parallelism):
+// zero rows forward, no gradient backward.
+void check_embedding(int N, int C, int V, DType dt, uint64_t seed, bool other_shard = false) {
   GpuScope s;
   std::vector<int32_t> tok = random_tokens(N, V, seed);
+  if (other_shard)
+    for (int i = 1; i < N; i += 3) tok[i] = -1;
   Vec wte = random_in(dt, size_t(V) * C, seed + 1), dout = random_in(dt, size_t(N) * C, seed + 2);
   Vec dwte0 = random_in(DType::kF32, size_t(V) * C, seed + 3);
   Tensor t_tok = put_tokens(s, tok);
@@ -129,7 +133,7 @@ void check_embedding(int N, int C, int V, DType dt, uint64_t seed) {
   Vec ref(size_t(N) * C);
   cpu::embedding_forward(ref.data(), tok.data(), wte.data(), N, C);
   std::ostringstream what;
-  what << "embedding N " << N << " C " << C << " V " << V << " " << name(dt);
+  what << "embedding N " << N << " C " << C << " V " << V << " " << name(dt) << (other_shard ? " other-shard ids" : "");
   expect_close(what.str() + " forward", get(out), ref, {0, 0});  // a copy: exact
 
   Tensor t_dout = s.put({N, C}, dt, dout), dwte = s.put({V, C}, DType::kF32, dwte0);
@@ -149,6 +153,8 @@ TEST(CudaEmbedding, ForwardBackwardShapes) {
   for (DType dt : kActDtypes) {
     check_embedding(7, 72, 11, dt, 1);
     check_embedding(33, 75, 50, dt, 2);        // C not a multiple of the vector width
+    check_embedding(20, 72, 11, dt, 4, true);  // vocabulary-parallel: ids of another shard
+    check_embedding(20, 75, 11, dt, 5, true);
   }
 }
 
@@ -330,6 +336,45 @@ TEST(CudaCrossEntropy, FusedLossAndGradient) {
   for (DType dt : kActDtypes) {
     check_cross_entropy(7, 72, dt, false, 1);
     check_cross_entropy(9, 1001, dt, true, 2);    // V odd: scalar path
+  }
+}
+
+// The vocabulary-parallel pieces (tensor parallelism): a shard's row logsumexp, then the loss
+// and gradient of the shard given the full rows' lse, in place, for targets inside, before and
+// after this shard's columns [offset, offset + V) and ignored ones.
+void check_cross_entropy_shard(int N, int V, int offset, DType dt, uint64_t seed) {
+  GpuScope s;
+  Vec x = random_in(dt, size_t(N) * V, seed, -4, 4);
+  std::vector<int32_t> tgt = random_tokens(N, 3 * V, seed + 1);  // full vocabulary of 3 shards
+  tgt[0] = offset + 3;                                             // owned here
+  tgt[1] = -1;                                                     // ignored
+  tgt[2] = offset + V - 1;                                         // owned: the shard's last column
+  tgt[3] = offset + V;                                             // the next shard's first
+  tgt[4] = offset > 0 ? offset - 1 : 2 * V;                        // another shard's
+  Vec lse_full = random_in(DType::kF32, N, seed + 2, 5, 7);       // stands for the all-reduced lse
+  const float dloss = 1.0f / N;
+  std::ostringstream what;
+  what << "cross_entropy shard N " << N << " V " << V << " offset " << offset << " " << name(dt);
+  Tensor t_x = s.put({N, V}, dt, x), t_t = put_tokens(s, tgt);
+  Tensor lse = s.poisoned({N}, DType::kF32);
+  gpu().logsumexp_rows(lse, t_x);
+  Vec lref(N);
+  cpu::logsumexp_rows(lref.data(), x.data(), N, V);
+  expect_close(what.str() + " logsumexp", get(lse), lref, test::kTolF32);
+  Tensor t_lse = s.put({N}, DType::kF32, lse_full), losses = s.poisoned({N}, DType::kF32);
+  gpu().cross_entropy_with_lse(losses, t_x, t_x, t_lse, t_t, offset, dloss);  // in place
+  Vec loss_ref(N), dref(size_t(N) * V);
+  cpu::cross_entropy_with_lse(loss_ref.data(), dref.data(), x.data(), lse_full.data(), tgt.data(), N, V,
+                              offset, dloss);
+  expect_close(what.str() + " losses", get(losses), loss_ref, test::kTolF32);
+  expect_close(what.str() + " dlogits", get(t_x), dref, tol_for(dt));
+}
+
+TEST(CudaCrossEntropy, VocabularyParallelPieces) {
+  LTRAIN_SKIP_WITHOUT_GPU();
+  for (DType dt : kActDtypes) {
+    check_cross_entropy_shard(9, 72, 72, dt, 1);     // the middle shard of three
+    check_cross_entropy_shard(7, 1001, 0, dt, 2);    // the first shard, V odd: scalar path
   }
 }
 

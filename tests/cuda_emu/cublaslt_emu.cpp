@@ -111,20 +111,20 @@ class Registry {
 };
 
 Registry<LtContext>& contexts() {
-  static Registry<LtContext> r;
-  return r;
+  static auto* r = new Registry<LtContext>;  // never destroyed: static backends outlive it otherwise
+  return *r;
 }
 Registry<MatmulDesc>& descs() {
-  static Registry<MatmulDesc> r;
-  return r;
+  static auto* r = new Registry<MatmulDesc>;  // never destroyed: static backends outlive it otherwise
+  return *r;
 }
 Registry<Layout>& layouts() {
-  static Registry<Layout> r;
-  return r;
+  static auto* r = new Registry<Layout>;  // never destroyed: static backends outlive it otherwise
+  return *r;
 }
 Registry<Preference>& preferences() {
-  static Registry<Preference> r;
-  return r;
+  static auto* r = new Registry<Preference>;  // never destroyed: static backends outlive it otherwise
+  return *r;
 }
 
 // ---- the algo value ----------------------------------------------------------------------------

@@ -152,8 +152,8 @@ struct SymbolTable {
 };
 
 SymbolTable& symbols() {
-  static SymbolTable t;
-  return t;
+  static auto* t = new SymbolTable;  // never destroyed, like every emulator registry
+  return *t;
 }
 
 // "file:line in function" for a return address inside kernel code.
@@ -210,8 +210,8 @@ struct KernelInfo {
 };
 
 std::map<const void*, KernelInfo>& kernels() {
-  static std::map<const void*, KernelInfo> k;
-  return k;
+  static auto* k = new std::map<const void*, KernelInfo>;
+  return *k;
 }
 
 KernelInfo& kernel_info(const void* fn) {
@@ -287,10 +287,16 @@ struct ShadowByte {
   int16_t writer = -1, reader = -1;  // reader -2: two or more threads read in r_epoch
 };
 
+// One byte of global memory in the optional race check: which block touched it in this launch
+// (and whether it wrote), and the last write and read by epoch, as for shared memory.
 struct GlobalShadow {
   int32_t block = -1;
   bool written = false;
-  const void* pc = nullptr;
+  int16_t writer = -1, reader = -1;  // reader -2: several threads read in r_epoch
+  uint64_t w_epoch = 0, r_epoch = 0;
+  const void* pc = nullptr;    // the block's last access
+  const void* w_pc = nullptr;
+  const void* r_pc = nullptr;
 };
 
 // The collective a warp's lanes are gathering at (one at a time per warp).
@@ -718,25 +724,45 @@ void shared_access(size_t shadow_index, size_t n, bool write, const void* pc, co
   }
 }
 
+// Across the blocks of a launch: any two accesses to a byte, one a write (blocks are not
+// ordered). Within a block: as for shared memory, two threads in one barrier interval.
 void global_race_access(uintptr_t p, size_t n, bool write, const void* pc) {
   Launch& L = *g_launch;
+  const int16_t tid = int16_t(g_cur->tid);
+  auto report = [&](size_t i, const std::string& first) {
+    std::ostringstream os;
+    os << block_prefix() << ": global-memory race at " << reinterpret_cast<void*>(p + i) << ": " << first
+       << ", and " << thread_str(*g_cur) << (write ? " writes" : " reads") << " it at " << where(pc);
+    fail(os.str());
+  };
   for (size_t i = 0; i < n; ++i) {
     GlobalShadow& s = L.global_shadow[p + i];
     if (s.block >= 0 && s.block != L.block_linear && (write || s.written)) {
-      std::ostringstream os;
-      os << block_prefix() << ": global-memory race at " << reinterpret_cast<void*>(p + i) << ": block #"
-         << s.block << " " << (s.written ? "wrote" : "read") << " it at " << where(s.pc) << ", and "
-         << thread_str(*g_cur) << (write ? " writes" : " reads") << " it at " << where(pc)
-         << " in the same launch (blocks are not ordered)";
-      fail(os.str());
+      std::ostringstream first;
+      first << "block #" << s.block << " " << (s.written ? "wrote" : "read") << " it at " << where(s.pc)
+            << " in the same launch (blocks are not ordered)";
+      report(i, first.str());
     }
-    if (s.block != L.block_linear) {
-      s.block = L.block_linear;
-      s.written = write;
-      s.pc = pc;
-    } else if (write) {
+    if (s.block != L.block_linear) s = GlobalShadow{L.block_linear};
+    if (s.w_epoch == g_epoch && s.writer != tid)
+      report(i, "thread " + dim_str(g_threads[size_t(s.writer)].coords.thread_idx) + " of this block wrote it at " +
+                    where(s.w_pc) + " with no __syncthreads in between");
+    if (write && s.r_epoch == g_epoch && s.reader != tid)
+      report(i, (s.reader == -2 ? std::string("several threads")
+                                : "thread " + dim_str(g_threads[size_t(s.reader)].coords.thread_idx)) +
+                    " of this block read it at " + where(s.r_pc) + " with no __syncthreads in between");
+    s.pc = pc;
+    if (write) {
       s.written = true;
-      s.pc = pc;
+      s.writer = tid;
+      s.w_epoch = g_epoch;
+      s.w_pc = pc;
+    } else if (s.r_epoch != g_epoch) {
+      s.reader = tid;
+      s.r_epoch = g_epoch;
+      s.r_pc = pc;
+    } else if (s.reader != tid) {
+      s.reader = -2;
     }
   }
 }
@@ -772,19 +798,12 @@ void check_access(const void* addr, size_t n, bool write, const void* pc, bool n
     }
   // dynamic shared memory
   const uintptr_t dlo = reinterpret_cast<uintptr_t>(L.dyn.data());
-  const bool near_dyn = L.dyn_bytes > 0 && p + n > dlo - 4096 && p < dlo + L.dyn_bytes + 4096;
-  if (near_dyn) {
-    if (p < dlo || p + n > dlo + L.dyn_bytes) {
-      std::ostringstream os;
-      os << block_prefix() << ": " << thread_str(*g_cur) << " " << verb << " " << n
-         << " bytes at offset " << int64_t(p - dlo) << " of dynamic shared memory, which has "
-         << L.dyn_bytes << " bytes, at " << where(pc);
-      fail(os.str());
-    }
+  if (L.dyn_bytes > 0 && p >= dlo && p + n <= dlo + L.dyn_bytes) {
     if ((n == 2 || n == 4 || n == 8 || n == 16) && p % n != 0) misaligned("shared memory");
     shared_access(p - dlo, n, write, pc, nullptr, p - dlo);
     return;
   }
+  // static __shared__ variables (in the executable's data, never near device memory)
   for (size_t v = 0; v < L.info->shared.size(); ++v) {
     const StaticShared& s = L.info->shared[v];
     if (p + n > s.addr && p < s.addr + s.size) {
@@ -799,19 +818,26 @@ void check_access(const void* addr, size_t n, bool write, const void* pc, bool n
       return;
     }
   }
-  // global memory
+  // global memory: inside one device allocation, or an error
   if (!(p >= g_alloc_cache_lo && p + n <= g_alloc_cache_hi)) {
     uintptr_t base = 0;
     size_t size = 0;
     if (!find_allocation(addr, &base, &size) || p + n > base + size) {
       std::ostringstream os;
-      os << block_prefix() << ": " << thread_str(*g_cur) << " " << verb << " " << n << " bytes at " << addr
-         << ", at " << where(pc) << ": ";
-      if (find_allocation(addr, &base, &size))
-        os << "out of bounds: the device allocation at " << reinterpret_cast<void*>(base) << " has " << size
-           << " bytes and the access ends " << (p + n - base - size) << " bytes past it";
-      else
-        os << check_device_range(addr, n, "the address");
+      os << block_prefix() << ": " << thread_str(*g_cur) << " " << verb << " " << n;
+      const bool near_dyn = L.dyn_bytes > 0 && p + n > dlo && p < dlo + L.dyn_bytes + 4096;
+      if (near_dyn && !find_allocation(addr, &base, &size)) {
+        // past the end of the dynamic shared buffer (and not into device memory)
+        os << " bytes at offset " << int64_t(p - dlo) << " of dynamic shared memory, which has " << L.dyn_bytes
+           << " bytes, at " << where(pc);
+      } else {
+        os << " bytes at " << addr << ", at " << where(pc) << ": ";
+        if (find_allocation(addr, &base, &size))
+          os << "out of bounds: the device allocation at " << reinterpret_cast<void*>(base) << " has " << size
+             << " bytes and the access ends " << (p + n - base - size) << " bytes past it";
+        else
+          os << check_device_range(addr, n, "the address");
+      }
       fail(os.str());
     }
     g_alloc_cache_lo = base;

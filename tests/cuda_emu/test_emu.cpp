@@ -362,6 +362,25 @@ TEST(EmuChecks, GlobalRaceAcrossBlocksIsReportedInTheOptionalMode) {
   cudaFree(d);
 }
 
+// Within a block: thread 0 reads an element that thread 5 overwrites in place, with no barrier
+// (the in-place gradient of a loss kernel that reads its target logit is this shape).
+__global__ void in_place_without_barrier(float* x, float* loss) {
+  if (threadIdx.x == 0) loss[0] = x[5];
+  x[threadIdx.x] = 2.f * x[threadIdx.x];
+}
+
+TEST(EmuChecks, GlobalRaceWithinABlockIsReportedInTheOptionalMode) {
+  float* x = dev_alloc<float>(32);
+  float* loss = dev_alloc<float>(1);
+  cudaMemset(x, 0, 32 * sizeof(float));
+  cuda_emu::set_global_race_check(true);
+  expect_report([&] { launch_kernel(in_place_without_barrier, dim3(1), dim3(32), 0, nullptr, x, loss); },
+                cudaErrorLaunchFailure, {"in_place_without_barrier", "global-memory race", "of this block read it", "thread (5,0,0)"});
+  cuda_emu::set_global_race_check(false);
+  cudaFree(x);
+  cudaFree(loss);
+}
+
 // Thread order leaks into the result through an unsynchronized last-writer-wins: the schedules
 // expose it (the race detector would too; it is off for this kernel's global memory).
 __global__ void last_writer(int* out) { out[0] = int(threadIdx.x); }

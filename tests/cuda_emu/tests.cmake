@@ -10,7 +10,8 @@ endforeach()
 
 # Each GPU test binary under two thread schedules: round-robin, and seeded random (whose order
 # changes from launch to launch, so the bitwise-determinism tests also catch schedule-dependent
-# results).
+# results). The random run of the op tests also checks global memory for races, between blocks
+# and between the threads of a block.
 set(LTRAIN_EMU_ENV "ASAN_OPTIONS=detect_leaks=0" "OMP_NUM_THREADS=1")
 foreach(name ${LTRAIN_EMU_GPU_TESTS})
   gtest_discover_tests(${name} TEST_PREFIX "emu.rr." TEST_FILTER "-*.ProductionSizes" DISCOVERY_TIMEOUT 120
@@ -18,8 +19,12 @@ foreach(name ${LTRAIN_EMU_GPU_TESTS})
     WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
 endforeach()
 foreach(name test_cuda_ops test_deterministic test_cuda_model)
+  set(races "")
+  if(name STREQUAL "test_cuda_ops")
+    set(races ";LTRAIN_EMU_GLOBAL_RACES=1")
+  endif()
   gtest_discover_tests(${name} TEST_PREFIX "emu.random." TEST_FILTER "-*.ProductionSizes" DISCOVERY_TIMEOUT 120
-    PROPERTIES TIMEOUT 900 LABELS emu ENVIRONMENT "${LTRAIN_EMU_ENV};LTRAIN_EMU_SCHEDULE=random:7"
+    PROPERTIES TIMEOUT 900 LABELS emu ENVIRONMENT "${LTRAIN_EMU_ENV};LTRAIN_EMU_SCHEDULE=random:7${races}"
     WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
 endforeach()
 
