@@ -5,6 +5,7 @@
 //    collective written from the PTX ISA's fragment figures;
 //  - on a real GPU (the nvcc build; scripts/gpu_check.sh), where it is the inline PTX.
 // Passing on both is the proof that the emulation matches the hardware.
+#include <cuda_bf16.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -40,17 +41,17 @@ __global__ void mma_from_row_major(float* d, const uint16_t* a, const uint16_t* 
   d[(g + 8) * 8 + 2 * t + 1] = acc[3];
 }
 
-uint16_t bf16_bits(float x) {  // round to nearest even
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  u += 0x7FFF + ((u >> 16) & 1);
-  return uint16_t(u >> 16);
+// bf16 bits of x rounded to nearest even, and back (cuda_bf16.h's host conversions).
+uint16_t bf16_bits(float x) {
+  const __nv_bfloat16 h = __float2bfloat16_rn(x);
+  uint16_t bits;
+  std::memcpy(&bits, &h, 2);
+  return bits;
 }
-double bf16_value(uint16_t b) {
-  const uint32_t u = uint32_t(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
+double bf16_value(uint16_t bits) {
+  __nv_bfloat16_raw raw;
+  raw.x = bits;
+  return __bfloat162float(__nv_bfloat16(raw));
 }
 
 class MmaSelfTest : public ::testing::Test {
