@@ -7,7 +7,9 @@
 // same transpose flags, and m = N, n = M.
 //
 // Descriptors and the heuristic's first algorithm are cached per (M, N, K, flags, out type,
-// pointer alignments): the model calls a few dozen distinct shapes, each many times.
+// pointer alignments): the model calls a few dozen distinct shapes, each many times. When the
+// heuristic has no algorithm (CUBLAS_STATUS_NOT_SUPPORTED), the shape runs on matmul_fallback, a
+// plain kernel, with a warning.
 //
 // Reproducibility: cuBLAS gives the same bits on every run for a given toolkit, GPU architecture
 // and SM count when one stream uses the handle with a workspace of its own, which is the case
@@ -16,10 +18,13 @@
 // algorithms without split-K or with the in-place split-K reduction (partial sums added into the
 // output in a fixed sequence, counters in the workspace), never the schemes that reduce partials
 // in a separate pass through the workspace.
+#include <cstdio>
 #include <map>
 #include <tuple>
 
 #include "common/cuda_check.cuh"
+#include "common/device.cuh"
+#include "common/launch.cuh"
 #include "kernels.h"
 
 namespace ltrain::cuda {
@@ -38,7 +43,28 @@ struct Plan {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulAlgo_t algo{};
+  bool fallback = false;  // cuBLASLt had no algorithm: matmul_fallback below
 };
+
+// The product when cuBLASLt's heuristic offers no algorithm for a shape, alignment and
+// reduction-scheme combination: one thread per output element of row-major out (M, N), a dot
+// product over K in fp32 in increasing k (deterministic), then alpha * acc + beta * out (out not
+// read when beta = 0, as in cuBLAS). Slow, but correct; the first use prints a warning.
+template <class TOut>
+__global__ void matmul_fallback(TOut* out, const bf16* a, const bf16* b, int M, int N, int K,
+                                bool trans_a, bool trans_b, float alpha, float beta) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= int64_t(M) * N) return;
+  const int m = int(i / N), n = int(i % N);
+  // op(a)[m, k] and op(b)[k, n] of row-major a (M, K) or (K, M) and b (K, N) or (N, K)
+  const int64_t a_row = trans_a ? 1 : K, a_k = trans_a ? M : 1;
+  const int64_t b_k = trans_b ? 1 : N, b_col = trans_b ? K : 1;
+  float acc = 0.f;
+  for (int k = 0; k < K; ++k)
+    acc += to_float(a[m * a_row + k * a_k]) * to_float(b[k * b_k + n * b_col]);
+  const float prev = beta != 0.f ? to_float(out[i]) : 0.f;
+  out[i] = from_float<TOut>(alpha * acc + beta * prev);
+}
 
 }  // namespace
 
@@ -90,13 +116,21 @@ struct LtMatmul::Impl {
     set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align_c);
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
-    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, p.op, p.a, p.b, p.c, p.c, pref, 1, &result, &found));
+    // "Nothing fits" is CUBLAS_STATUS_NOT_SUPPORTED with found = 0: not an error, a fallback.
+    const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle, p.op, p.a, p.b, p.c, p.c, pref, 1,
+                                                             &result, &found);
     CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
-    LTRAIN_CHECK(found > 0, "cuBLASLt has no algorithm for out (" << M << ", " << N << ") "
-                                << (out_fp32 ? "fp32" : "bf16") << " K " << K << " trans_a " << ta
-                                << " trans_b " << tb << " alignments " << al_out << "/" << al_a
-                                << "/" << al_b << (deterministic ? " (deterministic: no split-K reduction passes)" : ""));
-    p.algo = result.algo;
+    if (st != CUBLAS_STATUS_NOT_SUPPORTED) CUBLAS_CHECK(st);
+    if (st == CUBLAS_STATUS_NOT_SUPPORTED || found == 0) {
+      p.fallback = true;
+      std::fprintf(stderr,
+                   "ltrain: warning: cuBLASLt has no algorithm for out (%d, %d) %s, K %d, trans_a %d, trans_b %d, "
+                   "alignments %d/%d/%d%s; using the (slow) fallback kernel for this shape\n",
+                   M, N, out_fp32 ? "fp32" : "bf16", K, int(ta), int(tb), al_out, al_a, al_b,
+                   deterministic ? " (deterministic: no split-K reduction passes)" : "");
+    } else {
+      p.algo = result.algo;
+    }
     return plans.emplace(key, p).first->second;
   }
 };
@@ -128,6 +162,17 @@ void LtMatmul::run(void* out, bool out_fp32, const bf16* a, const bf16* b, int M
   const Impl::Key key{M, N, K, trans_a, trans_b, out_fp32, alignment_of(out), alignment_of(a),
                       alignment_of(b)};
   const Plan& p = impl_->plan_for(key);
+  if (p.fallback) {
+    const unsigned blocks = ceil_div(int64_t(M) * N, 256);
+    if (out_fp32)
+      launch_kernel(matmul_fallback<float>, blocks, 256, 0, stream, static_cast<float*>(out), a, b, M, N, K,
+                    trans_a, trans_b, alpha, beta);
+    else
+      launch_kernel(matmul_fallback<bf16>, blocks, 256, 0, stream, static_cast<bf16*>(out), a, b, M, N, K,
+                    trans_a, trans_b, alpha, beta);
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
   CUBLAS_CHECK(cublasLtMatmul(impl_->handle, p.op, &alpha, b, p.a, a, p.b, &beta, out, p.c, out,
                               p.c, &p.algo, impl_->workspace, impl_->workspace_bytes, stream));
 }

@@ -13,6 +13,9 @@
 
 #include "cpu/ops.h"
 #include "cuda_test_util.h"
+#ifdef LTRAIN_CUDA_EMU
+#include "emu_control.h"
+#endif
 
 namespace ltrain {
 namespace {
@@ -93,6 +96,22 @@ TEST(CudaMatmul, AllTransposesOutputsAndBeta) {
           check_matmul(24, 8, 16, ta, tb, out, 0.5f, beta, seed += 3);
         }
 }
+
+#ifdef LTRAIN_CUDA_EMU
+// When cuBLASLt's heuristic finds no algorithm, the product runs on the fallback kernel instead
+// of aborting. Only the emulator can make the heuristic come back empty on demand. Shapes of their
+// own, so that no cached plan hides the heuristic.
+TEST(CudaMatmul, FallbackWhenCublasLtHasNoAlgorithm) {
+  LTRAIN_SKIP_WITHOUT_GPU();
+  cuda_emu::set_cublaslt_finds_no_algorithm(true);
+  uint64_t seed = 300;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (DType out : {DType::kBF16, DType::kF32})
+        for (float beta : {0.f, 1.f}) check_matmul(37, 21, 19, ta, tb, out, 0.75f, beta, seed += 3);
+  cuda_emu::set_cublaslt_finds_no_algorithm(false);
+}
+#endif
 
 TEST(CudaMatmul, ProductionSizes) {
   LTRAIN_SKIP_WITHOUT_GPU();

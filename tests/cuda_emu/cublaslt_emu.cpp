@@ -49,6 +49,16 @@
 
 namespace {
 
+bool g_finds_no_algorithm = false;
+
+}  // namespace
+
+namespace cuda_emu {
+void set_cublaslt_finds_no_algorithm(bool on) { g_finds_no_algorithm = on; }
+}  // namespace cuda_emu
+
+namespace {
+
 // ---- objects behind the opaque handles ----------------------------------------------------------
 
 struct LtContext {
@@ -626,6 +636,9 @@ cublasStatus_t CUBLASWINAPI cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t ligh
   if (st != CUBLAS_STATUS_SUCCESS) return fail(st, fn, why);
   if (pref->search_mode != CUBLASLT_SEARCH_BEST_FIT)
     return fail(CUBLAS_STATUS_NOT_SUPPORTED, fn, "only CUBLASLT_SEARCH_BEST_FIT is supported");
+  // Fault injection (cuda_emu::set_cublaslt_finds_no_algorithm): what the real library answers
+  // when no kernel fits a shape, alignment and reduction-scheme combination.
+  if (g_finds_no_algorithm) return CUBLAS_STATUS_NOT_SUPPORTED;
   const size_t elem[4] = {2, 2, p.out_size, p.out_size};
   const char* names[4] = {"A", "B", "C", "D"};
   for (int i = 0; i < 4; ++i) {

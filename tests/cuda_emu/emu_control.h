@@ -36,6 +36,10 @@ struct LaunchStats {
 LaunchStats last_launch_stats();
 LaunchStats total_launch_stats();
 
+// Fault injection: cublasLtMatmulAlgoGetHeuristic finds no algorithm (CUBLAS_STATUS_NOT_SUPPORTED,
+// found = 0), as the real library does for an unsupported combination.
+void set_cublaslt_finds_no_algorithm(bool on);
+
 // Host synchronizations so far (stream, event and device syncs, blocking copies).
 uint64_t host_sync_count();
 
