@@ -7,6 +7,7 @@
 //   LTRAIN_EMU_GLOBAL_RACES=1   also report global-memory races between the blocks of a launch
 //   LTRAIN_EMU_DEVICE=h100|a100 the device profile (default h100)
 //   LTRAIN_EMU_QUIET=1          do not print reports to stderr (they are still returned)
+//   LTRAIN_EMU_REPORT=1         print the totals below (launches, mma, bytes, host syncs) at exit
 #pragma once
 #include <cuda_runtime.h>
 

@@ -180,6 +180,23 @@ void clear_error() {
 uint64_t host_sync_count() { return st().syncs; }
 void count_host_sync() { ++st().syncs; }
 
+namespace {
+// LTRAIN_EMU_REPORT=1: one line of totals on stderr at exit (launches, mma, global bytes, syncs).
+const bool g_report_at_exit = [] {
+  const char* r = std::getenv("LTRAIN_EMU_REPORT");
+  if (r && std::atoi(r) != 0)
+    std::atexit([] {
+      const LaunchStats t = total_launch_stats();
+      std::fprintf(stderr,
+                   "cuda_emu: %llu launches, %llu mma.m16n8k16 (per warp), %.3f GB read and %.3f GB written "
+                   "by kernels, %llu host synchronizations\n",
+                   (unsigned long long)t.launches, (unsigned long long)t.mma, double(t.global_bytes_read) * 1e-9,
+                   double(t.global_bytes_written) * 1e-9, (unsigned long long)host_sync_count());
+    });
+  return true;
+}();
+}  // namespace
+
 }  // namespace cuda_emu
 
 using cuda_emu::st;
