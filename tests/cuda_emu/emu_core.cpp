@@ -309,7 +309,6 @@ struct WarpState {
 };
 
 struct Launch {
-  const void* fn = nullptr;
   KernelInfo* info = nullptr;
   dim3 grid, block;
   size_t dyn_bytes = 0;
@@ -696,7 +695,7 @@ void shared_access(size_t shadow_index, size_t n, bool write, const void* pc, co
          << " with no __syncthreads in between";
       fail(os.str());
     }
-    if (write && s.r_epoch == g_epoch && s.r_epoch >= L.block_first_epoch && s.reader != tid) {
+    if (write && s.r_epoch == g_epoch && s.reader != tid) {
       std::ostringstream os;
       os << block_prefix() << ": shared-memory race on " << shared_name(var) << " byte " << var_offset + i << ": "
          << (s.reader == -2 ? std::string("several threads") : "thread " + dim_str(g_threads[s.reader].coords.thread_idx))
@@ -714,7 +713,7 @@ void shared_access(size_t shadow_index, size_t n, bool write, const void* pc, co
       s.w_epoch = g_epoch;
       s.writer = tid;
       s.w_pc = pc;
-    } else if (s.r_epoch != g_epoch || s.r_epoch < L.block_first_epoch) {
+    } else if (s.r_epoch != g_epoch) {
       s.r_epoch = g_epoch;
       s.reader = tid;
       s.r_pc = pc;
@@ -767,6 +766,8 @@ void global_race_access(uintptr_t p, size_t n, bool write, const void* pc) {
   }
 }
 
+// natural: a 1/2/4/8/16-byte access (aligned to its size on a GPU); false for a range (a struct
+// copy), whose alignment is its type's.
 void check_access(const void* addr, size_t n, bool write, const void* pc, bool natural) {
   if (!g_in_kernel || !g_cur) return;
   Launch& L = *g_launch;
@@ -799,7 +800,7 @@ void check_access(const void* addr, size_t n, bool write, const void* pc, bool n
   // dynamic shared memory
   const uintptr_t dlo = reinterpret_cast<uintptr_t>(L.dyn.data());
   if (L.dyn_bytes > 0 && p >= dlo && p + n <= dlo + L.dyn_bytes) {
-    if ((n == 2 || n == 4 || n == 8 || n == 16) && p % n != 0) misaligned("shared memory");
+    if (natural && p % n != 0) misaligned("shared memory");
     shared_access(p - dlo, n, write, pc, nullptr, p - dlo);
     return;
   }
@@ -813,7 +814,7 @@ void check_access(const void* addr, size_t n, bool write, const void* pc, bool n
            << int64_t(p - s.addr) << " of __shared__ " << s.name << " (" << s.size << " bytes), at " << where(pc);
         fail(os.str());
       }
-      if ((n == 2 || n == 4 || n == 8 || n == 16) && p % n != 0) misaligned("shared memory");
+      if (natural && p % n != 0) misaligned("shared memory");
       shared_access(L.static_offset[v] + (p - s.addr), n, write, pc, &s, p - s.addr);
       return;
     }
@@ -843,7 +844,7 @@ void check_access(const void* addr, size_t n, bool write, const void* pc, bool n
     g_alloc_cache_lo = base;
     g_alloc_cache_hi = base + size;
   }
-  if ((n == 2 || n == 4 || n == 8 || n == 16) && p % n != 0) misaligned("global memory");
+  if (natural && p % n != 0) misaligned("global memory");
   if (write) L.bytes_written += n;
   else L.bytes_read += n;
   if (g_global_races) global_race_access(p, n, write, pc);
@@ -985,7 +986,6 @@ cudaError_t launch_raw(const void* fn, dim3 grid, dim3 block, size_t dyn_bytes, 
   (void)stream;
 
   Launch L;
-  L.fn = fn;
   L.info = &info;
   L.grid = grid;
   L.block = block;
