@@ -135,7 +135,7 @@ class LtMatmul {
   std::unique_ptr<Impl> impl_;
 };
 
-// ---- attention.cu ------------------------------------------------------------------------------
+// ---- attention_forward.cu, attention_backward.cu ---------------------------------------------
 // Causal grouped-query flash attention (bf16 in and out, fp32 accumulation on tensor cores).
 bool attention_supports_head_dim(int HD);  // 64 and 128
 void attention_forward(bf16* out,        // (B, T, H, HD)

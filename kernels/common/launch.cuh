@@ -6,7 +6,7 @@
 //   LTRAIN_DYNAMIC_SHARED(float, name);                         instead of extern __shared__ float name[]
 //
 // With nvcc both expand to the plain CUDA forms, so the GPU build is unchanged. The third hook,
-// the inline-PTX mma wrapper, is in attention.cu.
+// the inline-PTX wrappers, are in common/mma.cuh.
 #pragma once
 #include <cuda_runtime.h>
 

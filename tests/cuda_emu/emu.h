@@ -9,7 +9,7 @@
 //    (emu_core.cpp), which checks them;
 //  - the real CUDA headers (cuda_runtime.h, cuda_bf16.h) are included first, so the types and
 //    host functions are NVIDIA's own.
-// The kernel sources use three hooks of their own (kernels/common/launch.cuh, attention.cu's
+// The kernel sources use three hooks of their own (kernels/common/launch.cuh and common/mma.cuh's
 // mma wrapper): launch_kernel, LTRAIN_DYNAMIC_SHARED, and cuda_emu::mma_m16n8k16_bf16.
 //
 // Test infrastructure only: nothing in src/ or the nvcc build includes this file.

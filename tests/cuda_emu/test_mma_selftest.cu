@@ -22,7 +22,7 @@ namespace {
 using ltrain::cuda::launch_kernel;
 
 // One warp: each lane gathers its fragments from row-major A (16x16), B (16x8, k x n) and C (16x8)
-// by the PTX ISA's layout (written here from the ISA, independently of attention.cu) and stores D.
+// by the PTX ISA's layout (written here from the ISA, independently of the attention kernels) and stores D.
 __global__ void mma_from_row_major(float* d, const uint16_t* a, const uint16_t* b, const float* c) {
   const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
   auto pair = [](uint16_t lo, uint16_t hi) { return uint32_t(lo) | (uint32_t(hi) << 16); };

@@ -1,4 +1,4 @@
-// Causal grouped-query attention in the FlashAttention-2 style, forward and backward.
+// Causal grouped-query attention in the FlashAttention-2 style, backward.
 //
 // Shapes: q (B, T, H, HD), k and v (B, T, KV, HD), out (B, T, H, HD), lse (B, H, T) fp32.
 // Query head h reads key/value head h / (H / KV) straight from k and v: no copies. Scale
@@ -16,11 +16,6 @@
 // Grids are (B * heads, query or key tiles): x takes the (b, head) pairs, which can number more
 // than the 65,535 that y allows (B 2,049 x H 32 does), and y the tiles (T up to 4M).
 //
-// Forward (one block per (64 queries, b, h); the last query tiles, which have the most keys,
-// are scheduled first): Q stays in registers; K and V tiles of 64 keys are staged in shared
-// memory; scores, an online softmax in the log2 domain, and O accumulate in fp32 registers.
-// Key tiles entirely above the diagonal are never loaded; only the diagonal tile is masked.
-//
 // Backward, three kernels, no atomics (deterministic):
 //   1. D = rowsum(dO * O) (B, H, T) fp32, one warp per row;
 //   2. dK, dV: one block per (64 keys, b, kv head) loops over the query heads of its group and
@@ -32,195 +27,11 @@
 //      adding dQ with atomics (FlashAttention-2's choice), trading speed for reproducibility.
 // P and dS are rounded to bf16 as the operands of the products that consume them, as in
 // FlashAttention-2; all sums are fp32.
-#include "common/cuda_check.cuh"
-#include "common/device.cuh"
-#include "common/launch.cuh"
-#include "common/mma.cuh"
-#include "kernels.h"
+#include "common/attention_common.cuh"
 
 namespace ltrain::cuda {
 namespace {
-
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
-constexpr int kRowsPerWarp = 16;
-constexpr int kTile = kWarps * kRowsPerWarp;  // 64 rows of queries (forward, dQ) or keys (dK/dV)
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-
-// Shared-memory row stride in elements: 16 bytes of padding put the 8 rows a fragment load
-// touches on different banks.
-template <int HD>
-constexpr int kStride = HD + 8;
-
-// Two floats as bf16x2, the first in the low half (the lower column of a fragment).
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-
-// Two consecutive bf16 of one shared-memory row.
-__device__ __forceinline__ uint32_t lds_pair(const bf16* p) {
-  return *reinterpret_cast<const uint32_t*>(p);
-}
-
-// Two bf16 of one column in consecutive rows (a B fragment of a row-major k x n operand).
-__device__ __forceinline__ uint32_t lds_column_pair(const bf16* p, int stride) {
-  const uint16_t lo = *reinterpret_cast<const uint16_t*>(p);
-  const uint16_t hi = *reinterpret_cast<const uint16_t*>(p + stride);
-  return uint32_t(lo) | (uint32_t(hi) << 16);
-}
-
-// A fragment (16 rows x 16 columns at column k0) of a row-major shared-memory tile.
-template <int S>
-__device__ __forceinline__ void lds_a_fragment(uint32_t a[4], const bf16* tile, int row0, int k0,
-                                               int g, int t) {
-  const bf16* p = tile + (row0 + g) * S + k0 + 2 * t;
-  a[0] = lds_pair(p);
-  a[1] = lds_pair(p + 8 * S);
-  a[2] = lds_pair(p + 8);
-  a[3] = lds_pair(p + 8 * S + 8);
-}
-
-// The A fragment for k columns 16kk..16kk+15 from two fp32 C tiles 2kk and 2kk+1.
-__device__ __forceinline__ void c_tiles_to_a_fragment(uint32_t a[4], const float c0[4],
-                                                      const float c1[4]) {
-  a[0] = pack_bf16x2(c0[0], c0[1]);
-  a[1] = pack_bf16x2(c0[2], c0[3]);
-  a[2] = pack_bf16x2(c1[0], c1[1]);
-  a[3] = pack_bf16x2(c1[2], c1[3]);
-}
-
-// Copies rows [0, valid) of a (R, HD) tile with global row stride ld into shared memory and
-// zero-fills rows [valid, R), 16 bytes per thread per step.
-template <int R, int HD>
-__device__ __forceinline__ void load_tile(bf16* tile, const bf16* src, int64_t ld, int valid) {
-  constexpr int kChunks = HD / 8;
-  for (int i = threadIdx.x; i < R * kChunks; i += blockDim.x) {
-    const int r = i / kChunks, c = (i % kChunks) * 8;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (r < valid) v = *reinterpret_cast<const uint4*>(src + r * ld + c);
-    *reinterpret_cast<uint4*>(tile + r * kStride<HD> + c) = v;
-  }
-}
-
-// ---- forward -----------------------------------------------------------------------------------
-
-template <int HD>
-__global__ void __launch_bounds__(kThreads)
-    attention_forward_flash(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
-                            int Tn, int H, int KV, float scale_log2) {
-  constexpr int S = kStride<HD>, BK = kTile;
-  LTRAIN_DYNAMIC_SHARED(unsigned char, smem_raw);
-  bf16* sQ = reinterpret_cast<bf16*>(smem_raw);  // (64, S)
-  bf16* sK = sQ + kTile * S;                      // (BK, S)
-  bf16* sV = sK + BK * S;                         // (BK, S)
-
-  const int qtile = gridDim.y - 1 - blockIdx.y;  // the last query tiles, which see the most keys, first
-  const int b = blockIdx.x / H, h = blockIdx.x % H, kvh = h / (H / KV);
-  const int q0 = qtile * kTile;
-  const int64_t ldq = int64_t(H) * HD, ldk = int64_t(KV) * HD;
-  const bf16* K = k + int64_t(b) * Tn * ldk + kvh * HD;
-  const bf16* V = v + int64_t(b) * Tn * ldk + kvh * HD;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int r0 = warp * kRowsPerWarp;
-
-  load_tile<kTile, HD>(sQ, q + (int64_t(b) * Tn + q0) * ldq + h * HD, ldq, min(kTile, Tn - q0));
-  __syncthreads();
-  uint32_t qf[HD / 16][4];
-#pragma unroll
-  for (int kk = 0; kk < HD / 16; ++kk) lds_a_fragment<S>(qf[kk], sQ, r0, 16 * kk, g, t);
-
-  float o[HD / 8][4];
-#pragma unroll
-  for (int n = 0; n < HD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  const int row[2] = {q0 + r0 + g, q0 + r0 + g + 8};
-
-  // Key tiles 0 .. the one holding this block's last query (the causal mask hides the rest).
-  const int n_tiles = min((Tn + BK - 1) / BK, (q0 + kTile - 1) / BK + 1);
-  for (int kt = 0; kt < n_tiles; ++kt) {
-    const int k0 = kt * BK;
-    __syncthreads();  // every warp is done with the previous K and V tiles
-    load_tile<BK, HD>(sK, K + k0 * ldk, ldk, min(BK, Tn - k0));
-    load_tile<BK, HD>(sV, V + k0 * ldk, ldk, min(BK, Tn - k0));
-    __syncthreads();
-
-    float s[BK / 8][4];
-#pragma unroll
-    for (int j = 0; j < BK / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; ++kk)
-#pragma unroll
-      for (int j = 0; j < BK / 8; ++j) {
-        const bf16* p = sK + (8 * j + g) * S + 16 * kk + 2 * t;
-        mma_bf16_16x8x16(s[j], qf[kk], lds_pair(p), lds_pair(p + 8));
-      }
-
-    // Scale into the log2 domain; mask keys after the query (and past the sequence end).
-    const bool masked = k0 + BK - 1 > q0 + r0 || k0 + BK > Tn;
-#pragma unroll
-    for (int j = 0; j < BK / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = k0 + 8 * j + 2 * t + (e & 1);
-        float x = s[j][e] * scale_log2;
-        if (masked && (key > row[e / 2] || key >= Tn)) x = -INFINITY;
-        s[j][e] = x;
-      }
-
-    // Online softmax: rows g and g+8 of this warp; the 4 lanes of a quad share a row.
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int j = 0; j < BK / 8; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m[r], mx);
-      const float m_use = m_new == -INFINITY ? 0.f : m_new;  // a fully masked row stays at 0
-      const float alpha = exp2f(m[r] - m_use);
-      float sum = 0.f;
-#pragma unroll
-      for (int j = 0; j < BK / 8; ++j) {
-        s[j][2 * r] = exp2f(s[j][2 * r] - m_use);
-        s[j][2 * r + 1] = exp2f(s[j][2 * r + 1] - m_use);
-        sum += s[j][2 * r] + s[j][2 * r + 1];
-      }
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      l[r] = l[r] * alpha + sum;
-      m[r] = m_new;
-#pragma unroll
-      for (int n = 0; n < HD / 8; ++n) {
-        o[n][2 * r] *= alpha;
-        o[n][2 * r + 1] *= alpha;
-      }
-    }
-
-    // O += P V, P straight from the score registers.
-#pragma unroll
-    for (int kk = 0; kk < BK / 16; ++kk) {
-      uint32_t a[4];
-      c_tiles_to_a_fragment(a, s[2 * kk], s[2 * kk + 1]);
-      const bf16* p = sV + (16 * kk + 2 * t) * S + g;
-#pragma unroll
-      for (int n = 0; n < HD / 8; ++n)
-        mma_bf16_16x8x16(o[n], a, lds_column_pair(p + 8 * n, S), lds_column_pair(p + 8 * S + 8 * n, S));
-    }
-  }
-
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    if (row[r] >= Tn) continue;
-    const float inv = 1.f / l[r];
-    bf16* dst = out + (int64_t(b) * Tn + row[r]) * ldq + h * HD + 2 * t;
-#pragma unroll
-    for (int n = 0; n < HD / 8; ++n)
-      *reinterpret_cast<uint32_t*>(dst + 8 * n) = pack_bf16x2(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
-    if (t == 0) lse[(int64_t(b) * H + h) * Tn + row[r]] = (m[r] + log2f(l[r])) * kLn2;
-  }
-}
+using namespace attention_detail;
 
 // ---- backward ----------------------------------------------------------------------------------
 
@@ -454,29 +265,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Sets the kernel's dynamic shared memory limit (needed above 48 KiB) and launches it.
-template <class Kernel, class... Args>
-void launch_with_smem(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, Args... args) {
-  if (smem > 48 * 1024)
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  launch_kernel(kernel, grid, kThreads, smem, stream, args...);
-  CUDA_CHECK_LAUNCH();
-}
-
-void check_aligned(std::initializer_list<const void*> ptrs) {
-  for (const void* p : ptrs)
-    LTRAIN_CHECK(reinterpret_cast<uintptr_t>(p) % 16 == 0, "attention tensors must be 16-byte aligned");
-}
-
-template <int HD>
-void forward_hd(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int Tn,
-                int H, int KV, cudaStream_t stream) {
-  const size_t smem = size_t(3) * kTile * kStride<HD> * sizeof(bf16);
-  const float scale_log2 = kLog2e / sqrtf(float(HD));
-  launch_with_smem(attention_forward_flash<HD>, dim3(B * H, ceil_div(Tn, kTile)), smem, stream, out,
-                   lse, q, k, v, Tn, H, KV, scale_log2);
-}
-
 template <int HD, int BQ>
 void backward_hd(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k,
                  const bf16* v, const bf16* out, const float* lse, float* D, int B, int Tn, int H,
@@ -494,18 +282,6 @@ void backward_hd(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q, 
 }
 
 }  // namespace
-
-bool attention_supports_head_dim(int HD) { return HD == 64 || HD == 128; }
-
-void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B,
-                       int Tn, int H, int KV, int HD, cudaStream_t stream) {
-  if (B == 0 || Tn == 0) return;
-  LTRAIN_CHECK(H % KV == 0, "attention: H " << H << " is not a multiple of KV " << KV);
-  check_aligned({out, q, k, v});
-  if (HD == 64) forward_hd<64>(out, lse, q, k, v, B, Tn, H, KV, stream);
-  else if (HD == 128) forward_hd<128>(out, lse, q, k, v, B, Tn, H, KV, stream);
-  else LTRAIN_CHECK(false, "attention: head dim " << HD << " is not supported (64, 128)");
-}
 
 size_t attention_backward_scratch_floats(int B, int Tn, int H) { return size_t(B) * H * Tn; }
 
