@@ -10,7 +10,8 @@
 //  - the real CUDA headers (cuda_runtime.h, cuda_bf16.h) are included first, so the types and
 //    host functions are NVIDIA's own.
 // The kernel sources use three hooks of their own (kernels/common/launch.cuh and common/mma.cuh's
-// mma wrapper): launch_kernel, LTRAIN_DYNAMIC_SHARED, and cuda_emu::mma_m16n8k16_bf16.
+// inline-PTX wrappers): launch_kernel, LTRAIN_DYNAMIC_SHARED, and the instructions below
+// (cuda_emu::mma_m16n8k16_bf16, ldmatrix_m8n8, cp_async_16 and its group operations).
 //
 // Test infrastructure only: nothing in src/ or the nvcc build includes this file.
 #pragma once
@@ -99,6 +100,25 @@ void syncwarp(unsigned mask);
 // mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 d, a, b, c with d = c (in place): a warp
 // collective. Fragment layout from the PTX ISA; see emu_core.cpp.
 void mma_m16n8k16_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1);
+
+// ldmatrix.sync.aligned.m8n8.{x1,x2,x4}{.trans}.shared.b16 r, [row]: a warp collective (all 32
+// lanes). num matrices (1, 2, 4); lanes 8i..8i+7 give the 16-byte-aligned shared-memory
+// addresses of the 8 rows of matrix i (the other lanes' addresses are ignored). Lane l receives
+// in r[i] elements (row l/4, columns 2(l%4), 2(l%4)+1) of matrix i, or of its transpose with
+// trans. Each row read is checked as a shared-memory read of the lane that addressed it.
+void ldmatrix_m8n8(uint32_t* r, const void* row, int num, bool trans);
+
+// cp.async.cg.shared.global [dst], [src], 16, src_bytes: reads src_bytes (0..16) from global
+// memory now (checked and counted) and records the copy; the 16 destination bytes (the rest
+// zero) are written only when a wait retires its group. Until then any access to them is an
+// error, as is a copy still pending when its thread exits.
+void cp_async_16(void* dst, const void* src, int src_bytes);
+// cp.async.commit_group: the thread's uncommitted copies become one group (possibly empty).
+void cp_async_commit_group();
+// cp.async.wait_group n: performs the copies of every committed group but the n most recent.
+void cp_async_wait_group(int n);
+// cp.async.wait_all: commit_group, then wait_group 0.
+void cp_async_wait_all();
 
 }  // namespace cuda_emu
 

@@ -1,5 +1,6 @@
 // The CUDA emulator's execution model: launches, blocks of fibers, barriers, warp collectives,
-// the m16n8k16 tensor-core product, and the checks on every memory access a kernel makes.
+// the m16n8k16 tensor-core product, ldmatrix and cp.async, and the checks on every memory access
+// a kernel makes.
 //
 // Execution. A launch runs its blocks one after another on the calling OS thread, in an order
 // set by the schedule. A block's threads are fibers (switch_x86_64.S) with stacks of their own.
@@ -27,6 +28,14 @@
 //    interval, at least one of them writing; and reads of shared bytes that nothing in the block
 //    has written. Optionally (LTRAIN_EMU_GLOBAL_RACES=1) the same across the blocks of a launch
 //    for global memory.
+//  - ldmatrix (a warp collective): each row address must be 16-byte aligned shared memory, and
+//    each row is read as a shared-memory read of the lane that gave its address;
+//  - cp.async (per thread, PTX ISA group semantics): the global source is checked and counted
+//    at issue; the shared destination is written only when a cp.async.wait_group / wait_all
+//    retires the copy's group (as a write of the issuing thread then, so another thread must
+//    pass a __syncthreads after the wait before reading it). Until then any access to those
+//    bytes is an error (the kernel would see old contents), and so is a copy still pending when
+//    its thread exits.
 #include <cxxabi.h>
 #include <dlfcn.h>
 #include <elf.h>
@@ -241,7 +250,7 @@ KernelInfo& kernel_info(const void* fn) {
 
 enum class State : uint8_t { kRunnable, kBarrier, kCollective, kExited };
 
-enum class Coll : uint8_t { kShflXor, kShflIdx, kShflDown, kShflUp, kBallot, kSyncwarp, kMma };
+enum class Coll : uint8_t { kShflXor, kShflIdx, kShflDown, kShflUp, kBallot, kSyncwarp, kMma, kLdmatrix };
 const char* coll_name(Coll c) {
   switch (c) {
     case Coll::kShflXor: return "__shfl_xor_sync";
@@ -251,6 +260,7 @@ const char* coll_name(Coll c) {
     case Coll::kBallot: return "__ballot_sync";
     case Coll::kSyncwarp: return "__syncwarp";
     case Coll::kMma: return "mma.sync.m16n8k16";
+    case Coll::kLdmatrix: return "ldmatrix.sync.m8n8";
   }
   return "?";
 }
@@ -259,6 +269,20 @@ struct MmaIn {
   uint32_t a[4];
   uint32_t b[2];
   float c[4];
+};
+
+struct StaticShared;
+
+// A cp.async copy issued and not yet performed: its 16 bytes were read from global memory at
+// issue; they land in shared memory when a cp.async.wait_group / wait_all retires its group.
+struct AsyncCopy {
+  unsigned char* dst = nullptr;
+  size_t shadow = 0;                     // shadow index of dst
+  const StaticShared* var = nullptr;     // the static __shared__ variable, or null (dynamic)
+  size_t var_offset = 0;
+  uint64_t group = 0;                    // 0: not committed yet
+  const void* pc = nullptr;              // where it was issued
+  unsigned char data[16] = {};
 };
 
 struct Thread {
@@ -276,6 +300,14 @@ struct Thread {
   uint64_t out = 0;
   const MmaIn* mma_in = nullptr;
   float* mma_out = nullptr;
+  // ldmatrix: the row this lane addressed (read when it arrived), and its destination registers
+  uint32_t ld_row[4] = {};
+  uint32_t* ld_out = nullptr;
+  int ld_num = 0;
+  bool ld_trans = false;
+  // cp.async: this thread's copies not yet performed (issue order), and its next group number
+  std::vector<AsyncCopy> async;
+  uint64_t next_group = 1;
 };
 
 // One byte of shared memory: the last write and read, by epoch (barrier interval; global
@@ -285,6 +317,7 @@ struct ShadowByte {
   const void* w_pc = nullptr;
   const void* r_pc = nullptr;
   int16_t writer = -1, reader = -1;  // reader -2: two or more threads read in r_epoch
+  int16_t async_writer = -1;         // the thread with a cp.async into this byte not yet waited for
 };
 
 // One byte of global memory in the optional race check: which block touched it in this launch
@@ -491,6 +524,15 @@ void fiber_main(Thread* t) {
   __sanitizer_finish_switch_fiber(nullptr, &g_sched_stack_bottom, &g_sched_stack_size);
 #endif
   g_body(g_closure);
+  if (!t->async.empty()) {
+    const AsyncCopy& c = t->async.front();
+    std::ostringstream os;
+    os << block_prefix() << ": " << thread_str(*t) << " exited with " << t->async.size()
+       << " cp.async cop" << (t->async.size() == 1 ? "y" : "ies") << " not waited for, the first issued at "
+       << where(c.pc) << (c.group == 0 ? " and never committed" : "")
+       << " (a cp.async.wait_group / wait_all must retire every copy before the thread ends)";
+    fail(os.str());
+  }
   Launch& L = *g_launch;
   t->state = State::kExited;
   --L.live;
@@ -539,6 +581,7 @@ uint64_t shfl_result(const Thread& me, const Thread* lanes) {
 }
 
 void complete_mma(Thread* lanes);
+void complete_ldmatrix(Thread* lanes);
 
 // A warp collective: waits until every lane of `mask` has arrived at the same call site, then
 // computes all of their results.
@@ -561,7 +604,7 @@ void arrive_collective(Coll kind, const void* pc, unsigned mask, int arg, int wi
        << " threads)";
     fail(os.str());
   }
-  if (kind != Coll::kMma && kind != Coll::kBallot && kind != Coll::kSyncwarp &&
+  if (kind != Coll::kMma && kind != Coll::kLdmatrix && kind != Coll::kBallot && kind != Coll::kSyncwarp &&
       (width <= 0 || width > 32 || (width & (width - 1)) != 0)) {
     std::ostringstream os;
     os << block_prefix() << ": " << coll_name(kind) << " at " << where(pc) << " with width " << width
@@ -599,6 +642,8 @@ void arrive_collective(Coll kind, const void* pc, unsigned mask, int arg, int wi
     Thread* lanes = &g_threads[size_t(base)];
     if (kind == Coll::kMma) {
       complete_mma(lanes);
+    } else if (kind == Coll::kLdmatrix) {
+      complete_ldmatrix(lanes);
     } else if (kind == Coll::kBallot) {
       unsigned bits = 0;
       for (int l = 0; l < lanes_here; ++l)
@@ -668,6 +713,32 @@ void complete_mma(Thread* lanes) {
   ++g_launch->mma_count;
 }
 
+// ---- ldmatrix ----------------------------------------------------------------------------------
+// ldmatrix.sync.aligned.m8n8.{x1,x2,x4}{.trans}.shared.b16, from the PTX ISA (ldmatrix; "ldmatrix
+// fragment layout for one 8x8 matrix with 16-bit elements"). Matrix i (of 1, 2 or 4) has its 8 row
+// addresses in lanes 8i..8i+7, each row 8 contiguous b16 (16 bytes, naturally aligned). Each
+// thread receives a fragment of a row, thread 0 the first: lane l gets, in register i, elements
+// (row l/4, columns 2(l%4) and 2(l%4)+1) of matrix i, the lower column in the low 16 bits. With
+// .trans the matrix is read column-major: lane l gets (rows 2(l%4) and 2(l%4)+1, column l/4) of
+// the matrix as stored, the lower row in the low half. Each lane read its own row when it
+// arrived (checked as that lane's shared-memory read); here the rows are distributed.
+void complete_ldmatrix(Thread* lanes) {
+  const int num = lanes[0].ld_num;
+  const bool trans = lanes[0].ld_trans;
+  auto element = [&](int row_lane, int col) {  // b16 element `col` of the row that lane row_lane read
+    return uint32_t(lanes[row_lane].ld_row[col / 2] >> (16 * (col % 2)) & 0xFFFFu);
+  };
+  for (int l = 0; l < 32; ++l) {
+    const int g = l / 4, t = l % 4;
+    for (int i = 0; i < num; ++i) {
+      uint32_t r;
+      if (!trans) r = lanes[8 * i + g].ld_row[t];
+      else r = element(8 * i + 2 * t, g) | element(8 * i + 2 * t + 1, g) << 16;
+      lanes[l].ld_out[i] = r;
+    }
+  }
+}
+
 // ---- memory access checks ----------------------------------------------------------------------
 
 bool g_in_kernel = false;
@@ -678,13 +749,31 @@ std::string shared_name(const StaticShared* var) {
   return var ? "__shared__ " + var->name : std::string("dynamic shared memory");
 }
 
-void shared_access(size_t shadow_index, size_t n, bool write, const void* pc, const StaticShared* var,
-                   size_t var_offset) {
+// The pending cp.async of thread `owner` whose destination holds shadow byte `index`.
+const AsyncCopy* pending_copy(int owner, size_t index) {
+  for (const AsyncCopy& c : g_threads[size_t(owner)].async)
+    if (index >= c.shadow && index < c.shadow + 16) return &c;
+  return nullptr;
+}
+
+// An access by thread `me` (the running thread, or for an ldmatrix row or a retired cp.async the
+// lane or thread it belongs to) to n bytes of shared memory at shadow index shadow_index.
+void shared_access(Thread& me, size_t shadow_index, size_t n, bool write, const void* pc,
+                   const StaticShared* var, size_t var_offset) {
   Launch& L = *g_launch;
-  Thread& me = *g_cur;
   const int16_t tid = int16_t(me.tid);
   for (size_t i = 0; i < n; ++i) {
     ShadowByte& s = L.shadow[shadow_index + i];
+    if (s.async_writer >= 0) {
+      const AsyncCopy* c = pending_copy(s.async_writer, shadow_index + i);
+      std::ostringstream os;
+      os << block_prefix() << ": " << thread_str(me) << (write ? " writes " : " reads ") << shared_name(var)
+         << " byte " << var_offset + i << " at " << where(pc) << ", the destination of a cp.async by thread "
+         << dim_str(g_threads[size_t(s.async_writer)].coords.thread_idx) << " issued at " << (c ? where(c->pc) : "?")
+         << " and not yet waited for (its bytes land only when cp.async.wait_group / wait_all retires its group"
+         << (s.async_writer == tid ? ")" : ", and other threads see them only after a __syncthreads that follows)");
+      fail(os.str());
+    }
     const bool written_in_block = s.w_epoch >= L.block_first_epoch;
     const bool write_now = written_in_block && s.w_epoch == g_epoch;
     if (write_now && s.writer != tid) {
@@ -801,7 +890,7 @@ void check_access(const void* addr, size_t n, bool write, const void* pc, bool n
   const uintptr_t dlo = reinterpret_cast<uintptr_t>(L.dyn.data());
   if (L.dyn_bytes > 0 && p >= dlo && p + n <= dlo + L.dyn_bytes) {
     if (natural && p % n != 0) misaligned("shared memory");
-    shared_access(p - dlo, n, write, pc, nullptr, p - dlo);
+    shared_access(*g_cur, p - dlo, n, write, pc, nullptr, p - dlo);
     return;
   }
   // static __shared__ variables (in the executable's data, never near device memory)
@@ -815,7 +904,7 @@ void check_access(const void* addr, size_t n, bool write, const void* pc, bool n
         fail(os.str());
       }
       if (natural && p % n != 0) misaligned("shared memory");
-      shared_access(L.static_offset[v] + (p - s.addr), n, write, pc, &s, p - s.addr);
+      shared_access(*g_cur, L.static_offset[v] + (p - s.addr), n, write, pc, &s, p - s.addr);
       return;
     }
   }
@@ -848,6 +937,37 @@ void check_access(const void* addr, size_t n, bool write, const void* pc, bool n
   if (write) L.bytes_written += n;
   else L.bytes_read += n;
   if (g_global_races) global_race_access(p, n, write, pc);
+}
+
+// Where [p, p + n) lies in the block's shared memory (the dynamic buffer or one static
+// variable): its shadow index, the variable (null: dynamic) and the offset in it. False if the
+// range is not entirely inside one of them.
+struct SharedLoc {
+  size_t shadow = 0;
+  const StaticShared* var = nullptr;
+  size_t offset = 0;
+};
+bool locate_shared(uintptr_t p, size_t n, SharedLoc* out) {
+  Launch& L = *g_launch;
+  const uintptr_t dlo = reinterpret_cast<uintptr_t>(L.dyn.data());
+  if (L.dyn_bytes > 0 && p >= dlo && p + n <= dlo + L.dyn_bytes) {
+    *out = SharedLoc{p - dlo, nullptr, p - dlo};
+    return true;
+  }
+  for (size_t v = 0; v < L.info->shared.size(); ++v) {
+    const StaticShared& s = L.info->shared[v];
+    if (p >= s.addr && p + n <= s.addr + s.size) {
+      *out = SharedLoc{L.static_offset[v] + (p - s.addr), &s, p - s.addr};
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string ptr_str(const void* p) {
+  std::ostringstream os;
+  os << p;
+  return os.str();
 }
 
 }  // namespace
@@ -909,6 +1029,104 @@ void mma_m16n8k16_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1
   g_cur->mma_in = &in;
   g_cur->mma_out = c;
   arrive_collective(Coll::kMma, __builtin_return_address(0), 0xffffffffu, 0, 32);
+}
+
+void ldmatrix_m8n8(uint32_t* r, const void* row, int num, bool trans) {
+  const void* pc = __builtin_return_address(0);
+  Thread& me = *g_cur;
+  const char* instr = trans ? "ldmatrix .trans" : "ldmatrix";
+  me.ld_out = r;
+  me.ld_num = num;
+  me.ld_trans = trans;
+  if (me.lane < 8 * num) {  // this lane addresses row lane % 8 of matrix lane / 8
+    const uintptr_t p = reinterpret_cast<uintptr_t>(row);
+    SharedLoc loc;
+    if (!locate_shared(p, 16, &loc)) {
+      fail(block_prefix() + ": " + thread_str(me) + " gives " + instr + " the row address " + ptr_str(row) +
+           ", whose 16 bytes are not in the block's shared memory, at " + where(pc));
+    }
+    if (p % 16 != 0) {
+      fail(block_prefix() + ": " + thread_str(me) + " gives " + instr + " the row address " + ptr_str(row) +
+           " (" + shared_name(loc.var) + " byte " + std::to_string(loc.offset) +
+           "), not 16-byte aligned (each row is 16 bytes, naturally aligned), at " + where(pc));
+    }
+    shared_access(me, loc.shadow, 16, false, pc, loc.var, loc.offset);
+    std::memcpy(me.ld_row, row, 16);
+  }
+  arrive_collective(Coll::kLdmatrix, pc, 0xffffffffu, num * 2 + int(trans), 32);
+}
+
+void cp_async_16(void* dst, const void* src, int src_bytes) {
+  const void* pc = __builtin_return_address(0);
+  Launch& L = *g_launch;
+  Thread& me = *g_cur;
+  const std::string who = block_prefix() + ": " + thread_str(me) + " issues cp.async";
+  if (src_bytes < 0 || src_bytes > 16)
+    fail(who + " with src-size " + std::to_string(src_bytes) + " (0..16 for a 16-byte copy) at " + where(pc));
+  const uintptr_t d = reinterpret_cast<uintptr_t>(dst), s = reinterpret_cast<uintptr_t>(src);
+  SharedLoc loc;
+  if (!locate_shared(d, 16, &loc))
+    fail(who + " to " + ptr_str(dst) + ", whose 16 bytes are not in the block's shared memory, at " + where(pc));
+  if (d % 16 != 0)
+    fail(who + " to " + shared_name(loc.var) + " byte " + std::to_string(loc.offset) +
+         ", not 16-byte aligned, at " + where(pc));
+  if (s % 16 != 0) fail(who + " from " + ptr_str(src) + ", not 16-byte aligned, at " + where(pc));
+  AsyncCopy c;
+  c.dst = static_cast<unsigned char*>(dst);
+  c.shadow = loc.shadow;
+  c.var = loc.var;
+  c.var_offset = loc.offset;
+  c.pc = pc;
+  if (src_bytes > 0) {  // the source: global memory, inside one device allocation
+    const size_t n = size_t(src_bytes);
+    if (!(s >= g_alloc_cache_lo && s + n <= g_alloc_cache_hi)) {
+      uintptr_t base = 0;
+      size_t size = 0;
+      if (!find_allocation(src, &base, &size) || s + n > base + size)
+        fail(who + " reading " + std::to_string(n) + " bytes at " + where(pc) + ": " +
+             check_device_range(src, n, "the source"));
+      g_alloc_cache_lo = base;
+      g_alloc_cache_hi = base + size;
+    }
+    L.bytes_read += size_t(src_bytes);
+    if (g_global_races) global_race_access(s, size_t(src_bytes), false, pc);
+    std::memcpy(c.data, src, size_t(src_bytes));  // the rest stays zero (src-size < cp-size)
+  }
+  // The destination is written at some time before the wait: a write now (races with accesses
+  // of other threads in this barrier interval) and pending until it is retired.
+  shared_access(me, loc.shadow, 16, true, pc, loc.var, loc.offset);
+  for (size_t i = 0; i < 16; ++i) L.shadow[loc.shadow + i].async_writer = int16_t(me.tid);
+  me.async.push_back(c);
+}
+
+void cp_async_commit_group() {
+  Thread& me = *g_cur;
+  for (AsyncCopy& c : me.async)
+    if (c.group == 0) c.group = me.next_group;
+  ++me.next_group;  // with no uncommitted copies, an empty group (trivially complete)
+}
+
+void cp_async_wait_group(int n) {
+  Launch& L = *g_launch;
+  Thread& me = *g_cur;
+  const uint64_t committed = me.next_group - 1;
+  // retire every committed group but the n most recent
+  std::vector<AsyncCopy> keep;
+  for (const AsyncCopy& c : me.async) {
+    if (c.group != 0 && c.group + uint64_t(n) <= committed) {
+      for (size_t i = 0; i < 16; ++i) L.shadow[c.shadow + i].async_writer = -1;
+      shared_access(me, c.shadow, 16, true, c.pc, c.var, c.var_offset);
+      std::memcpy(c.dst, c.data, 16);
+    } else {
+      keep.push_back(c);
+    }
+  }
+  me.async.swap(keep);
+}
+
+void cp_async_wait_all() {
+  cp_async_commit_group();
+  cp_async_wait_group(0);
 }
 
 void set_schedule(Schedule s, uint64_t seed) {
@@ -1040,6 +1258,8 @@ cudaError_t launch_raw(const void* fn, dim3 grid, dim3 block, size_t dyn_bytes, 
       t.warp = i / 32;
       t.state = State::kRunnable;
       t.pc = nullptr;
+      t.async.clear();
+      t.next_group = 1;
       t.coords.thread_idx = uint3{unsigned(i % block.x), unsigned(i / block.x % block.y), unsigned(i / (block.x * block.y))};
       t.coords.block_idx = bidx;
       t.coords.block_dim = block;

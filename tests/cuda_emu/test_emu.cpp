@@ -6,6 +6,11 @@
 //    missing barrier, a divergent barrier, a barrier after an early exit, a collective missing a
 //    lane, an out-of-bounds shared or global access, a misaligned 16-byte access, a read of
 //    unwritten shared memory, a deadlock, and launch limits (threads, grid, shared memory);
+//  - ldmatrix and cp.async (their results are in test_mma_selftest.cu): a misaligned or
+//    non-shared ldmatrix row, a read of a cp.async destination before the wait that retires it
+//    (by the issuing thread, or by another after only a __syncthreads), a read by another thread
+//    after the wait without a __syncthreads, copies still pending at exit, a source outside
+//    device memory;
 //  - schedules: a schedule-dependent kernel gives different results under two orders, a correct
 //    one the same.
 #include <gtest/gtest.h>
@@ -15,6 +20,7 @@
 #include <vector>
 
 #include "common/launch.cuh"
+#include "common/mma.cuh"
 #include "emu_control.h"
 
 namespace {
@@ -379,6 +385,150 @@ TEST(EmuChecks, GlobalRaceWithinABlockIsReportedInTheOptionalMode) {
   cuda_emu::set_global_race_check(false);
   cudaFree(x);
   cudaFree(loss);
+}
+
+// ---- ldmatrix and cp.async ---------------------------------------------------------------------
+
+// Lane 5's row starts 8 bytes into a row: ldmatrix needs 16-byte aligned rows.
+__global__ void ldmatrix_misaligned(uint32_t* out) {
+  __shared__ __align__(16) uint16_t s[32 * 16];
+  for (int i = threadIdx.x; i < 32 * 16; i += 32) s[i] = uint16_t(i);
+  __syncthreads();
+  const int lane = threadIdx.x;
+  uint32_t r[4];
+  ltrain::cuda::ldmatrix_x4(r, s + lane * 16 + (lane == 5 ? 4 : 0));
+  out[lane] = r[0] + r[1] + r[2] + r[3];
+}
+
+// ldmatrix reads shared memory only; lane 0 hands it a device (global) pointer.
+__global__ void ldmatrix_global(uint32_t* out, const uint16_t* g) {
+  __shared__ __align__(16) uint16_t s[32 * 8];
+  for (int i = threadIdx.x; i < 32 * 8; i += 32) s[i] = uint16_t(i);
+  __syncthreads();
+  const int lane = threadIdx.x;
+  uint32_t r[2];
+  ltrain::cuda::ldmatrix_x2(r, lane == 0 ? static_cast<const void*>(g) : static_cast<const void*>(s + lane * 8));
+  out[lane] = r[0] + r[1];
+}
+
+// A row nobody wrote (the rows of lanes 8..15 start in the unwritten second half).
+__global__ void ldmatrix_unwritten(uint32_t* out) {
+  __shared__ __align__(16) uint16_t s[32 * 8];
+  for (int i = threadIdx.x; i < 16 * 8; i += 32) s[i] = uint16_t(i);
+  __syncthreads();
+  const int lane = threadIdx.x;
+  uint32_t r[2];
+  ltrain::cuda::ldmatrix_x2_trans(r, s + (lane < 8 ? lane : 16 + lane) * 8);
+  out[lane] = r[0] + r[1];
+}
+
+TEST(EmuChecks, LdmatrixRowAddressesAreChecked) {
+  uint32_t* d = dev_alloc<uint32_t>(32);
+  uint16_t* g = dev_alloc<uint16_t>(64);
+  expect_report([&] { launch_kernel(ldmatrix_misaligned, dim3(1), dim3(32), 0, nullptr, d); }, cudaErrorLaunchFailure,
+                {"ldmatrix_misaligned", "block (0,0,0)", "thread (5,0,0)", "ldmatrix", "not 16-byte aligned",
+                 "test_emu.cpp:"});
+  expect_report([&] { launch_kernel(ldmatrix_global, dim3(1), dim3(32), 0, nullptr, d, g); }, cudaErrorLaunchFailure,
+                {"ldmatrix_global", "thread (0,0,0)", "not in the block's shared memory", "test_emu.cpp:"});
+  expect_report([&] { launch_kernel(ldmatrix_unwritten, dim3(1), dim3(32), 0, nullptr, d); }, cudaErrorLaunchFailure,
+                {"ldmatrix_unwritten", "thread (8,0,0)", "which nothing in this block has written"});
+  cudaFree(d);
+  cudaFree(g);
+}
+
+// The issuing thread reads its copy's destination before waiting for it.
+__global__ void cp_async_read_before_wait(uint4* out, const uint4* in) {
+  __shared__ uint4 s[32];
+  ltrain::cuda::cp_async_16(&s[threadIdx.x], &in[threadIdx.x]);
+  ltrain::cuda::cp_async_commit();
+  out[threadIdx.x] = s[threadIdx.x];
+  ltrain::cuda::cp_async_wait<0>();
+}
+
+// __syncthreads does not complete cp.async: thread 1 reads thread 0's destination after the
+// barrier, but thread 0 has not waited.
+__global__ void cp_async_barrier_only(uint4* out, const uint4* in) {
+  __shared__ uint4 s[32];
+  ltrain::cuda::cp_async_16(&s[threadIdx.x], &in[threadIdx.x]);
+  ltrain::cuda::cp_async_commit();
+  __syncthreads();
+  out[threadIdx.x] = s[threadIdx.x ^ 1];
+  ltrain::cuda::cp_async_wait<0>();
+}
+
+// Waited for by the issuer, but read by another thread with no __syncthreads after the wait (in
+// round-robin order thread 0 has waited when thread 1 reads its destination).
+__global__ void cp_async_wait_without_barrier(uint4* out, const uint4* in) {
+  __shared__ uint4 s[32];
+  ltrain::cuda::cp_async_16(&s[threadIdx.x], &in[threadIdx.x]);
+  ltrain::cuda::cp_async_commit();
+  __syncthreads();
+  ltrain::cuda::cp_async_wait_all();
+  if (threadIdx.x % 2 == 1) out[threadIdx.x] = s[threadIdx.x - 1];
+}
+
+// wait_group 1 leaves the most recent group in flight; the thread then reads it.
+__global__ void cp_async_wait_group_too_shallow(uint4* out, const uint4* in) {
+  __shared__ uint4 a[32], b[32];
+  ltrain::cuda::cp_async_16(&a[threadIdx.x], &in[threadIdx.x]);
+  ltrain::cuda::cp_async_commit();
+  ltrain::cuda::cp_async_16(&b[threadIdx.x], &in[threadIdx.x]);
+  ltrain::cuda::cp_async_commit();
+  ltrain::cuda::cp_async_wait<1>();
+  out[threadIdx.x] = a[threadIdx.x];  // fine: group 1 has landed
+  out[threadIdx.x] = b[threadIdx.x];  // group 2 has not
+  ltrain::cuda::cp_async_wait<0>();
+}
+
+// Copies still in flight when the thread ends (committed, or never committed).
+__global__ void cp_async_pending_at_exit(const uint4* in, int commit) {
+  __shared__ uint4 s[32];
+  ltrain::cuda::cp_async_16(&s[threadIdx.x], &in[threadIdx.x]);
+  if (commit) ltrain::cuda::cp_async_commit();
+  ltrain::cuda::cp_async_wait<1>();  // retires nothing: the only group is the most recent
+}
+
+// The last thread's source runs past the end of its allocation; and a zero-fill copy of 0
+// bytes reads nothing (no report for it).
+__global__ void cp_async_source_out_of_bounds(uint4* out, const uint4* in, int n) {
+  __shared__ uint4 s[32];
+  ltrain::cuda::cp_async_16_zfill(&s[threadIdx.x], &in[threadIdx.x], int(threadIdx.x) < n ? 16 : 0);
+  ltrain::cuda::cp_async_wait_all();
+  out[threadIdx.x] = s[threadIdx.x];
+}
+
+TEST(EmuChecks, CpAsyncDestinationsAreOffLimitsUntilWaitedFor) {
+  uint4* out = dev_alloc<uint4>(32);
+  uint4* in = dev_alloc<uint4>(32);
+  upload(in, std::vector<uint4>(32, uint4{1, 2, 3, 4}));
+  expect_report([&] { launch_kernel(cp_async_read_before_wait, dim3(1), dim3(32), 0, nullptr, out, in); },
+                cudaErrorLaunchFailure,
+                {"cp_async_read_before_wait", "thread (0,0,0)", "reads __shared__", "the destination of a cp.async",
+                 "not yet waited for", "test_emu.cpp:"});
+  expect_report([&] { launch_kernel(cp_async_barrier_only, dim3(1), dim3(32), 0, nullptr, out, in); },
+                cudaErrorLaunchFailure,
+                {"cp_async_barrier_only", "thread (0,0,0)", "cp.async by thread (1,0,0)", "not yet waited for"});
+  expect_report([&] { launch_kernel(cp_async_wait_without_barrier, dim3(1), dim3(32), 0, nullptr, out, in); },
+                cudaErrorLaunchFailure,
+                {"cp_async_wait_without_barrier", "shared-memory race", "thread (1,0,0)", "no __syncthreads"});
+  expect_report([&] { launch_kernel(cp_async_wait_group_too_shallow, dim3(1), dim3(32), 0, nullptr, out, in); },
+                cudaErrorLaunchFailure, {"cp_async_wait_group_too_shallow", "__shared__", "b", "not yet waited for"});
+  expect_report([&] { launch_kernel(cp_async_pending_at_exit, dim3(1), dim3(32), 0, nullptr, in, 1); },
+                cudaErrorLaunchFailure,
+                {"cp_async_pending_at_exit", "thread (0,0,0)", "exited with 1 cp.async copy not waited for",
+                 "test_emu.cpp:"});
+  expect_report([&] { launch_kernel(cp_async_pending_at_exit, dim3(1), dim3(32), 0, nullptr, in, 0); },
+                cudaErrorLaunchFailure, {"cp_async_pending_at_exit", "never committed"});
+  // in bounds, with zero-fill copies that read nothing: runs, and the zero-filled rows are zeros
+  launch_kernel(cp_async_source_out_of_bounds, dim3(1), dim3(32), 0, nullptr, out, in + 8, 24);
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess) << cuda_emu::last_error_message();
+  const std::vector<uint4> h = download(out, 32);
+  for (int i = 0; i < 32; ++i) EXPECT_EQ(h[i].x, i < 24 ? 1u : 0u) << i;
+  expect_report([&] { launch_kernel(cp_async_source_out_of_bounds, dim3(1), dim3(32), 0, nullptr, out, in + 8, 25); },
+                cudaErrorLaunchFailure, {"cp_async_source_out_of_bounds", "thread (24,0,0)", "issues cp.async reading 16 bytes",
+                 "past the end of the device allocation"});
+  cudaFree(out);
+  cudaFree(in);
 }
 
 // Thread order leaks into the result through an unsynchronized last-writer-wins: the schedules
