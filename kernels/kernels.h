@@ -39,7 +39,20 @@ void embedding_backward(float* dwte,               // (V, C) +=
                         const int32_t* seg_tokens, // (U)
                         int U, int C, cudaStream_t stream);
 
+// The main launch of a memory-bound kernel for a shape (16-byte aligned pointers), as its
+// launcher computes it: for the work tests (tests/cuda_emu/work_memory_bound.cpp) and the docs.
+struct KernelGrid {
+  int64_t blocks;
+  int threads;
+};
+
 // ---- rmsnorm.cu --------------------------------------------------------------------------------
+// Each block normalizes a chunk of rows from registers (a row read once, the weight once per
+// block); see kernels/rmsnorm.cu.
+template <class T>
+KernelGrid rmsnorm_forward_grid(int N, int C);
+template <class T>
+KernelGrid rmsnorm_backward_grid(int N, int C);
 template <class T>
 void rmsnorm_forward(T* out,           // (N, C)
                      float* rstd,      // (N)
@@ -59,7 +72,10 @@ void rmsnorm_backward(T* dinp,           // (N, C) +=
 
 // ---- rope.cu -----------------------------------------------------------------------------------
 // Interleaved pairs (2i, 2i+1); sign +1 rotates by +angle (forward), -1 by -angle (backward).
-// out may alias inp.
+// out may alias inp. A block rotates one position of one or more batches (the table row read
+// once per block).
+template <class T>
+KernelGrid rope_grid(int B, int Tn, int NH);
 template <class T>
 void rope_rotate(T* out,              // (B, T, NH, HD)
                  const T* inp,        // (B, T, NH, HD)
@@ -78,6 +94,9 @@ void add(T* out, const T* a, const T* b, int64_t n, cudaStream_t stream);  // ou
 // ---- cross_entropy.cu --------------------------------------------------------------------------
 // losses (N) = logsumexp(row) - row[target]; dlogits (or nullptr) = (softmax - onehot) * dloss,
 // written over logits when they alias. A negative target gives loss 0 and gradient 0.
+// One block per row, the row held in registers (read once) up to 8192 16-byte vectors.
+template <class T>
+KernelGrid cross_entropy_grid(int N, int V);
 template <class T>
 void cross_entropy(float* losses,           // (N)
                    T* dlogits,              // (N, V) or nullptr
@@ -95,8 +114,11 @@ void cross_entropy_with_lse(float* losses, T* dlogits, const T* logits, const fl
 // ---- reduce.cu ---------------------------------------------------------------------------------
 // Sum of squares in two fixed-order stages: sum_squares_accumulate adds each block's partial
 // (fp32 within a thread, double across threads) into partials[block] (zero them first); after
-// all tensors, sum_partials adds the kSumSquaresBlocks partials in order into *out.
-constexpr int kSumSquaresBlocks = 256;
+// all tensors, sum_partials adds the kSumSquaresBlocks partials in order into *out. The grid
+// (sum_squares_grid) depends on n only: the same result on every device.
+constexpr int kSumSquaresBlocks = 1024;
+template <class T>
+KernelGrid sum_squares_grid(int64_t n);
 template <class T>
 void sum_squares_accumulate(double* partials,  // (kSumSquaresBlocks) +=
                             const T* x, int64_t n, cudaStream_t stream);

@@ -94,6 +94,49 @@ __device__ __forceinline__ float block_max(float x, float* scratch) {
   return warp_max(x);
 }
 
+// Sum over the block with one barrier, for a loop that reduces once per iteration (a row):
+// `scratch` holds two sets of 32 values used alternately by the iteration's `parity`, so the
+// next iteration's writes cannot overtake this one's reads (they are a barrier apart). Every
+// thread adds the warps' partials in the same order, so all of them get the same value.
+template <class S>
+__device__ __forceinline__ S block_sum_alternating(S x, S (*scratch)[32], int parity) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  x = warp_sum(x);
+  if (lane == 0) scratch[parity & 1][warp] = x;
+  __syncthreads();
+  x = lane < warps ? scratch[parity & 1][lane] : S(0);
+  return warp_sum(x);
+}
+
+// N floats (N a multiple of 4) to or from 16-byte aligned memory, in 16-byte accesses.
+template <int N>
+__device__ __forceinline__ void store_floats(float* p, const float (&x)[N]) {
+  static_assert(N % 4 == 0, "whole 16-byte pieces");
+#pragma unroll
+  for (int i = 0; i < N; i += 4) {
+    Packed<float, 4> v;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) v.v[j] = x[i + j];
+    store_packed<float, 4>(p + i, v);
+  }
+}
+template <int N>
+__device__ __forceinline__ void load_floats(float (&x)[N], const float* p) {
+  static_assert(N % 4 == 0, "whole 16-byte pieces");
+#pragma unroll
+  for (int i = 0; i < N; i += 4) {
+    const Packed<float, 4> v = load_packed<float, 4>(p + i);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) x[i + j] = v.v[j];
+  }
+}
+
 inline unsigned ceil_div(int64_t a, int64_t b) { return unsigned((a + b - 1) / b); }
+
+// Design sizes of the memory-bound kernels. Grids are fixed by the shape (never by the device
+// they run on), so that every reduction order, and so every result, is the same on every GPU;
+// they are sized for an H100 (132 SMs), where kFillBlocks blocks are two per SM.
+constexpr int kDesignSMs = 132;
+constexpr int kFillBlocks = 2 * kDesignSMs;
 
 }  // namespace ltrain::cuda
