@@ -27,17 +27,7 @@ void embedding_forward(T* out,                 // (N, C)
                        const int32_t* tokens,  // (N)
                        const T* wte,           // (V, C)
                        int N, int C, int V, cudaStream_t stream);
-// dwte (V, C) += rows of dout summed per token. The rows are grouped by token beforehand (on the
-// host, see CudaBackend::embedding_backward): segment u covers order[starts[u] .. starts[u+1]),
-// all rows with token seg_tokens[u], in increasing row order. One block sums one segment's rows
-// for a slice of columns in that order: deterministic, no atomics.
-template <class T>
-void embedding_backward(float* dwte,               // (V, C) +=
-                        const T* dout,             // (N, C)
-                        const int32_t* order,      // (N) row indices grouped by token
-                        const int32_t* starts,     // (U + 1)
-                        const int32_t* seg_tokens, // (U)
-                        int U, int C, cudaStream_t stream);
+
 
 // The main launch of a memory-bound kernel for a shape (16-byte aligned pointers), as its
 // launcher computes it: for the work tests (tests/cuda_emu/work_memory_bound.cpp) and the docs.

@@ -174,6 +174,10 @@ TEST(CudaEmbedding, ForwardBackwardShapes) {
     check_embedding(33, 75, 50, dt, 2);        // C not a multiple of the vector width
     check_embedding(20, 72, 11, dt, 4, true);  // vocabulary-parallel: ids of another shard
     check_embedding(20, 75, 11, dt, 5, true);
+    // Rows past one sort chunk (2048), a length that is no power of two, and tokens repeated
+    // thousands of times: the device sort's merge stages across chunks.
+    check_embedding(9000, 16, 37, dt, 6);
+    check_embedding(5000, 8, 3, dt, 7, true);
   }
 }
 

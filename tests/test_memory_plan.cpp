@@ -293,8 +293,8 @@ TEST(MemoryPlan, ClosedFormsForLlama2_7B) {
   EXPECT_EQ(p.optimizer, 3 * 4 * n);            // m, v, fp32 master
   EXPECT_EQ(p.matmul_workspace_bytes, 32 << 20);
   // Scratch at B = 1, T = 4096, C = 4096, H = 32: rmsnorm 256 chunks x C floats, attention D
-  // B x H x T floats, embedding grouping 3N + 1 ints, 257 doubles.
-  EXPECT_EQ(p.scratch_bytes, 256 * 4096 * 4 + 32 * 4096 * 4 + (3 * 4096 + 1) * 4 + 257 * 8);
+  // B x H x T floats, embedding's sorted keys N x 8 bytes, 257 doubles.
+  EXPECT_EQ(p.scratch_bytes, 256 * 4096 * 4 + 32 * 4096 * 4 + 4096 * 8 + 257 * 8);
   EXPECT_EQ(p.rope_bytes, 4096 * 64 * 2 * 4);
   // ZeRO-1 over 8: padded to a multiple of 64 * 8, optimizer state and the reduce-scattered
   // gradient shard divided by 8; the bf16 weights and fp32 gradients stay whole.

@@ -8,14 +8,14 @@
 // the op and the tensor.
 //
 // Memory: tensors are allocated by the model and optimizer up front. Kernel scratch (rmsnorm's
-// partial column sums, attention's D = rowsum(dO * O), embedding's row grouping, the sum of
+// partial column sums, attention's backward partials, embedding's sorted keys, the sum of
 // squares' partials) depends only on the shapes, so it is sized on first use (embedding's for the
 // worst case of its N rows, so it never grows within a run), grows only if a larger shape comes,
 // and then is reused every step; bytes_allocated() counts it with the tensors.
 // src/train/memory_plan.cpp predicts all of it before the model is built.
 //
-// Synchronization: ops are asynchronous on the stream; from_host, to_host, sum_squares and
-// embedding_backward (which groups token ids on the host) synchronize.
+// Synchronization: ops are asynchronous on the stream, from_host included (through page-locked
+// staging buffers); to_host and sum_squares, which return data to the host, synchronize.
 //
 // Determinism: every kernel reduces in a fixed order (no atomics); with `deterministic`, cuBLASLt
 // is restricted to ordered split-K reductions and NCCL to the ring algorithm with the simple
@@ -90,6 +90,45 @@ class Scratch {
   size_t bytes_ = 0;
 };
 
+// Page-locked host buffers for host-to-device copies. A copy from pageable memory may wait for
+// the stream; from a page-locked buffer it is queued and the call returns at once. A buffer is
+// reused only when the event recorded after its last copy has completed (asked without waiting);
+// otherwise another one is taken, so an upload never synchronizes the host with the stream.
+class PinnedStaging {
+ public:
+  ~PinnedStaging() {
+    for (Block& b : blocks_) {
+      cudaEventSynchronize(b.done);
+      cudaEventDestroy(b.done);
+      cudaFreeHost(b.ptr);
+    }
+  }
+  // A buffer of at least `bytes` that no queued copy still reads.
+  void* acquire(size_t bytes) {
+    for (Block& b : blocks_)
+      if (b.bytes >= bytes && cudaEventQuery(b.done) == cudaSuccess) return b.ptr;
+    Block b;
+    b.bytes = std::max<size_t>(bytes, 64 * 1024);
+    CUDA_CHECK(cudaMallocHost(&b.ptr, b.bytes));
+    CUDA_CHECK(cudaEventCreateWithFlags(&b.done, cudaEventDisableTiming));
+    blocks_.push_back(b);
+    return b.ptr;
+  }
+  // After queueing a copy from `ptr` (from acquire) on `stream`.
+  void queued(void* ptr, cudaStream_t stream) {
+    for (Block& b : blocks_)
+      if (b.ptr == ptr) CUDA_CHECK(cudaEventRecord(b.done, stream));
+  }
+
+ private:
+  struct Block {
+    void* ptr = nullptr;
+    size_t bytes = 0;
+    cudaEvent_t done = nullptr;
+  };
+  std::vector<Block> blocks_;
+};
+
 // CUDA events on one stream, created as needed and reused after clear().
 class CudaEventTimer final : public EventTimer {
  public:
@@ -141,6 +180,7 @@ class CudaBackend final : public Backend {
   }
 
   std::string name() const override { return "cuda"; }
+  cudaStream_t stream() const { return stream_; }
   DType compute_dtype() const override { return DType::kBF16; }
   DType master_dtype() const override { return DType::kF32; }
 
@@ -171,24 +211,22 @@ class CudaBackend final : public Backend {
     t.data = nullptr;
   }
   void from_host(Tensor dst, const void* src, DType src_dtype) override {
-    const void* bytes = src;
-    if (src_dtype != dst.dtype) {
-      staging_.resize(dst.bytes());
-      convert_host(staging_.data(), dst.dtype, src, src_dtype, dst.numel());
-      bytes = staging_.data();
-    }
-    CUDA_CHECK(cudaMemcpyAsync(dst.data, bytes, dst.bytes(), cudaMemcpyHostToDevice, stream_));
-    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (dst.bytes() == 0) return;
+    void* stage = pinned_.acquire(dst.bytes());
+    if (src_dtype != dst.dtype) convert_host(stage, dst.dtype, src, src_dtype, dst.numel());
+    else std::memcpy(stage, src, dst.bytes());
+    CUDA_CHECK(cudaMemcpyAsync(dst.data, stage, dst.bytes(), cudaMemcpyHostToDevice, stream_));
+    pinned_.queued(stage, stream_);
   }
+  // Through a page-locked buffer: one wait for the stream (a copy into pageable memory would
+  // wait as well).
   void to_host(void* dst, DType dst_dtype, const Tensor& src) override {
-    void* target = dst;
-    if (dst_dtype != src.dtype) {
-      staging_.resize(src.bytes());
-      target = staging_.data();
-    }
-    CUDA_CHECK(cudaMemcpyAsync(target, src.data, src.bytes(), cudaMemcpyDeviceToHost, stream_));
+    if (src.bytes() == 0) return;
+    void* stage = pinned_.acquire(src.bytes());
+    CUDA_CHECK(cudaMemcpyAsync(stage, src.data, src.bytes(), cudaMemcpyDeviceToHost, stream_));
     CUDA_CHECK(cudaStreamSynchronize(stream_));
-    if (target != dst) convert_host(dst, dst_dtype, target, src.dtype, src.numel());
+    if (dst_dtype != src.dtype) convert_host(dst, dst_dtype, stage, src.dtype, src.numel());
+    else std::memcpy(dst, stage, src.bytes());
   }
   void copy(Tensor dst, const Tensor& src) override {
     LTRAIN_CHECK(dst.numel() == src.numel(), "copy " << dst.shape.str() << " vs " << src.shape.str());
@@ -249,49 +287,12 @@ class CudaBackend final : public Backend {
     const int N = int(tokens.numel()), V = int(dwte.shape.dims[0]), C = int(dwte.shape.dims[1]);
     LTRAIN_CHECK(dout.numel() == int64_t(N) * C, "embedding_backward dout " << dout.shape.str());
     if (N == 0) return;
-    // Group rows by token with a stable counting sort on the host: (N) ids are tiny next to the
-    // (N, C) gradient, and grouping makes the sum over repeated tokens deterministic.
-    // host_ints_: ids (N) | order (N) | starts (U + 1) | seg_tokens (U), with U <= N.
-    host_ints_.resize(size_t(N) * 4 + 1);
-    int32_t* ids = host_ints_.data();
-    CUDA_CHECK(cudaMemcpyAsync(ids, tokens.data, size_t(N) * 4, cudaMemcpyDeviceToHost, stream_));
-    CUDA_CHECK(cudaStreamSynchronize(stream_));
-    next_.assign(size_t(V) + 1, 0);
-    // Negative ids belong to another vocabulary shard (tensor parallelism): no gradient here.
-    int kept = 0;
-    for (int n = 0; n < N; ++n) {
-      LTRAIN_CHECK(ids[n] < V, "token id " << ids[n] << " outside the vocabulary of " << V);
-      if (ids[n] < 0) continue;
-      ++next_[ids[n] + 1];
-      ++kept;
-    }
-    int U = 0;
-    for (int v = 0; v < V; ++v) {
-      U += next_[v + 1] > 0;
-      next_[v + 1] += next_[v];  // next_[v] = first slot of token v in `order`
-    }
-    int32_t* order = ids + N;
-    int32_t* starts = order + N;
-    int32_t* seg_tokens = starts + U + 1;
-    for (int v = 0, u = 0; v < V; ++v)
-      if (next_[v + 1] > next_[v]) {
-        starts[u] = next_[v];
-        seg_tokens[u] = v;
-        ++u;
-      }
-    starts[U] = kept;
-    for (int n = 0; n < N; ++n)
-      if (ids[n] >= 0) order[next_[ids[n]]++] = n;  // stable: rows in increasing order
-    const size_t ints = size_t(N) + size_t(U) + 1 + size_t(U);
-    // Sized for the worst case (every row a distinct token, U = N), so that a later batch with
-    // more distinct tokens never grows it: the memory plan counts 3N + 1 ints.
-    auto* dev = static_cast<int32_t*>(int_scratch_.get((size_t(N) * 3 + 1) * 4, allocated_));
-    CUDA_CHECK(cudaMemcpyAsync(dev, order, ints * 4, cudaMemcpyHostToDevice, stream_));
-    CUDA_CHECK(cudaStreamSynchronize(stream_));  // host_ints_ is reused by the next call
+    // Rows are grouped by token on the device (a sort of (token, row) keys): no host round trip.
+    // The scratch is sized by N alone, so it is allocated at the first step and then reused.
+    void* keys = int_scratch_.get(cuda::embedding_backward_scratch_bytes(N), allocated_);
     dispatch_act(dout.dtype, "embedding_backward", [&](auto tag) {
       using T = decltype(tag);
-      cuda::embedding_backward(dwte.as<float>(), dout.as<T>(), dev, dev + N, dev + N + U + 1, U, C,
-                               stream_);
+      cuda::embedding_backward(dwte.as<float>(), dout.as<T>(), tokens.as<int32_t>(), keys, N, C, V, stream_);
     });
   }
 
@@ -444,8 +445,7 @@ class CudaBackend final : public Backend {
     double* result = partials + cuda::kSumSquaresBlocks;
     cuda::sum_partials(result, partials, stream_);
     double host = 0;
-    CUDA_CHECK(cudaMemcpyAsync(&host, result, sizeof(double), cudaMemcpyDeviceToHost, stream_));
-    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    to_host(&host, DType::kF64, Tensor{result, DType::kF64, Shape{1}});
     return host;
   }
 
@@ -496,9 +496,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::LtMatmul> matmul_;
   size_t allocated_ = 0;
   Scratch float_scratch_, int_scratch_, double_scratch_, attn_scratch_;
-  std::vector<char> staging_;           // host conversions
-  std::vector<int32_t> host_ints_;      // embedding_backward's grouping
-  std::vector<int32_t> next_;          // counting-sort slots
+  PinnedStaging pinned_;  // from_host's page-locked buffers
 };
 
 }  // namespace
@@ -542,6 +540,11 @@ std::unique_ptr<Backend> make_cuda_backend(int device, bool deterministic) {
   return std::make_unique<CudaBackend>(device, deterministic);
 }
 
+void* cuda_backend_stream(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  return cuda ? static_cast<void*>(cuda->stream()) : nullptr;
+}
+
 bool cuda_memory_info(size_t* free_bytes, size_t* total_bytes) {
   if (cudaMemGetInfo(free_bytes, total_bytes) != cudaSuccess) {
     cudaGetLastError();
@@ -563,6 +566,7 @@ std::unique_ptr<Backend> make_cuda_backend(int, bool) {
              "found at configure time); use device=cpu or device=auto");
 }
 
+void* cuda_backend_stream(Backend&) { return nullptr; }
 bool cuda_memory_info(size_t*, size_t*) { return false; }
 
 }  // namespace ltrain

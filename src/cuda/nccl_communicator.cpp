@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/cuda_check.cuh"
+#include "ltrain/cuda/cuda_backend.h"
 
 #define NCCL_CHECK(call)                                                                   \
   do {                                                                                     \
@@ -35,7 +36,8 @@ ncclDataType_t nccl_type(DType t) {
 
 class NcclCommunicator final : public Communicator {
  public:
-  NcclCommunicator(Communicator& bootstrap, int device) : boot_(bootstrap), device_(device) {
+  NcclCommunicator(Communicator& bootstrap, int device, cudaStream_t producer)
+      : boot_(bootstrap), device_(device), producer_(producer) {
     CUDA_CHECK(cudaSetDevice(device_));
     ncclUniqueId id;
     if (boot_.rank() == 0) NCCL_CHECK(ncclGetUniqueId(&id));
@@ -50,37 +52,45 @@ class NcclCommunicator final : public Communicator {
     std::memcpy(&id, words.data(), sizeof(id));
     NCCL_CHECK(ncclCommInitRank(&comm_, boot_.size(), id, boot_.rank()));
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    if (producer_) CUDA_CHECK(cudaEventCreateWithFlags(&produced_, cudaEventDisableTiming));
   }
   ~NcclCommunicator() override {
     for (auto e : events_) cudaEventDestroy(e);
+    if (produced_) cudaEventDestroy(produced_);
     cudaStreamDestroy(stream_);
     ncclCommDestroy(comm_);
   }
   int rank() const override { return boot_.rank(); }
   int size() const override { return boot_.size(); }
   std::string name() const override { return "nccl"; }
+  bool orders_after_device_work() const override { return producer_ != nullptr; }
 
   void all_reduce_sum(Tensor buf) override { wait(all_reduce_sum_start(buf)); }
   void all_reduce_max(Tensor buf) override {
+    after_producer();
     NCCL_CHECK(ncclAllReduce(buf.data, buf.data, size_t(buf.numel()), nccl_type(buf.dtype), ncclMax, comm_, stream_));
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   void reduce_scatter_sum(Tensor out, const Tensor& in) override {
     LTRAIN_CHECK(in.numel() == out.numel() * size() && in.dtype == out.dtype, "reduce_scatter sizes");
+    after_producer();
     NCCL_CHECK(ncclReduceScatter(in.data, out.data, size_t(out.numel()), nccl_type(out.dtype), ncclSum, comm_, stream_));
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   void all_gather(Tensor out, const Tensor& in) override {
     LTRAIN_CHECK(out.numel() == in.numel() * size() && in.dtype == out.dtype, "all_gather sizes");
     // In place when `in` is this rank's chunk of `out`, which NCCL supports directly.
+    after_producer();
     NCCL_CHECK(ncclAllGather(in.data, out.data, size_t(in.numel()), nccl_type(in.dtype), comm_, stream_));
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   void broadcast(Tensor buf, int root) override {
+    after_producer();
     NCCL_CHECK(ncclBroadcast(buf.data, buf.data, size_t(buf.numel()), nccl_type(buf.dtype), root, comm_, stream_));
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   int all_reduce_sum_start(Tensor buf) override {
+    after_producer();
     NCCL_CHECK(ncclAllReduce(buf.data, buf.data, size_t(buf.numel()), nccl_type(buf.dtype), ncclSum, comm_, stream_));
     cudaEvent_t e;
     CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
@@ -114,8 +124,17 @@ class NcclCommunicator final : public Communicator {
   }
 
  private:
+  // The communicator's stream waits for the work queued so far on the producer's stream.
+  void after_producer() {
+    if (!producer_) return;
+    CUDA_CHECK(cudaEventRecord(produced_, producer_));
+    CUDA_CHECK(cudaStreamWaitEvent(stream_, produced_, 0));
+  }
+
   Communicator& boot_;
   int device_;
+  cudaStream_t producer_ = nullptr;
+  cudaEvent_t produced_ = nullptr;
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
   std::vector<cudaEvent_t> events_;
@@ -124,8 +143,10 @@ class NcclCommunicator final : public Communicator {
 
 }  // namespace
 
-std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, int device) {
-  return std::make_unique<NcclCommunicator>(bootstrap, device);
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, int device, Backend* producer) {
+  cudaStream_t stream = producer ? static_cast<cudaStream_t>(cuda_backend_stream(*producer)) : nullptr;
+  LTRAIN_CHECK(!producer || stream, "make_nccl_communicator: the producer must be a CUDA backend");
+  return std::make_unique<NcclCommunicator>(bootstrap, device, stream);
 }
 
 }  // namespace ltrain
@@ -133,7 +154,7 @@ std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, in
 #else  // no NCCL in this build (no CUDA, or the CUDA emulator)
 
 namespace ltrain {
-std::unique_ptr<Communicator> make_nccl_communicator(Communicator&, int) {
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator&, int, Backend*) {
   user_error("NCCL needs the CUDA backend built with nvcc, which this build does not have (NCCL is not emulated)");
 }
 }  // namespace ltrain

@@ -170,6 +170,7 @@ void LlamaModel::alloc_activations() {
   head_chunk_ = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(1) << 24) / Vl_));
   logits_ = alloc({head_chunk_, Vl_}, act);
   losses_ = alloc({N}, stat);
+  loss_sum_ = alloc({N}, stat);
   dres_ = alloc({Ns, C_}, act);
   dln_ = alloc({N, C_}, act);
   if (P_ > 1) {
@@ -235,6 +236,7 @@ void LlamaModel::zero_grads() { backend_.zero(grad_buf_); }
 
 void LlamaModel::reduce_replicated_grads() {
   if (P_ == 1) return;
+  if (!tp_->orders_after_device_work()) backend_.synchronize();
   for (const auto& g : grads_)
     if (g.shard_dim < 0) tp_->all_reduce_sum(g.tensor);
 }
@@ -361,7 +363,7 @@ void LlamaModel::gather_rows(Tensor full, const Tensor& local) {
     if (full.data != local.data) backend_.copy(full, local);
     return;
   }
-  backend_.synchronize();
+  if (!tp_->orders_after_device_work()) backend_.synchronize();
   tp_->all_gather(full, local);
 }
 
@@ -370,7 +372,7 @@ void LlamaModel::reduce_scatter_rows(Tensor local, const Tensor& full) {
     if (full.data != local.data) backend_.copy(local, full);
     return;
   }
-  backend_.synchronize();
+  if (!tp_->orders_after_device_work()) backend_.synchronize();
   tp_->reduce_scatter_sum(local, full);
 }
 
@@ -455,7 +457,7 @@ void LlamaModel::forward_trunk(const int32_t* tokens, int B, int T) {
   gather_rows(rows(lnf_, N), rows(lnf_local_, Ns));
 }
 
-double LlamaModel::head(int64_t N, bool backward, double dloss_scale) {
+void LlamaModel::head(int64_t N, bool backward, double dloss_scale) {
   Backend& be = backend_;
   std::vector<double> part_lse, gmax, sum;
   for (int64_t r0 = 0; r0 < N; r0 += head_chunk_) {
@@ -489,8 +491,11 @@ double LlamaModel::head(int64_t N, bool backward, double dloss_scale) {
     }
   }
   if (backward) reduce_scatter_rows(rows(dln_local_, local_rows(N)), rows(dln_, N));  // d(lnf)
-  std::vector<double> host(N);
-  be.to_host(host.data(), DType::kF64, rows(losses_, N));
+}
+
+double LlamaModel::read_loss_sum(const Tensor& losses, int64_t n) {
+  std::vector<double> host(n);
+  backend_.to_host(host.data(), DType::kF64, rows(losses, n));
   double total = 0;
   for (double x : host) total += x;
   // Under tensor parallelism each row's loss sits on the rank owning its target.
@@ -511,7 +516,8 @@ double LlamaModel::forward_loss(const int32_t* tokens, const int32_t* targets, i
   forward_trunk(tokens, B, T);
   backend_.from_host(rows(targets_, N), targets, DType::kI32);
   const int64_t valid = count_targets(targets, N);
-  const double sum = head(N, false, 0.0);
+  head(N, false, 0.0);
+  const double sum = read_loss_sum(losses_, N);
   return valid ? sum / double(valid) : 0.0;
 }
 
@@ -568,11 +574,32 @@ void LlamaModel::layer_backward(int l, const LayerActs& a, const Tensor& x, Tens
 
 double LlamaModel::forward_backward(const int32_t* tokens, const int32_t* targets, int B, int T,
                                     double dloss_scale) {
+  LTRAIN_CHECK(pending_rows_ == 0, "forward_backward with accumulated losses not yet taken");
+  forward_backward_accumulate(tokens, targets, B, T, dloss_scale);
+  const int64_t valid = count_targets(targets, int64_t(B) * T);
+  const double loss_sum = take_loss_sum();
+  return valid ? loss_sum / double(valid) : 0.0;
+}
+
+double LlamaModel::take_loss_sum() {
+  if (pending_rows_ == 0) return P_ > 1 ? tp_host_->sum(0.0) : 0.0;
+  const int64_t n = pending_rows_;
+  pending_rows_ = 0;
+  return read_loss_sum(loss_sum_, n);
+}
+
+void LlamaModel::forward_backward_accumulate(const int32_t* tokens, const int32_t* targets, int B,
+                                             int T, double dloss_scale) {
   Backend& be = backend_;
   const int64_t N = int64_t(B) * T, Ns = local_rows(N);
+  LTRAIN_CHECK(pending_rows_ == 0 || pending_rows_ == N,
+               "micro-batches of one step must have the same size: " << N << " rows after " << pending_rows_);
   forward_trunk(tokens, B, T);
   be.from_host(rows(targets_, N), targets, DType::kI32);
-  const double loss_sum = head(N, true, dloss_scale);  // leaves d(lnf) in dln_local_
+  head(N, true, dloss_scale);  // leaves d(lnf) in dln_local_
+  if (pending_rows_ == 0) be.copy(rows(loss_sum_, N), rows(losses_, N));
+  else be.add(rows(loss_sum_, N), rows(loss_sum_, N), rows(losses_, N));
+  pending_rows_ = N;
 
   Tensor dres = rows(dres_, Ns);
   be.zero(dres);
@@ -588,8 +615,6 @@ double LlamaModel::forward_backward(const int32_t* tokens, const int32_t* target
   gather_rows(rows(dres_full_, N), dres);
   be.embedding_backward(dw_.wte, rows(dres_full_, N), rows(tokens_, N));
   if (grad_ready_hook_) grad_ready_hook_(L_ + 1);
-  const int64_t valid = count_targets(targets, N);
-  return valid ? loss_sum / double(valid) : 0.0;
 }
 
 }  // namespace ltrain

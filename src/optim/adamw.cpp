@@ -93,7 +93,7 @@ double AdamW::reduce_and_norm() {
   const Tensor pbuf = model_.param_buffer(), gbuf = model_.grad_buffer();
   Tensor grads = gbuf;
   if (zero_) {
-    be_.synchronize();
+    if (!dp_->orders_after_device_work()) be_.synchronize();
     dp_->reduce_scatter_sum(grad_shard_, gbuf);
     grads = grad_shard_;
   }
@@ -145,7 +145,7 @@ void AdamW::apply(int step, double lr, double grad_norm) {
   Tensor own = range(pbuf, lo, shard_n_);
   if (master_.defined()) be_.copy(own, master_);
   if (zero_) {
-    be_.synchronize();
+    if (!dp_->orders_after_device_work()) be_.synchronize();
     dp_->all_gather(pbuf, own);
   }
 }

@@ -26,8 +26,9 @@ GradReducer::GradReducer(LlamaModel& model, Communicator& comm, double bucket_mb
 GradReducer::~GradReducer() { model_.set_grad_ready_hook(nullptr); }
 
 void GradReducer::start(Bucket& b) {
-  // Device work that produced these gradients must be done before the communicator reads them.
-  model_.backend().synchronize();
+  // The device work that produced these gradients must come first: NCCL orders itself after the
+  // backend's stream with an event; any other communicator reads after a host synchronization.
+  if (!comm_.orders_after_device_work()) model_.backend().synchronize();
   Tensor t = model_.grad_buffer();
   t.data = static_cast<char*>(t.data) + b.begin * int64_t(dtype_size(t.dtype));
   t.shape = Shape{b.end - b.begin};

@@ -50,6 +50,7 @@ class WatchedCommunicator final : public Communicator {
   }
 
   int rank() const override { return inner_.rank(); }
+  bool orders_after_device_work() const override { return inner_.orders_after_device_work(); }
   int size() const override { return inner_.size(); }
   std::string name() const override { return inner_.name(); }
   void all_reduce_sum(Tensor buf) override { timed("all_reduce_sum", [&] { inner_.all_reduce_sum(buf); }); }

@@ -94,6 +94,7 @@ Count activation_count(const ModelConfig& m, int B, int T, Recompute rc, int P, 
   const int64_t head_chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(1) << 24) / Vl));
   c.add(head_chunk * Vl, act);              // logits_
   c.add(N, stat);                           // losses_
+  c.add(N, stat);                           // loss_sum_
   c.add(Ns * C, act);                       // dres_
   c.add(N * C, act);                        // dln_
   if (P > 1) {
@@ -267,7 +268,7 @@ MemoryPlan memory_plan(const Config& cfg, int dp, int tp, const MemoryPlanOption
     const int64_t rows = std::max<int64_t>(16, Ns / 264);        // kernels/rmsnorm.cu: backward_plan
     p.scratch_bytes += ceil_div(Ns, rows) * m.hidden_size * 4;   // rmsnorm dweight partials (fp32)
     p.scratch_bytes += int64_t(B) * (m.num_attention_heads / tp) * T * 4;  // attention D (fp32)
-    p.scratch_bytes += (3 * N + 1) * 4;                          // embedding grouping (i32)
+    p.scratch_bytes += N * 8;                                    // embedding's sorted (token, row) keys
     p.scratch_bytes += (1024 + 1) * 8;                           // sum-of-squares partials (f64)
     p.workspace += p.matmul_workspace_bytes + p.scratch_bytes;
     p.allocations += 5;

@@ -56,8 +56,8 @@ ParallelComms make_parallel_comms(Backend& backend, int dp_size, int tp_size, do
   ParallelComms c;
   if (backend.name().rfind("cuda", 0) == 0) {
     const int gpu = cuda_device_for_rank(par.local_rank());
-    if (dp_size > 1) c.dp_nccl = make_nccl_communicator(par.data(), gpu);
-    if (tp_size > 1) c.tp_nccl = make_nccl_communicator(par.tensor(), gpu);
+    if (dp_size > 1) c.dp_nccl = make_nccl_communicator(par.data(), gpu, &backend);
+    if (tp_size > 1) c.tp_nccl = make_nccl_communicator(par.tensor(), gpu, &backend);
   }
   // Every collective of the step goes through a watchdog (parallel.timeout_s).
   const int rank = par.world_rank();
@@ -89,17 +89,14 @@ double compute_gradients(LlamaModel& model, GradReducer* reducer, Communicator& 
   const double counted = dp.sum(local);
   const double dloss = counted > 0 ? 1.0 / counted : 0.0;
   model.zero_grads();
-  double loss = 0;
+  // The losses stay on the device until every micro-batch is queued: one readback per step.
   for (int micro = 0; micro < accum; ++micro) {
     if (reducer) reducer->arm(micro == accum - 1);
-    const int32_t* mi = in.data() + per * micro;
-    const int32_t* mt = tg.data() + per * micro;
-    size_t n = 0;
-    for (size_t i = 0; i < per; ++i) n += mt[i] >= 0;
-    loss += model.forward_backward(mi, mt, B, T, dloss) * double(n);
+    model.forward_backward_accumulate(in.data() + per * micro, tg.data() + per * micro, B, T, dloss);
   }
   if (reducer) reducer->finish();
   model.reduce_replicated_grads();  // tensor parallelism: the norms' gradients over the group
+  const double loss = model.take_loss_sum();
   return counted > 0 ? dp.sum(loss) / counted : 0.0;
 }
 
@@ -458,10 +455,13 @@ double run_training(const Config& cfg, const std::string& resume) {
     }
     in_spike_window = false;
     opt.apply(step, lr, grad_norm);
-    backend->synchronize();
+    const bool log_step = step % tc.log_every == 0 || step == start_step + 1 || step == tc.steps;
+    // A logged step waits for the device to finish it, so that its time is the step's; the others
+    // go on queueing the next step while the optimizer update runs.
+    if (log_step) backend->synchronize();
     const double dt = wall_time_seconds() - t0;
     const double tok_s = double(tc.global_batch_tokens) / dt;
-    if (step % tc.log_every == 0 || step == start_step + 1 || step == tc.steps) {
+    if (log_step) {
       log.info(strfmt("step %6d/%d | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s (%.0f /rank) | %.1f ms",
                       step, tc.steps, loss, lr, grad_norm, tok_s, tok_s / par.world_size(), dt * 1e3));
       nlohmann::json rec = {{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},

@@ -30,6 +30,7 @@ namespace {
 struct State {
   std::mutex mu;
   std::map<uintptr_t, size_t> allocs;  // base -> requested bytes
+  std::map<uintptr_t, size_t> pinned;  // page-locked host memory (cudaMallocHost): base -> bytes
   size_t allocated = 0;
   std::set<cudaStream_t> streams;
   struct Event {
@@ -202,6 +203,18 @@ const bool g_report_at_exit = [] {
 using cuda_emu::st;
 using cuda_emu::valid_stream;
 
+namespace {
+// Whether [p, p + n) lies in page-locked memory from cudaMallocHost / cudaHostAlloc.
+bool is_pinned(const void* p, size_t n) {
+  std::lock_guard<std::mutex> lock(st().mu);
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  auto it = st().pinned.upper_bound(a);
+  if (it == st().pinned.begin()) return false;
+  --it;
+  return a + n <= it->first + it->second;
+}
+}  // namespace
+
 extern "C" {
 
 cudaError_t cudaGetDeviceCount(int* count) {
@@ -289,6 +302,38 @@ cudaError_t cudaFree(void* ptr) {
   return cudaSuccess;
 }
 
+cudaError_t cudaMallocHost(void** ptr, size_t bytes) {
+  LTRAIN_EMU_STICKY();
+  void* p = std::aligned_alloc(4096, (std::max<size_t>(bytes, 1) + 4095) / 4096 * 4096);
+  if (!p) return cuda_emu::fail(cudaErrorMemoryAllocation, "cuda_emu: cudaMallocHost of " + std::to_string(bytes) + " bytes failed");
+  std::lock_guard<std::mutex> lock(st().mu);
+  st().pinned[reinterpret_cast<uintptr_t>(p)] = bytes;
+  *ptr = p;
+  return cudaSuccess;
+}
+
+cudaError_t cudaHostAlloc(void** ptr, size_t bytes, unsigned int) { return cudaMallocHost(ptr, bytes); }
+
+cudaError_t cudaFreeHost(void* ptr) {
+  LTRAIN_EMU_STICKY();
+  if (!ptr) return cudaSuccess;
+  std::unique_lock<std::mutex> lock(st().mu);
+  auto it = st().pinned.find(reinterpret_cast<uintptr_t>(ptr));
+  if (it == st().pinned.end()) {
+    lock.unlock();
+    std::ostringstream os;
+    os << "cuda_emu: cudaFreeHost(" << ptr << "): not the start of a live cudaMallocHost allocation";
+    return cuda_emu::fail(cudaErrorInvalidValue, os.str());
+  }
+  st().pinned.erase(it);
+  std::free(ptr);
+  return cudaSuccess;
+}
+
+// Streams run in order at the call, so an asynchronous copy is complete when it returns. A copy
+// between the device and pageable host memory counts as a host synchronization, as on a GPU:
+// device -> pageable returns only once the copy is done, and pageable -> device may wait for the
+// stream (CUDA runtime API, "API synchronization behavior"). Page-locked memory does neither.
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind kind, cudaStream_t stream) {
   LTRAIN_EMU_STICKY();
   if (count == 0) return cudaSuccess;
@@ -307,12 +352,17 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpy
     if (err.empty() && src_dev) err = cuda_emu::check_device_range(src, count, "cudaMemcpy source");
   }
   if (!err.empty()) return cuda_emu::fail(cudaErrorInvalidValue, "cuda_emu: " + err);
+  if ((kind == cudaMemcpyDeviceToHost && !is_pinned(dst, count)) ||
+      (kind == cudaMemcpyHostToDevice && !is_pinned(src, count)))
+    cuda_emu::count_host_sync();
   std::memmove(dst, src, count);
   return cudaSuccess;
 }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
-  cuda_emu::count_host_sync();
+  const bool pageable = (kind == cudaMemcpyDeviceToHost && !is_pinned(dst, count)) ||
+                        (kind == cudaMemcpyHostToDevice && !is_pinned(src, count));
+  if (!pageable) cuda_emu::count_host_sync();  // cudaMemcpyAsync counts the pageable ones
   return cudaMemcpyAsync(dst, src, count, kind, nullptr);
 }
 

@@ -54,15 +54,20 @@ add_test(NAME emu.train_cli COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu/te
   $<TARGET_FILE:ltrain> ${CMAKE_CURRENT_BINARY_DIR}/emu_train.work)
 set_tests_properties(emu.train_cli PROPERTIES TIMEOUT 900 LABELS emu ENVIRONMENT "${LTRAIN_EMU_ENV}")
 
-# Work counts (tests/cuda_emu/work_*.cpp, one executable): what the emulator counted for a
-# launch (tensor-core products, global bytes read and written, host synchronizations) against
+# Work counts (tests/cuda_emu/work_*.cpp, one executable each, test_work_*): what the emulator
+# counted (tensor-core products, global bytes read and written, host synchronizations) against
 # the minimum the algorithm needs. Speed by design, proven without a GPU.
 file(GLOB LTRAIN_EMU_WORK_SOURCES CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu/work_*.cpp)
-add_executable(test_kernel_work ${LTRAIN_EMU_WORK_SOURCES} ${CMAKE_CURRENT_SOURCE_DIR}/test_util.cpp)
-target_link_libraries(test_kernel_work PRIVATE ltrain_core GTest::gtest_main)
-target_include_directories(test_kernel_work PRIVATE ${CMAKE_SOURCE_DIR}/src ${CMAKE_CURRENT_SOURCE_DIR}
-  ${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu)
-target_compile_definitions(test_kernel_work PRIVATE LTRAIN_TEST_DATA="${CMAKE_CURRENT_SOURCE_DIR}/data")
-gtest_discover_tests(test_kernel_work TEST_PREFIX "emu.work." DISCOVERY_TIMEOUT 120
-  PROPERTIES TIMEOUT 600 LABELS emu ENVIRONMENT "${LTRAIN_EMU_ENV}"
-  WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
+foreach(src ${LTRAIN_EMU_WORK_SOURCES})
+  get_filename_component(stem ${src} NAME_WE)
+  set(name test_${stem})
+  add_executable(${name} ${src} ${CMAKE_CURRENT_SOURCE_DIR}/test_util.cpp)
+  target_link_libraries(${name} PRIVATE ltrain_core GTest::gtest_main)
+  target_include_directories(${name} PRIVATE ${CMAKE_SOURCE_DIR}/src ${CMAKE_CURRENT_SOURCE_DIR}
+    ${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu)
+  target_compile_definitions(${name} PRIVATE LTRAIN_TEST_DATA="${CMAKE_CURRENT_SOURCE_DIR}/data"
+    LTRAIN_BINARY="$<TARGET_FILE:ltrain>")
+  gtest_discover_tests(${name} TEST_PREFIX "emu.work." DISCOVERY_TIMEOUT 120
+    PROPERTIES TIMEOUT 600 LABELS emu ENVIRONMENT "${LTRAIN_EMU_ENV}"
+    WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
+endforeach()

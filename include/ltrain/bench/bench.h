@@ -178,6 +178,7 @@ class TimingCommunicator final : public Communicator {
   int rank() const override { return inner_.rank(); }
   int size() const override { return inner_.size(); }
   std::string name() const override { return inner_.name(); }
+  bool orders_after_device_work() const override { return inner_.orders_after_device_work(); }
   void all_reduce_sum(Tensor buf) override;
   void all_reduce_max(Tensor buf) override;
   void reduce_scatter_sum(Tensor out, const Tensor& in) override;

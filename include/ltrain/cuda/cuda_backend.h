@@ -24,6 +24,10 @@ int cuda_device_count();
 // set them (docs/cuda-backend.md, "Determinism").
 std::unique_ptr<Backend> make_cuda_backend(int device = 0, bool deterministic = false);
 
+// The cudaStream_t a CUDA backend queues its work on (for communicators that order their own
+// device work after it); nullptr for any other backend.
+void* cuda_backend_stream(Backend& backend);
+
 // cudaMemGetInfo of the current device (the one the backend selected): false without a device.
 bool cuda_memory_info(size_t* free_bytes, size_t* total_bytes);
 

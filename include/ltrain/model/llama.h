@@ -122,9 +122,19 @@ class LlamaModel {
   // negative target (a masked token of SFT data) has no loss and no gradient.
   // Parameter gradients are accumulated (+=) with the loss scaled by dloss_scale per token, so
   // gradient accumulation over micro-batches with n counted targets in all uses 1 / n.
-  // Returns the mean loss over the micro-batch's counted targets (0 if there are none).
+  // Returns the mean loss over the micro-batch's counted targets (0 if there are none), which
+  // it reads back from the device (a host synchronization).
   double forward_backward(const int32_t* tokens, const int32_t* targets, int B, int T,
                           double dloss_scale);
+  // The same without reading the loss back: the micro-batch's per-row losses are added on the
+  // device to the step's running sums, which take_loss_sum() reads once (one host
+  // synchronization per optimizer step, not one per micro-batch). Every micro-batch of a step
+  // has the same B and T.
+  void forward_backward_accumulate(const int32_t* tokens, const int32_t* targets, int B, int T,
+                                   double dloss_scale);
+  // The summed loss over the counted targets of every micro-batch accumulated since the last
+  // call (over the tensor-parallel group); 0 if none.
+  double take_loss_sum();
   // Forward only; returns the mean loss over the counted targets.
   double forward_loss(const int32_t* tokens, const int32_t* targets, int B, int T);
   // Forward only; returns the logits (V) of the last position of sequence 0, on the host.
@@ -189,9 +199,11 @@ class LlamaModel {
   void layer_backward(int l, const LayerActs& a, const Tensor& x, Tensor dres, int B, int T);
   void forward_trunk(const int32_t* tokens, int B, int T);
   // The output head in chunks of rows, so (N, V) logits never exist at once. With backward=true
-  // it also leaves d(lnf) in dln_local_ and accumulates the lm_head gradient. Returns the summed
-  // loss over the N rows.
-  double head(int64_t N, bool backward, double dloss_scale);
+  // it also leaves d(lnf) in dln_local_ and accumulates the lm_head gradient. The per-row losses
+  // are left in losses_ (0 for uncounted targets).
+  void head(int64_t N, bool backward, double dloss_scale);
+  // The sum of `rows` rows of a loss tensor, read back (over the tensor-parallel group).
+  double read_loss_sum(const Tensor& losses, int64_t rows);
   int64_t local_rows(int64_t N) const;  // N / P, checked
 
   ModelConfig cfg_;
@@ -219,6 +231,8 @@ class LlamaModel {
   Tensor rstdf_, lnf_local_, lnf_;  // final norm: (Ns), (Ns, C), (N, C) gathered (aliases when P = 1)
   Tensor logits_;                 // (chunk, Vl), the head's working buffer
   Tensor losses_;                 // (N)
+  Tensor loss_sum_;               // (N) per-row losses summed over a step's micro-batches
+  int64_t pending_rows_ = 0;      // rows of loss_sum_ holding sums not yet taken; 0: none
   Tensor lse_;                    // (chunk) the head's full-row logsumexp (P > 1)
   int64_t head_chunk_;
   // Scratch of the tensor-parallel regions (P > 1 only): a norm's local rows before the gather,

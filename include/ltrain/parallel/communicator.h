@@ -32,6 +32,11 @@ class Communicator {
   virtual int all_reduce_sum_start(Tensor buf) = 0;
   virtual void wait(int ticket) = 0;
 
+  // True when a collective started now waits, on the device, for the work already queued on the
+  // backend's stream (NCCL given that stream: an event, no host wait). Otherwise the caller
+  // synchronizes the backend first so that the buffers hold their final values.
+  virtual bool orders_after_device_work() const { return false; }
+
   // Host scalars (metrics, norms).
   virtual double sum(double x) = 0;
   virtual double max(double x) = 0;

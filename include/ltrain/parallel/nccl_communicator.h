@@ -9,7 +9,13 @@
 
 namespace ltrain {
 
+class Backend;
+
 // `bootstrap` must stay alive as long as the returned communicator. UserError without CUDA.
-std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, int device);
+// With `producer` (a CUDA backend), every collective first makes the communicator's stream wait
+// for an event recorded on the backend's stream, so it starts after the work that fills its
+// buffers without the host waiting (orders_after_device_work() is true).
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, int device,
+                                                     Backend* producer = nullptr);
 
 }  // namespace ltrain
