@@ -27,7 +27,16 @@ void embedding_forward(T* out,                 // (N, C)
                        const int32_t* tokens,  // (N)
                        const T* wte,           // (V, C)
                        int N, int C, int V, cudaStream_t stream);
-
+// dwte (V, C) += rows of dout summed per token; tokens < 0 (another vocabulary shard's) add
+// nothing, tokens >= V trap. Deterministic and asynchronous: the rows are grouped by token with
+// a sort on the device (in `scratch`), then each token's rows are added in increasing row order.
+size_t embedding_backward_scratch_bytes(int N);
+template <class T>
+void embedding_backward(float* dwte,            // (V, C) +=
+                        const T* dout,          // (N, C)
+                        const int32_t* tokens,  // (N)
+                        void* scratch,          // embedding_backward_scratch_bytes(N)
+                        int N, int C, int V, cudaStream_t stream);
 
 // The main launch of a memory-bound kernel for a shape (16-byte aligned pointers), as its
 // launcher computes it: for the work tests (tests/cuda_emu/work_memory_bound.cpp) and the docs.
