@@ -93,7 +93,7 @@ void add(T* out, const T* a, const T* b, int64_t n, cudaStream_t stream);  // ou
 // ---- cross_entropy.cu --------------------------------------------------------------------------
 // losses (N) = logsumexp(row) - row[target]; dlogits (or nullptr) = (softmax - onehot) * dloss,
 // written over logits when they alias. A negative target gives loss 0 and gradient 0.
-// One block per row, the row held in registers (read once) up to 8192 16-byte vectors.
+// One block per row, the row held in registers (read once) for V up to 32768 (16-byte accesses).
 template <class T>
 KernelGrid cross_entropy_grid(int N, int V);
 template <class T>

@@ -14,10 +14,11 @@
 //    conflicts) and go to a (chunks, C) scratch once per block; a second kernel adds the chunks
 //    in order, 16-byte loads spread over the chunk dimension, and adds the sum to dweight. Fixed
 //    order everywhere: deterministic, no atomics;
-//  - grids sized for 132 SMs: the forward takes 8+ rows per block and at least 2 x kFillBlocks
-//    blocks when N allows (N = 8192: 547 blocks of 15 rows), the backward 16+ rows per block and
-//    kFillBlocks blocks when N allows (N = 8192: 265 blocks of 31 rows; fewer blocks keep the
-//    partials' traffic at a few percent).
+//  - grids sized for 132 SMs and one wave: the forward takes 8+ rows per block and up to
+//    2 x kFillBlocks = 528 blocks (4 per SM, which its registers allow at 256 threads), the
+//    backward 16+ rows per block and up to kFillBlocks = 264 blocks (2 per SM; fewer blocks
+//    also keep the partials' traffic small: 2 x 264 x C x 4 bytes against 4 N C x 2). N = 8192:
+//    528 blocks of 15-16 rows, and 264 of 31-32.
 // Register tiles: up to 512 threads x 4 vectors (x 2 in the bf16 backward), so C up to 16384
 // (forward) and 8192 (backward) in bf16, 8192 in fp32, 2048 without 16-byte accesses; wider
 // rows take the plain streaming kernels (rows read twice), still correct.
@@ -35,23 +36,24 @@ constexpr int kMaxThreads = 512;
 constexpr int kForwardMinRows = 8, kBackwardMinRows = 16;
 
 // How a call is laid out: the register tile (vpt vectors of vec elements per thread, 0 when the
-// row does not fit it), threads per block, rows per block, blocks.
+// row does not fit it), threads per block, blocks. Block b takes rows [b N / blocks, (b + 1) N /
+// blocks): at least about min_rows each, and at most target_blocks blocks, so that the grid is
+// one full wave at the occupancy the tiles allow (no lone tail blocks).
 struct Plan {
-  int vec, vpt, threads, rows, blocks;
+  int vec, vpt, threads, blocks;
 };
 
 int round_up32(int64_t t) { return int(t < 32 ? 32 : (t + 31) / 32 * 32); }
 
 // Up to 256 threads with the fewest vectors per thread, else max_vpt vectors and up to 512 threads.
 Plan make_plan(int N, int C, int vec, int max_vpt, int min_rows, int target_blocks) {
-  Plan p{vec, 0, 0, 0, 0};
+  Plan p{vec, 0, 0, 0};
   const int64_t vectors = (int64_t(C) + vec - 1) / vec;
   for (int v = 1; v <= max_vpt && p.vpt == 0; v *= 2)
     if (vectors <= 256 * v) p.vpt = v;
   if (p.vpt == 0 && vectors <= int64_t(kMaxThreads) * max_vpt) p.vpt = max_vpt;
   p.threads = p.vpt ? round_up32((vectors + p.vpt - 1) / p.vpt) : 256;
-  p.rows = std::max(min_rows, N / target_blocks);
-  p.blocks = (N + p.rows - 1) / p.rows;
+  p.blocks = int(std::min<int64_t>(target_blocks, (int64_t(N) + min_rows - 1) / min_rows));
   return p;
 }
 
@@ -72,10 +74,10 @@ Plan backward_plan(int N, int C, bool vectorized) {
 
 // ---- register-tiled kernels ----------------------------------------------------------------
 
-// Rows [blockIdx.x * rows, + rows); thread t owns vectors t, t + blockDim.x, ... (VPT of them).
+// The block's rows (see Plan); thread t owns vectors t, t + blockDim.x, ... (VPT of them).
 template <class T, int VEC, int VPT>
 __global__ void __launch_bounds__(kMaxThreads)
-    rmsnorm_forward_rows(T* out, float* rstd, const T* inp, const T* weight, int N, int C, int rows,
+    rmsnorm_forward_rows(T* out, float* rstd, const T* inp, const T* weight, int N, int C,
                          float eps) {
   __shared__ float red[2][32];
   Packed<T, VEC> w[VPT];
@@ -85,7 +87,7 @@ __global__ void __launch_bounds__(kMaxThreads)
     col[k] = (k * int(blockDim.x) + int(threadIdx.x)) * VEC;
     if (col[k] < C) w[k] = load_packed<T, VEC>(weight + col[k]);
   }
-  const int n0 = blockIdx.x * rows, n1 = min(N, n0 + rows);
+  const int n0 = int(int64_t(blockIdx.x) * N / gridDim.x), n1 = int(int64_t(blockIdx.x + 1) * N / gridDim.x);
   for (int n = n0; n < n1; ++n) {
     const int64_t row = int64_t(n) * C;
     Packed<T, VEC> x[VPT];
@@ -115,7 +117,7 @@ __global__ void __launch_bounds__(kMaxThreads)
 template <class T, int VEC, int VPT>
 __global__ void __launch_bounds__(kMaxThreads)
     rmsnorm_backward_rows(T* dinp, float* dw_partial, const T* dout, const T* inp, const T* weight,
-                          const float* rstd, int N, int C, int rows) {
+                          const float* rstd, int N, int C) {
   __shared__ float red[2][32];
   Packed<T, VEC> w[VPT];
   float dw[VPT][VEC];
@@ -127,7 +129,7 @@ __global__ void __launch_bounds__(kMaxThreads)
 #pragma unroll
     for (int j = 0; j < VEC; ++j) dw[k][j] = 0.f;
   }
-  const int n0 = blockIdx.x * rows, n1 = min(N, n0 + rows);
+  const int n0 = int(int64_t(blockIdx.x) * N / gridDim.x), n1 = int(int64_t(blockIdx.x + 1) * N / gridDim.x);
   for (int n = n0; n < n1; ++n) {
     const int64_t row = int64_t(n) * C;
     Packed<T, VEC> x[VPT], g[VPT];
@@ -175,9 +177,9 @@ __global__ void __launch_bounds__(kMaxThreads)
 
 template <class T>
 __global__ void rmsnorm_forward_stream(T* out, float* rstd, const T* inp, const T* weight, int N,
-                                       int C, int rows, float eps) {
+                                       int C, float eps) {
   __shared__ float red[2][32];
-  const int n0 = blockIdx.x * rows, n1 = min(N, n0 + rows);
+  const int n0 = int(int64_t(blockIdx.x) * N / gridDim.x), n1 = int(int64_t(blockIdx.x + 1) * N / gridDim.x);
   for (int n = n0; n < n1; ++n) {
     const T* x = inp + int64_t(n) * C;
     T* y = out + int64_t(n) * C;
@@ -195,10 +197,10 @@ __global__ void rmsnorm_forward_stream(T* out, float* rstd, const T* inp, const 
 // dw_partial[blockIdx.x] directly (global memory, written by this thread only).
 template <class T>
 __global__ void rmsnorm_backward_stream(T* dinp, float* dw_partial, const T* dout, const T* inp,
-                                        const T* weight, const float* rstd, int N, int C, int rows) {
+                                        const T* weight, const float* rstd, int N, int C) {
   __shared__ float red[2][32];
   float* part = dw_partial + int64_t(blockIdx.x) * C;
-  const int n0 = blockIdx.x * rows, n1 = min(N, n0 + rows);
+  const int n0 = int(int64_t(blockIdx.x) * N / gridDim.x), n1 = int(int64_t(blockIdx.x + 1) * N / gridDim.x);
   for (int n = n0; n < n1; ++n) {
     const int64_t row = int64_t(n) * C;
     const T *x = inp + row, *dy = dout + row;
@@ -278,7 +280,7 @@ void rmsnorm_forward(T* out, float* rstd, const T* inp, const T* weight, int N, 
   if (N == 0) return;
   const Plan p = forward_plan<T>(N, C, can_vectorize<T>(C, {out, inp, weight}));
   auto run = [&](auto kernel) {
-    launch_kernel(kernel, p.blocks, p.threads, 0, stream, out, rstd, inp, weight, N, C, p.rows, eps);
+    launch_kernel(kernel, p.blocks, p.threads, 0, stream, out, rstd, inp, weight, N, C, eps);
   };
   constexpr int V = kVec<T>;
   if (p.vpt == 0) run(rmsnorm_forward_stream<T>);
@@ -304,7 +306,7 @@ void rmsnorm_backward(T* dinp, float* dweight, const T* dout, const T* inp, cons
   const Plan p = backward_plan<T>(N, C, can_vectorize<T>(C, {dinp, dout, inp, weight}));
   auto run = [&](auto kernel) {
     launch_kernel(kernel, p.blocks, p.threads, 0, stream, dinp, scratch, dout, inp, weight, rstd,
-                  N, C, p.rows);
+                  N, C);
   };
   constexpr int V = kVec<T>;
   if (p.vpt == 0) run(rmsnorm_backward_stream<T>);

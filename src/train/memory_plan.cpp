@@ -265,8 +265,8 @@ MemoryPlan memory_plan(const Config& cfg, int dp, int tp, const MemoryPlanOption
     // src/cuda/cuda_backend.cpp: the cuBLASLt workspace, then the kernel scratch of the first step.
     p.matmul_workspace_bytes = int64_t(kCudaMatmulWorkspaceBytes);
     const int64_t N = int64_t(B) * T, Ns = ceil_div(N, tp);
-    const int64_t rows = std::max<int64_t>(16, Ns / 264);        // kernels/rmsnorm.cu: backward_plan
-    p.scratch_bytes += ceil_div(Ns, rows) * m.hidden_size * 4;   // rmsnorm dweight partials (fp32)
+    const int64_t chunks = std::min<int64_t>(264, ceil_div(Ns, 16));  // kernels/rmsnorm.cu: backward_plan
+    p.scratch_bytes += chunks * m.hidden_size * 4;               // rmsnorm dweight partials (fp32)
     p.scratch_bytes += int64_t(B) * (m.num_attention_heads / tp) * T * 4;  // attention D (fp32)
     p.scratch_bytes += N * 8;                                    // embedding's sorted (token, row) keys
     p.scratch_bytes += (1024 + 1) * 8;                           // sum-of-squares partials (f64)
