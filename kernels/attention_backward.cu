@@ -2,38 +2,49 @@
 //
 // Shapes: q (B, T, H, HD), k and v (B, T, KV, HD), out (B, T, H, HD), lse (B, H, T) fp32.
 // Query head h reads key/value head h / (H / KV) straight from k and v: no copies. Scale
-// 1/sqrt(HD). HD is a template parameter (64 and 128 are instantiated).
+// 1/sqrt(HD). HD is a template parameter (64 and 128 are instantiated). The mma fragment layout
+// is described in attention_forward.cu and common/mma.cuh.
 //
-// Tensor cores: mma.sync.m16n8k16 with bf16 operands and fp32 accumulators (sm_80 and sm_90).
-// Each warp owns 16 rows of a 64-row tile; a block is 4 warps. Fragment layout of m16n8k16
-// (PTX ISA), with g = lane / 4 and t = lane % 4:
-//   A (16x16, row-major): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
-//   B (16x8, "col"):      b0 = (k 2t..2t+1, n g), b1 = (k 2t+8..2t+9, n g)
-//   C (16x8, fp32):       c0,c1 = (g, 2t..2t+1), c2,c3 = (g+8, 2t..2t+1)
-// Two adjacent C tiles (n 0..15) hold exactly the elements of one A fragment (k 0..15), so
-// probabilities computed in registers feed the next product without going through memory.
+// One pass, five products per (query tile, key tile) pair at or below the diagonal:
+//   S = Q K^T, dP = dO V^T, P = exp(S * scale - lse), dS = P * (dP - D),
+//   dV += P^T dO, dK += dS^T Q, dQ += dS K,
+// with D = rowsum(dO * O). Kernels, none with atomics:
+//   1. D (B, H, T) fp32, one warp per row;
+//   2. the main kernel, one block per (b, query head, split): grid (B * H, splits), where splits
+//      = min(key tiles, ceil(264 / (B * H))) from the shape alone (about two blocks per SM of a
+//      132-SM GPU even at B 1 with few heads, and the same grid, hence the same sums, on every
+//      GPU). Split s takes the key tiles s, 2S-1-s, 2S+s, 4S-1-s, ... (S splits, ascending:
+//      the heaviest first; pairing a heavy tile with a light one balances the splits). For each
+//      key tile of BK keys, K and V stay in shared memory and dK, dV accumulate in registers
+//      while the block walks the query tiles (BQ queries) from the diagonal to the end. Each
+//      warp owns 16 keys: it computes its rows of S^T = K Q^T and dP^T = V dO^T, turns them
+//      into P^T and dS^T in registers, which are the A operands of dV += P^T dO and
+//      dK += dS^T Q. dS^T goes to shared memory (bf16) for dQ = dS K, for which the warps split
+//      the (BQ x HD) output instead; the block adds it into its own fp32 partial dq_accum[s]
+//      (B, T, H, HD) by plain read-modify-write (the split's first key tile writes it), so the
+//      sum over a split's key tiles has a fixed order. dK, dV of the key tile are written once:
+//      as bf16 straight into dk, dv when a KV head has one query head, else as fp32 per query
+//      head (B, T, H, HD);
+//   3. dq = scale * sum of dq_accum over the splits that reached the row (split s's rows start
+//      at its first key tile), in split order, as bf16;
+//   4. under GQA, dk = scale * sum and dv = sum of the per-query-head partials over the group's
+//      heads, in head order, as bf16.
+// Every sum has an order fixed by the shape: bitwise identical results from run to run and
+// whatever order the blocks run in. P and dS are rounded to bf16 as the operands of the products
+// that consume them, as in FlashAttention-2; all sums are fp32.
 //
-// Grids are (B * heads, query or key tiles): x takes the (b, head) pairs, which can number more
-// than the 65,535 that y allows (B 2,049 x H 32 does), and y the tiles (T up to 4M).
-//
-// Backward, three kernels, no atomics (deterministic):
-//   1. D = rowsum(dO * O) (B, H, T) fp32, one warp per row;
-//   2. dK, dV: one block per (64 keys, b, kv head) loops over the query heads of its group and
-//      the query tiles at or below the diagonal, recomputing P^T = exp(K Q^T * scale - lse) and
-//      accumulating dV += P^T dO and dK += dS^T Q (dS = P * (dP - D), dP = dO V^T) in registers;
-//      summing the group's heads inside one block is what makes GQA's dK and dV deterministic;
-//   3. dQ: one block per (64 queries, b, h) loops over key tiles, recomputes P and dS, and
-//      accumulates dQ = dS K in registers. This recomputes two of the five products instead of
-//      adding dQ with atomics (FlashAttention-2's choice), trading speed for reproducibility.
-// P and dS are rounded to bf16 as the operands of the products that consume them, as in
-// FlashAttention-2; all sums are fp32.
+// Tiles (FlashAttention-2's for the backward): BK = 128 keys, 8 warps of 16 keys; BQ = 128
+// queries for HD 64 and 64 for HD 128. A lane holds HD/2 floats of dK and of dV and BQ/4 of
+// S^T and of dP^T: HD + BQ = 192 accumulators either way, which fit the 255 registers of one
+// 256-thread block per SM without spilling (the HD loop of S^T and dP^T is kept rolled: unrolled,
+// the compiler loads ahead and spills).
 #include "common/attention_common.cuh"
 
 namespace ltrain::cuda {
 namespace {
 using namespace attention_detail;
 
-// ---- backward ----------------------------------------------------------------------------------
+// ---- D = rowsum(dO * O) ------------------------------------------------------------------------
 
 // D (B, H, T) = rowsum(dout * out), one warp per (b, t, h) row.
 template <int HD>
@@ -60,239 +71,357 @@ __global__ void attention_backward_dot_do_o(float* D, const bf16* dout, const bf
   }
 }
 
-// dK, dV for 64 keys of one (b, kv head), summed over the group's query heads. BQ queries per
-// step (64 for HD 64; 32 for HD 128 to keep the fp32 accumulators in registers).
-template <int HD, int BQ>
-__global__ void __launch_bounds__(kThreads)
-    attention_backward_dk_dv(bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k,
-                             const bf16* v, const float* lse, const float* D, int Tn, int H, int KV,
-                             float scale, float scale_log2) {
-  constexpr int S = kStride<HD>;
-  LTRAIN_DYNAMIC_SHARED(unsigned char, smem_raw);
-  bf16* sK = reinterpret_cast<bf16*>(smem_raw);  // (64, S)
-  bf16* sV = sK + kTile * S;                      // (64, S)
-  bf16* sQ = sV + kTile * S;                      // (BQ, S)
-  bf16* sdO = sQ + BQ * S;                        // (BQ, S)
-  float* sL = reinterpret_cast<float*>(sdO + BQ * S);  // (BQ) lse * log2(e); +inf past the end
-  float* sD = sL + BQ;                                 // (BQ)
+// ---- the main kernel ---------------------------------------------------------------------------
 
-  const int ktile = blockIdx.y;  // the first key tiles, which see the most queries, first
-  const int b = blockIdx.x / KV, kvh = blockIdx.x % KV, group = H / KV;
-  const int k0 = ktile * kTile;
-  const int64_t ldq = int64_t(H) * HD, ldk = int64_t(KV) * HD;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int r0 = warp * kRowsPerWarp;
-  const int key[2] = {k0 + r0 + g, k0 + r0 + g + 8};
+template <int HD>
+struct BackwardTile;
+template <>
+struct BackwardTile<64> {
+  static constexpr int kQueries = 128, kKeys = 128;
+};
+template <>
+struct BackwardTile<128> {
+  static constexpr int kQueries = 64, kKeys = 128;
+};
+constexpr int kBackwardKeys = 128;  // BK of every head dim (the split count depends on it)
+constexpr int kTargetBlocks = 2 * 132;
 
-  const int64_t kv_off = (int64_t(b) * Tn + k0) * ldk + kvh * HD;
-  load_tile<kTile, HD>(sK, k + kv_off, ldk, min(kTile, Tn - k0));
-  load_tile<kTile, HD>(sV, v + kv_off, ldk, min(kTile, Tn - k0));
-
-  float dK[HD / 8][4], dV[HD / 8][4];
-#pragma unroll
-  for (int n = 0; n < HD / 8; ++n)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) dK[n][e] = dV[n][e] = 0.f;
-
-  const int q_begin = k0 / BQ * BQ;  // queries before k0 see none of these keys
-  for (int h = kvh * group; h < (kvh + 1) * group; ++h) {
-    const float* L = lse + (int64_t(b) * H + h) * Tn;
-    const float* Dh = D + (int64_t(b) * H + h) * Tn;
-    for (int q0 = q_begin; q0 < Tn; q0 += BQ) {
-      __syncthreads();  // the previous Q and dO tiles are consumed (and K, V are loaded)
-      const int64_t q_off = (int64_t(b) * Tn + q0) * ldq + h * HD;
-      load_tile<BQ, HD>(sQ, q + q_off, ldq, min(BQ, Tn - q0));
-      load_tile<BQ, HD>(sdO, dout + q_off, ldq, min(BQ, Tn - q0));
-      for (int i = threadIdx.x; i < BQ; i += blockDim.x) {
-        const bool valid = q0 + i < Tn;
-        sL[i] = valid ? L[q0 + i] * kLog2e : INFINITY;
-        sD[i] = valid ? Dh[q0 + i] : 0.f;
-      }
-      __syncthreads();
-
-      // S^T (16 keys x BQ queries) = K Q^T and dP^T = V dO^T.
-      float s[BQ / 8][4], dp[BQ / 8][4];
-#pragma unroll
-      for (int j = 0; j < BQ / 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < HD / 16; ++kk) {
-        uint32_t kf[4], vf[4];
-        lds_a_fragment<S>(kf, sK, r0, 16 * kk, g, t);
-        lds_a_fragment<S>(vf, sV, r0, 16 * kk, g, t);
-#pragma unroll
-        for (int j = 0; j < BQ / 8; ++j) {
-          const bf16* pq = sQ + (8 * j + g) * S + 16 * kk + 2 * t;
-          const bf16* pd = sdO + (8 * j + g) * S + 16 * kk + 2 * t;
-          mma_bf16_16x8x16(s[j], kf, lds_pair(pq), lds_pair(pq + 8));
-          mma_bf16_16x8x16(dp[j], vf, lds_pair(pd), lds_pair(pd + 8));
-        }
-      }
-      // P^T = exp(S^T * scale - lse) where query >= key; dS^T = P^T * (dP^T - D).
-#pragma unroll
-      for (int j = 0; j < BQ / 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int qi = 8 * j + 2 * t + (e & 1);
-          const float p = q0 + qi >= key[e / 2] ? exp2f(s[j][e] * scale_log2 - sL[qi]) : 0.f;
-          s[j][e] = p;
-          dp[j][e] = p * (dp[j][e] - sD[qi]);
-        }
-      // dV += P^T dO and dK += dS^T Q (scaled at the end), over BQ queries in steps of 16.
-#pragma unroll
-      for (int kk = 0; kk < BQ / 16; ++kk) {
-        uint32_t pa[4], dsa[4];
-        c_tiles_to_a_fragment(pa, s[2 * kk], s[2 * kk + 1]);
-        c_tiles_to_a_fragment(dsa, dp[2 * kk], dp[2 * kk + 1]);
-        const bf16* pd = sdO + (16 * kk + 2 * t) * S + g;
-        const bf16* pq = sQ + (16 * kk + 2 * t) * S + g;
-#pragma unroll
-        for (int n = 0; n < HD / 8; ++n) {
-          mma_bf16_16x8x16(dV[n], pa, lds_column_pair(pd + 8 * n, S),
-                           lds_column_pair(pd + 8 * S + 8 * n, S));
-          mma_bf16_16x8x16(dK[n], dsa, lds_column_pair(pq + 8 * n, S),
-                           lds_column_pair(pq + 8 * S + 8 * n, S));
-        }
-      }
-    }
-  }
-
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    if (key[r] >= Tn) continue;
-    const int64_t off = (int64_t(b) * Tn + key[r]) * ldk + kvh * HD + 2 * t;
-#pragma unroll
-    for (int n = 0; n < HD / 8; ++n) {
-      *reinterpret_cast<uint32_t*>(dk + off + 8 * n) =
-          pack_bf16x2(dK[n][2 * r] * scale, dK[n][2 * r + 1] * scale);
-      *reinterpret_cast<uint32_t*>(dv + off + 8 * n) = pack_bf16x2(dV[n][2 * r], dV[n][2 * r + 1]);
-    }
-  }
+template <int HD>
+constexpr int backward_threads() {
+  return BackwardTile<HD>::kKeys / 16 * 32;
 }
 
-// dQ for 64 queries of one (b, h): loops over the key tiles at or below the diagonal.
-template <int HD>
-__global__ void __launch_bounds__(kThreads)
-    attention_backward_dq(bf16* dq, const bf16* dout, const bf16* q, const bf16* k, const bf16* v,
-                          const float* lse, const float* D, int Tn, int H, int KV, float scale,
-                          float scale_log2) {
-  constexpr int S = kStride<HD>, BK = kTile;
-  LTRAIN_DYNAMIC_SHARED(unsigned char, smem_raw);
-  bf16* sQ = reinterpret_cast<bf16*>(smem_raw);  // (64, S)
-  bf16* sdO = sQ + kTile * S;                     // (64, S)
-  bf16* sK = sdO + kTile * S;                     // (BK, S)
-  bf16* sV = sK + BK * S;                         // (BK, S)
+__host__ __device__ inline int64_t key_tiles(int Tn) { return (int64_t(Tn) + kBackwardKeys - 1) / kBackwardKeys; }
 
-  const int qtile = gridDim.y - 1 - blockIdx.y;  // the last query tiles, which see the most keys, first
-  const int b = blockIdx.x / H, h = blockIdx.x % H, kvh = h / (H / KV);
-  const int q0 = qtile * kTile;
+// The number of key-tile splits per (b, query head): from the shape only.
+int backward_splits(int B, int Tn, int H) {
+  const int64_t bh = int64_t(B) * H;
+  const int64_t want = (kTargetBlocks + bh - 1) / bh;
+  return int(std::max<int64_t>(1, std::min(key_tiles(Tn), want)));
+}
+
+// The first query row that split s's partial dq holds (the first query tile of its first key
+// tile, s); rows before it are neither written nor summed.
+template <int HD>
+__device__ __host__ __forceinline__ int split_first_row(int s) {
+  constexpr int BQ = BackwardTile<HD>::kQueries, BK = BackwardTile<HD>::kKeys;
+  return s * BK / BQ * BQ;
+}
+
+template <int HD>
+__global__ void __launch_bounds__(backward_threads<HD>(), 1)
+    attention_backward_main(float* dq_accum, float* dk_part, float* dv_part, bf16* dk, bf16* dv,
+                            const bf16* dout, const bf16* q, const bf16* k, const bf16* v,
+                            const float* lse, const float* D, int B, int Tn, int H, int KV,
+                            float scale, float scale_log2) {
+  constexpr int BQ = BackwardTile<HD>::kQueries, BK = BackwardTile<HD>::kKeys;
+  constexpr int NW = BK / 16;               // warps: 16 keys each
+  constexpr int RG = BQ / 16;               // row groups of dQ
+  constexpr int NC = NW / RG;               // column parts of dQ per row group
+  constexpr int HDW = HD / NC;              // dQ columns per warp
+  static_assert(NW % RG == 0 && HDW % 8 == 0, "dQ warp partition");
+  constexpr int S = kStride<HD>;
+  constexpr int SS = BQ + 8;                // sdS row stride
+  LTRAIN_DYNAMIC_SHARED(unsigned char, smem_raw);
+  bf16* sK = reinterpret_cast<bf16*>(smem_raw);  // (BK, S)
+  bf16* sV = sK + BK * S;                         // (BK, S)
+  bf16* sQ = sV + BK * S;                         // (BQ, S)
+  bf16* sdO = sQ + BQ * S;                        // (BQ, S)
+  bf16* sdS = sdO + BQ * S;                       // (BK, SS): dS^T, keys x queries
+  float* sL = reinterpret_cast<float*>(sdS + BK * SS);  // (BQ) lse * log2(e); +inf past the end
+  float* sD = sL + BQ;                                  // (BQ)
+
+  const int b = blockIdx.x / H, h = blockIdx.x % H, group = H / KV, kvh = h / group;
+  const int split = blockIdx.y, splits = gridDim.y;
   const int64_t ldq = int64_t(H) * HD, ldk = int64_t(KV) * HD;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int r0 = warp * kRowsPerWarp;
-  const int row[2] = {q0 + r0 + g, q0 + r0 + g + 8};
-  float Lr[2], Dr[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const bool valid = row[r] < Tn;
-    Lr[r] = valid ? lse[(int64_t(b) * H + h) * Tn + row[r]] * kLog2e : INFINITY;
-    Dr[r] = valid ? D[(int64_t(b) * H + h) * Tn + row[r]] : 0.f;
-  }
+  const int r0 = warp * 16;                      // this warp's keys in the key tile
+  const int rg = warp % RG, col0 = warp / RG * HDW;  // this warp's part of dQ
+  const int n_kt = int(key_tiles(Tn)), n_qt = (Tn + BQ - 1) / BQ;
+  const float* L = lse + (int64_t(b) * H + h) * Tn;
+  const float* Dh = D + (int64_t(b) * H + h) * Tn;
+  float* dQacc = dq_accum + ((int64_t(split) * B + b) * Tn) * ldq + h * HD;
 
-  const int64_t q_off = (int64_t(b) * Tn + q0) * ldq + h * HD;
-  load_tile<kTile, HD>(sQ, q + q_off, ldq, min(kTile, Tn - q0));
-  load_tile<kTile, HD>(sdO, dout + q_off, ldq, min(kTile, Tn - q0));
-  const bf16* K = k + int64_t(b) * Tn * ldk + kvh * HD;
-  const bf16* V = v + int64_t(b) * Tn * ldk + kvh * HD;
+  for (int base = 0; base < n_kt; base += 2 * splits)
+    for (int half = 0; half < 2; ++half) {
+      const int kt = half == 0 ? base + split : base + 2 * splits - 1 - split;
+      if (kt >= n_kt) break;
+      const bool first = base == 0 && half == 0;  // the split's first key tile writes dq_accum
+      const int k0 = kt * BK;
+      const int key[2] = {k0 + r0 + g, k0 + r0 + g + 8};
 
-  float dQ[HD / 8][4];
-#pragma unroll
-  for (int n = 0; n < HD / 8; ++n) dQ[n][0] = dQ[n][1] = dQ[n][2] = dQ[n][3] = 0.f;
+      __syncthreads();  // the previous key tile's K (read by dQ) is consumed
+      const int64_t kv_off = (int64_t(b) * Tn + k0) * ldk + kvh * HD;
+      load_tile<BK, HD>(sK, k + kv_off, ldk, min(BK, Tn - k0));
+      load_tile<BK, HD>(sV, v + kv_off, ldk, min(BK, Tn - k0));
 
-  const int n_tiles = min((Tn + BK - 1) / BK, (q0 + kTile - 1) / BK + 1);
-  for (int kt = 0; kt < n_tiles; ++kt) {
-    const int k0 = kt * BK;
-    __syncthreads();
-    load_tile<BK, HD>(sK, K + k0 * ldk, ldk, min(BK, Tn - k0));
-    load_tile<BK, HD>(sV, V + k0 * ldk, ldk, min(BK, Tn - k0));
-    __syncthreads();
-
-    float s[BK / 8][4], dp[BK / 8][4];
-#pragma unroll
-    for (int j = 0; j < BK / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; ++kk) {
-      uint32_t qf[4], of[4];
-      lds_a_fragment<S>(qf, sQ, r0, 16 * kk, g, t);
-      lds_a_fragment<S>(of, sdO, r0, 16 * kk, g, t);
-#pragma unroll
-      for (int j = 0; j < BK / 8; ++j) {
-        const bf16* pk = sK + (8 * j + g) * S + 16 * kk + 2 * t;
-        const bf16* pv = sV + (8 * j + g) * S + 16 * kk + 2 * t;
-        mma_bf16_16x8x16(s[j], qf, lds_pair(pk), lds_pair(pk + 8));
-        mma_bf16_16x8x16(dp[j], of, lds_pair(pv), lds_pair(pv + 8));
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < BK / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = k0 + 8 * j + 2 * t + (e & 1);
-        const float p = key <= row[e / 2] && key < Tn ? exp2f(s[j][e] * scale_log2 - Lr[e / 2]) : 0.f;
-        dp[j][e] = p * (dp[j][e] - Dr[e / 2]);
-      }
-    // dQ += dS K
-#pragma unroll
-    for (int kk = 0; kk < BK / 16; ++kk) {
-      uint32_t a[4];
-      c_tiles_to_a_fragment(a, dp[2 * kk], dp[2 * kk + 1]);
-      const bf16* pk = sK + (16 * kk + 2 * t) * S + g;
+      float dK[HD / 8][4], dV[HD / 8][4];
 #pragma unroll
       for (int n = 0; n < HD / 8; ++n)
-        mma_bf16_16x8x16(dQ[n], a, lds_column_pair(pk + 8 * n, S), lds_column_pair(pk + 8 * S + 8 * n, S));
-    }
-  }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dK[n][e] = dV[n][e] = 0.f;
 
+      for (int qt = k0 / BQ; qt < n_qt; ++qt) {
+        const int q0 = qt * BQ;
+        __syncthreads();  // the previous Q, dO and dS are consumed
+        const int64_t q_off = (int64_t(b) * Tn + q0) * ldq + h * HD;
+        load_tile<BQ, HD>(sQ, q + q_off, ldq, min(BQ, Tn - q0));
+        load_tile<BQ, HD>(sdO, dout + q_off, ldq, min(BQ, Tn - q0));
+        for (int i = threadIdx.x; i < BQ; i += blockDim.x) {
+          const bool valid = q0 + i < Tn;
+          sL[i] = valid ? L[q0 + i] * kLog2e : INFINITY;
+          sD[i] = valid ? Dh[q0 + i] : 0.f;
+        }
+        __syncthreads();
+
+        // S^T (16 keys x BQ queries) = K Q^T and dP^T = V dO^T.
+        float s[BQ / 8][4], dp[BQ / 8][4];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    if (row[r] >= Tn) continue;
-    bf16* dst = dq + (int64_t(b) * Tn + row[r]) * ldq + h * HD + 2 * t;
+        for (int j = 0; j < BQ / 8; ++j)
 #pragma unroll
-    for (int n = 0; n < HD / 8; ++n)
-      *reinterpret_cast<uint32_t*>(dst + 8 * n) = pack_bf16x2(dQ[n][2 * r] * scale, dQ[n][2 * r + 1] * scale);
-  }
+          for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.f;
+#pragma unroll 1  // rolled: see the header
+        for (int kk = 0; kk < HD / 16; ++kk) {
+          uint32_t kf[4], vf[4];
+          lds_a_fragment<S>(kf, sK, r0, 16 * kk, g, t);
+          lds_a_fragment<S>(vf, sV, r0, 16 * kk, g, t);
+#pragma unroll
+          for (int j = 0; j < BQ / 8; ++j) {
+            const bf16* pq = sQ + (8 * j + g) * S + 16 * kk + 2 * t;
+            const bf16* pd = sdO + (8 * j + g) * S + 16 * kk + 2 * t;
+            mma_bf16_16x8x16(s[j], kf, lds_pair(pq), lds_pair(pq + 8));
+            mma_bf16_16x8x16(dp[j], vf, lds_pair(pd), lds_pair(pd + 8));
+          }
+        }
+        // P^T = exp(S^T * scale - lse) where query >= key; dS^T = P^T * (dP^T - D). Both as
+        // bf16 pairs (the A operands of the next products); dS^T also to shared memory for dQ.
+        uint32_t pb[BQ / 8][2], dsb[BQ / 8][2];
+#pragma unroll
+        for (int j = 0; j < BQ / 8; ++j) {
+          float p[4], ds[4];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int qi = 8 * j + 2 * t + (e & 1);
+            p[e] = q0 + qi >= key[e / 2] ? exp2f(s[j][e] * scale_log2 - sL[qi]) : 0.f;
+            ds[e] = p[e] * (dp[j][e] - sD[qi]);
+          }
+          pb[j][0] = pack_bf16x2(p[0], p[1]);
+          pb[j][1] = pack_bf16x2(p[2], p[3]);
+          dsb[j][0] = pack_bf16x2(ds[0], ds[1]);
+          dsb[j][1] = pack_bf16x2(ds[2], ds[3]);
+          bf16* ps = sdS + (r0 + g) * SS + 8 * j + 2 * t;
+          *reinterpret_cast<uint32_t*>(ps) = dsb[j][0];
+          *reinterpret_cast<uint32_t*>(ps + 8 * SS) = dsb[j][1];
+        }
+        // dV += P^T dO and dK += dS^T Q (scaled at the end), over BQ queries in steps of 16.
+#pragma unroll
+        for (int kk = 0; kk < BQ / 16; ++kk) {
+          const uint32_t pa[4] = {pb[2 * kk][0], pb[2 * kk][1], pb[2 * kk + 1][0], pb[2 * kk + 1][1]};
+          const uint32_t dsa[4] = {dsb[2 * kk][0], dsb[2 * kk][1], dsb[2 * kk + 1][0], dsb[2 * kk + 1][1]};
+          const bf16* pd = sdO + (16 * kk + 2 * t) * S + g;
+          const bf16* pq = sQ + (16 * kk + 2 * t) * S + g;
+#pragma unroll
+          for (int n = 0; n < HD / 8; ++n) {
+            mma_bf16_16x8x16(dV[n], pa, lds_column_pair(pd + 8 * n, S),
+                             lds_column_pair(pd + 8 * S + 8 * n, S));
+            mma_bf16_16x8x16(dK[n], dsa, lds_column_pair(pq + 8 * n, S),
+                             lds_column_pair(pq + 8 * S + 8 * n, S));
+          }
+        }
+        __syncthreads();  // dS^T complete
+
+        // dQ (16 queries x HDW columns of this warp) = dS K over the BK keys.
+        float dQ[HDW / 8][4];
+#pragma unroll
+        for (int n = 0; n < HDW / 8; ++n) dQ[n][0] = dQ[n][1] = dQ[n][2] = dQ[n][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; ++kk) {
+          const bf16* pa = sdS + (16 * kk + 2 * t) * SS + 16 * rg + g;
+          const uint32_t a[4] = {lds_column_pair(pa, SS), lds_column_pair(pa + 8, SS),
+                                 lds_column_pair(pa + 8 * SS, SS), lds_column_pair(pa + 8 * SS + 8, SS)};
+          const bf16* pk = sK + (16 * kk + 2 * t) * S + col0 + g;
+#pragma unroll
+          for (int n = 0; n < HDW / 8; ++n)
+            mma_bf16_16x8x16(dQ[n], a, lds_column_pair(pk + 8 * n, S),
+                             lds_column_pair(pk + 8 * S + 8 * n, S));
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int row = q0 + 16 * rg + g + 8 * r;
+          if (row >= Tn) continue;
+          float* dst = dQacc + int64_t(row) * ldq + col0 + 2 * t;
+#pragma unroll
+          for (int n = 0; n < HDW / 8; ++n) {
+            float2 x = make_float2(dQ[n][2 * r], dQ[n][2 * r + 1]);
+            if (!first) {
+              const float2 y = *reinterpret_cast<const float2*>(dst + 8 * n);
+              x.x = y.x + x.x;
+              x.y = y.y + x.y;
+            }
+            *reinterpret_cast<float2*>(dst + 8 * n) = x;
+          }
+        }
+      }
+
+      // dK, dV of this key tile for query head h.
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        if (key[r] >= Tn) continue;
+        if (group == 1) {
+          const int64_t off = (int64_t(b) * Tn + key[r]) * ldk + kvh * HD + 2 * t;
+#pragma unroll
+          for (int n = 0; n < HD / 8; ++n) {
+            *reinterpret_cast<uint32_t*>(dk + off + 8 * n) =
+                pack_bf16x2(dK[n][2 * r] * scale, dK[n][2 * r + 1] * scale);
+            *reinterpret_cast<uint32_t*>(dv + off + 8 * n) = pack_bf16x2(dV[n][2 * r], dV[n][2 * r + 1]);
+          }
+        } else {
+          const int64_t off = (int64_t(b) * Tn + key[r]) * ldq + h * HD + 2 * t;
+#pragma unroll
+          for (int n = 0; n < HD / 8; ++n) {
+            *reinterpret_cast<float2*>(dk_part + off + 8 * n) = make_float2(dK[n][2 * r], dK[n][2 * r + 1]);
+            *reinterpret_cast<float2*>(dv_part + off + 8 * n) = make_float2(dV[n][2 * r], dV[n][2 * r + 1]);
+          }
+        }
+      }
+    }
 }
 
-template <int HD, int BQ>
+// ---- the final sums ----------------------------------------------------------------------------
+
+__device__ __forceinline__ void store_bf16x4(bf16* dst, float4 x) {
+  uint2 u;
+  u.x = pack_bf16x2(x.x, x.y);
+  u.y = pack_bf16x2(x.z, x.w);
+  *reinterpret_cast<uint2*>(dst) = u;
+}
+
+__device__ __forceinline__ void add4(float4& a, const float4& b) {
+  a.x += b.x;
+  a.y += b.y;
+  a.z += b.z;
+  a.w += b.w;
+}
+
+// dq (B, T, H, HD) = scale * sum over the splits s (in order) whose rows reach t of dq_accum[s].
+// Four elements per thread.
+template <int HD>
+__global__ void attention_backward_dq_sum(bf16* dq, const float* dq_accum, int Tn, int H,
+                                          int splits, int64_t n, float scale) {
+  const int64_t i = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
+  if (i >= n) return;
+  const int t = int(i / (int64_t(H) * HD) % Tn);
+  float4 x = *reinterpret_cast<const float4*>(dq_accum + i);
+  for (int s = 1; s < splits && split_first_row<HD>(s) <= t; ++s)
+    add4(x, *reinterpret_cast<const float4*>(dq_accum + int64_t(s) * n + i));
+  store_bf16x4(dq + i, make_float4(x.x * scale, x.y * scale, x.z * scale, x.w * scale));
+}
+
+// dk, dv (B, T, KV, HD) = the per-query-head partials (B, T, H, HD) summed over each group's
+// heads in order; dk times scale. Four elements per thread.
+template <int HD>
+__global__ void attention_backward_dkv_sum(bf16* dk, bf16* dv, const float* dk_part,
+                                           const float* dv_part, int H, int KV, int64_t n,
+                                           float scale) {
+  const int64_t i = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
+  if (i >= n) return;
+  const int group = H / KV;
+  const int64_t bt = i / (int64_t(KV) * HD);
+  const int kvh = int(i / HD % KV), d = int(i % HD);
+  const int64_t src = (bt * H + int64_t(kvh) * group) * HD + d;
+  float4 a = *reinterpret_cast<const float4*>(dk_part + src);
+  float4 c = *reinterpret_cast<const float4*>(dv_part + src);
+  for (int j = 1; j < group; ++j) {
+    add4(a, *reinterpret_cast<const float4*>(dk_part + src + int64_t(j) * HD));
+    add4(c, *reinterpret_cast<const float4*>(dv_part + src + int64_t(j) * HD));
+  }
+  store_bf16x4(dk + i, make_float4(a.x * scale, a.y * scale, a.z * scale, a.w * scale));
+  store_bf16x4(dv + i, c);
+}
+
+// ---- launch ------------------------------------------------------------------------------------
+
+// Scratch layout (floats): dq_accum (splits, B, T, H, HD), then under GQA dk_part and dv_part
+// (B, T, H, HD) each, then D (B, H, T) last (its size need not be a multiple of 4).
+struct ScratchLayout {
+  int64_t dq_accum, dk_part, dv_part, D, total;
+};
+ScratchLayout scratch_layout(int B, int Tn, int H, int KV, int HD) {
+  const int64_t per_head = int64_t(B) * Tn * H * HD;
+  ScratchLayout l;
+  l.dq_accum = 0;
+  l.dk_part = per_head * backward_splits(B, Tn, H);
+  const int64_t part = H > KV ? per_head : 0;
+  l.dv_part = l.dk_part + part;
+  l.D = l.dv_part + part;
+  l.total = l.D + int64_t(B) * H * Tn;
+  return l;
+}
+
+template <class Kernel, class... Args>
+void launch_backward(Kernel kernel, dim3 grid, int threads, size_t smem, cudaStream_t stream,
+                     Args... args) {
+  if (smem > 48 * 1024)
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  launch_kernel(kernel, grid, threads, smem, stream, args...);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <int HD>
 void backward_hd(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k,
-                 const bf16* v, const bf16* out, const float* lse, float* D, int B, int Tn, int H,
-                 int KV, cudaStream_t stream) {
+                 const bf16* v, const bf16* out, const float* lse, float* scratch, int B, int Tn,
+                 int H, int KV, cudaStream_t stream) {
+  constexpr int BQ = BackwardTile<HD>::kQueries, BK = BackwardTile<HD>::kKeys;
+  static_assert(BK == kBackwardKeys, "backward_splits assumes BK");
   const float scale = 1.f / sqrtf(float(HD)), scale_log2 = kLog2e * scale;
+  const ScratchLayout l = scratch_layout(B, Tn, H, KV, HD);
+  float* dq_accum = scratch + l.dq_accum;
+  float* dk_part = scratch + l.dk_part;
+  float* dv_part = scratch + l.dv_part;
+  float* D = scratch + l.D;
   const int64_t rows = int64_t(B) * Tn * H;
   launch_kernel(attention_backward_dot_do_o<HD>, ceil_div(rows * 32, 256), 256, 0, stream, D, dout, out, Tn, H, rows);
   CUDA_CHECK_LAUNCH();
-  const size_t smem_kv = (size_t(2) * kTile + 2 * BQ) * kStride<HD> * sizeof(bf16) + 2 * BQ * sizeof(float);
-  launch_with_smem(attention_backward_dk_dv<HD, BQ>, dim3(B * KV, ceil_div(Tn, kTile)), smem_kv,
-                   stream, dk, dv, dout, q, k, v, lse, (const float*)D, Tn, H, KV, scale, scale_log2);
-  const size_t smem_q = size_t(4) * kTile * kStride<HD> * sizeof(bf16);
-  launch_with_smem(attention_backward_dq<HD>, dim3(B * H, ceil_div(Tn, kTile)), smem_q, stream, dq,
-                   dout, q, k, v, lse, (const float*)D, Tn, H, KV, scale, scale_log2);
+
+  const int splits = backward_splits(B, Tn, H);
+  constexpr size_t smem = (size_t(2) * BK + 2 * BQ) * kStride<HD> * sizeof(bf16) +
+                          size_t(BK) * (BQ + 8) * sizeof(bf16) + 2 * BQ * sizeof(float);
+  launch_backward(attention_backward_main<HD>, dim3(B * H, splits), backward_threads<HD>(), smem,
+                  stream, dq_accum, dk_part, dv_part, dk, dv, dout, q, k, v, lse, (const float*)D, B,
+                  Tn, H, KV, scale, scale_log2);
+
+  const int64_t nq = int64_t(B) * Tn * H * HD;
+  launch_kernel(attention_backward_dq_sum<HD>, ceil_div(nq / 4, 256), 256, 0, stream, dq,
+                (const float*)dq_accum, Tn, H, splits, nq, scale);
+  CUDA_CHECK_LAUNCH();
+  if (H > KV) {
+    const int64_t nk = int64_t(B) * Tn * KV * HD;
+    launch_kernel(attention_backward_dkv_sum<HD>, ceil_div(nk / 4, 256), 256, 0, stream, dk, dv,
+                  (const float*)dk_part, (const float*)dv_part, H, KV, nk, scale);
+    CUDA_CHECK_LAUNCH();
+  }
 }
 
 }  // namespace
 
-size_t attention_backward_scratch_floats(int B, int Tn, int H) { return size_t(B) * H * Tn; }
+size_t attention_backward_scratch_floats(int B, int Tn, int H, int KV, int HD) {
+  return size_t(scratch_layout(B, Tn, H, KV, HD).total);
+}
+
+AttentionBackwardTile attention_backward_tile(int HD) {
+  if (HD == 64) return {BackwardTile<64>::kQueries, BackwardTile<64>::kKeys};
+  if (HD == 128) return {BackwardTile<128>::kQueries, BackwardTile<128>::kKeys};
+  return {0, 0};
+}
 
 void attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q,
                         const bf16* k, const bf16* v, const bf16* out, const float* lse,
                         float* scratch, int B, int Tn, int H, int KV, int HD, cudaStream_t stream) {
   if (B == 0 || Tn == 0) return;
   LTRAIN_CHECK(H % KV == 0, "attention: H " << H << " is not a multiple of KV " << KV);
-  check_aligned({dq, dk, dv, dout, q, k, v, out});
-  if (HD == 64) backward_hd<64, 64>(dq, dk, dv, dout, q, k, v, out, lse, scratch, B, Tn, H, KV, stream);
-  else if (HD == 128) backward_hd<128, 32>(dq, dk, dv, dout, q, k, v, out, lse, scratch, B, Tn, H, KV, stream);
+  check_aligned({dq, dk, dv, dout, q, k, v, out, scratch});
+  if (HD == 64) backward_hd<64>(dq, dk, dv, dout, q, k, v, out, lse, scratch, B, Tn, H, KV, stream);
+  else if (HD == 128) backward_hd<128>(dq, dk, dv, dout, q, k, v, out, lse, scratch, B, Tn, H, KV, stream);
   else LTRAIN_CHECK(false, "attention: head dim " << HD << " is not supported (64, 128)");
 }
 

@@ -165,10 +165,18 @@ void attention_forward(bf16* out,        // (B, T, H, HD)
                        const bf16* k,    // (B, T, KV, HD)
                        const bf16* v,    // (B, T, KV, HD)
                        int B, int Tn, int H, int KV, int HD, cudaStream_t stream);
-// Floats of scratch attention_backward needs: D = rowsum(dout * out), (B, H, T).
-size_t attention_backward_scratch_floats(int B, int Tn, int H);
-// dq, dk, dv written (=). dk and dv sum over the query heads of each group in a fixed order, and
-// dq is computed by its own pass over key tiles: no atomics, deterministic.
+// Floats of scratch attention_backward needs: D = rowsum(dout * out) (B, H, T), the fp32 dQ
+// partials of the key-tile splits (splits, B, T, H, HD) and, under GQA (H > KV), the fp32 dK
+// and dV of every query head (B, T, H, HD) each.
+size_t attention_backward_scratch_floats(int B, int Tn, int H, int KV, int HD);
+// The backward's unit of work: one tile of `queries` queries against one of `keys` keys (at or
+// below the diagonal), five products of queries x keys x HD (tests/cuda_emu/work_attention_backward.cpp).
+struct AttentionBackwardTile {
+  int queries, keys;
+};
+AttentionBackwardTile attention_backward_tile(int HD);
+// dq, dk, dv written (=). One pass over the (query tile, key tile) pairs; dQ is summed over key
+// tiles and dK, dV over each group's query heads in a fixed order: no atomics, deterministic.
 void attention_backward(bf16* dq,          // (B, T, H, HD)
                         bf16* dk,          // (B, T, KV, HD)
                         bf16* dv,          // (B, T, KV, HD)

@@ -354,7 +354,7 @@ class CudaBackend final : public Backend {
     LTRAIN_CHECK(dq.shape == q.shape && dk.shape == k.shape && dv.shape == v.shape &&
                  dout.shape == q.shape && out.shape == q.shape, "attention_backward shapes");
     auto* scratch = static_cast<float*>(attn_scratch_.get(
-        cuda::attention_backward_scratch_floats(B, Tn, H) * sizeof(float), allocated_));
+        cuda::attention_backward_scratch_floats(B, Tn, H, KV, HD) * sizeof(float), allocated_));
     cuda::attention_backward(dq.as<bf16>(), dk.as<bf16>(), dv.as<bf16>(), dout.as<bf16>(),
                              q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), out.as<bf16>(),
                              lse.as<float>(), scratch, B, Tn, H, KV, HD, stream_);

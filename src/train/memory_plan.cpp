@@ -267,7 +267,12 @@ MemoryPlan memory_plan(const Config& cfg, int dp, int tp, const MemoryPlanOption
     const int64_t N = int64_t(B) * T, Ns = ceil_div(N, tp);
     const int64_t chunks = std::min<int64_t>(264, ceil_div(Ns, 16));  // kernels/rmsnorm.cu: backward_plan
     p.scratch_bytes += chunks * m.hidden_size * 4;               // rmsnorm dweight partials (fp32)
-    p.scratch_bytes += int64_t(B) * (m.num_attention_heads / tp) * T * 4;  // attention D (fp32)
+    // kernels/attention_backward.cu (scratch_layout), fp32: D (B, H, T), the dQ partials of the
+    // key-tile splits (splits = min(key tiles of 128, ceil(264 / (B H)))) and, under GQA, dK and
+    // dV per query head, each (B, T, H, HD); H and KV per tensor-parallel rank.
+    const int64_t Ha = m.num_attention_heads / tp, KVa = m.kv_heads() / tp, BTHD = int64_t(B) * T * Ha * m.head_dim();
+    const int64_t splits = std::clamp<int64_t>(ceil_div(264, int64_t(B) * Ha), 1, ceil_div(T, 128));
+    p.scratch_bytes += (int64_t(B) * Ha * T + (splits + (Ha > KVa ? 2 : 0)) * BTHD) * 4;
     p.scratch_bytes += N * 8;                                    // embedding's sorted (token, row) keys
     p.scratch_bytes += (1024 + 1) * 8;                           // sum-of-squares partials (f64)
     p.workspace += p.matmul_workspace_bytes + p.scratch_bytes;

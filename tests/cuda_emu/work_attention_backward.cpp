@@ -1,0 +1,107 @@
+// Work count of the attention backward (kernels/attention_backward.cu): the tensor-core products
+// the emulator counted for one call against FlashAttention-2's five per tile pair.
+//
+// For every (b, query head) and every (query tile, key tile) pair at or below the causal
+// diagonal, the backward needs S = Q K^T, dP = dO V^T, dV += P^T dO, dK += dS^T Q and
+// dQ += dS K: five products of queries x keys x HD multiply-adds each. One m16n8k16 mma is
+// 16 * 8 * 16 of them, so
+//   mma * 2048 == 5 * HD * queries * keys * (visited pairs summed over b and h).
+// A backward that recomputes S and dP for dQ in a second kernel (the one before issue 13) does
+// 7 products per pair and fails. Padding rows past T count: the tiles are multiplied whole.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "emu_control.h"
+#include "kernels.h"
+
+namespace {
+
+using ltrain::cuda::bf16;
+
+struct Shape {
+  int B, Tn, H, KV, HD;
+};
+
+// Seeded random bf16 in [lo, hi), on the device.
+bf16* device_random(size_t n, uint32_t seed, float lo, float hi) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<bf16> host(n);
+  for (auto& x : host) x = __float2bfloat16(dist(rng));
+  bf16* d = nullptr;
+  EXPECT_EQ(cudaMalloc(&d, n * sizeof(bf16)), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(d, host.data(), n * sizeof(bf16), cudaMemcpyHostToDevice), cudaSuccess);
+  return d;
+}
+
+// Visited (query tile, key tile) pairs of one (b, head): key tile kt meets the query tiles from
+// the one holding its first key to the last.
+int64_t visited_pairs(int Tn, int BQ, int BK) {
+  const int64_t n_q = (Tn + BQ - 1) / BQ, n_k = (Tn + BK - 1) / BK;
+  int64_t pairs = 0;
+  for (int64_t kt = 0; kt < n_k; ++kt) pairs += n_q - kt * BK / BQ;
+  return pairs;
+}
+
+uint64_t backward_mma(const Shape& s, uint32_t seed) {
+  const size_t nq = size_t(s.B) * s.Tn * s.H * s.HD, nk = size_t(s.B) * s.Tn * s.KV * s.HD;
+  bf16* q = device_random(nq, seed, -2, 2);
+  bf16* k = device_random(nk, seed + 1, -2, 2);
+  bf16* v = device_random(nk, seed + 2, -1, 1);
+  bf16* dout = device_random(nq, seed + 3, -1, 1);
+  bf16 *out = nullptr, *dq = nullptr, *dk = nullptr, *dv = nullptr;
+  float *lse = nullptr, *scratch = nullptr;
+  EXPECT_EQ(cudaMalloc(&out, nq * sizeof(bf16)), cudaSuccess);
+  EXPECT_EQ(cudaMalloc(&dq, nq * sizeof(bf16)), cudaSuccess);
+  EXPECT_EQ(cudaMalloc(&dk, nk * sizeof(bf16)), cudaSuccess);
+  EXPECT_EQ(cudaMalloc(&dv, nk * sizeof(bf16)), cudaSuccess);
+  EXPECT_EQ(cudaMalloc(&lse, size_t(s.B) * s.H * s.Tn * sizeof(float)), cudaSuccess);
+  const size_t scratch_floats =
+      ltrain::cuda::attention_backward_scratch_floats(s.B, s.Tn, s.H, s.KV, s.HD);
+  EXPECT_EQ(cudaMalloc(&scratch, scratch_floats * sizeof(float)), cudaSuccess);
+  // A real out and lse (the forward's), so that the backward runs on its true inputs.
+  ltrain::cuda::attention_forward(out, lse, q, k, v, s.B, s.Tn, s.H, s.KV, s.HD, nullptr);
+  const uint64_t before = cuda_emu::total_launch_stats().mma;
+  ltrain::cuda::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, scratch, s.B, s.Tn, s.H,
+                                   s.KV, s.HD, nullptr);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess) << cuda_emu::last_error_message();
+  const uint64_t mma = cuda_emu::total_launch_stats().mma - before;
+  for (void* p : {(void*)q, (void*)k, (void*)v, (void*)dout, (void*)out, (void*)dq, (void*)dk,
+                  (void*)dv, (void*)lse, (void*)scratch})
+    EXPECT_EQ(cudaFree(p), cudaSuccess);
+  return mma;
+}
+
+void expect_five_products_per_pair(const Shape& s, uint32_t seed) {
+  const auto tile = ltrain::cuda::attention_backward_tile(s.HD);
+  ASSERT_GT(tile.queries, 0);
+  ASSERT_GT(tile.keys, 0);
+  const int64_t pairs = int64_t(s.B) * s.H * visited_pairs(s.Tn, tile.queries, tile.keys);
+  const int64_t macs = 5 * int64_t(s.HD) * tile.queries * tile.keys * pairs;
+  const uint64_t mma = backward_mma(s, seed);
+  EXPECT_EQ(int64_t(mma) * 16 * 8 * 16, macs)
+      << "B " << s.B << " T " << s.Tn << " H " << s.H << " KV " << s.KV << " HD " << s.HD << ": tile "
+      << tile.queries << " x " << tile.keys << ", " << pairs << " pairs; counted " << mma
+      << " mma = " << double(mma) * 2048 / (double(s.HD) * tile.queries * tile.keys * pairs)
+      << " products per pair";
+}
+
+TEST(AttentionBackwardWork, FiveProductsPerTilePairHeadDim64) {
+  expect_five_products_per_pair({1, 256, 2, 2, 64}, 1);  // T a multiple of the tiles, GQA 1
+  expect_five_products_per_pair({1, 200, 4, 1, 64}, 2);  // T not a multiple, GQA 4
+  expect_five_products_per_pair({2, 130, 8, 1, 64}, 3);  // H / KV = 8 on one KV head, B 2
+}
+
+TEST(AttentionBackwardWork, FiveProductsPerTilePairHeadDim128) {
+  expect_five_products_per_pair({1, 256, 2, 2, 128}, 4);
+  expect_five_products_per_pair({1, 200, 4, 1, 128}, 5);
+  expect_five_products_per_pair({2, 130, 8, 1, 128}, 6);
+  expect_five_products_per_pair({1, 7, 8, 2, 128}, 7);  // one partial tile
+}
+
+}  // namespace
