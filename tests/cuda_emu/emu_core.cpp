@@ -1060,17 +1060,17 @@ void cp_async_16(void* dst, const void* src, int src_bytes) {
   const void* pc = __builtin_return_address(0);
   Launch& L = *g_launch;
   Thread& me = *g_cur;
-  const std::string who = block_prefix() + ": " + thread_str(me) + " issues cp.async";
+  auto who = [&] { return block_prefix() + ": " + thread_str(me) + " issues cp.async"; };
   if (src_bytes < 0 || src_bytes > 16)
-    fail(who + " with src-size " + std::to_string(src_bytes) + " (0..16 for a 16-byte copy) at " + where(pc));
+    fail(who() + " with src-size " + std::to_string(src_bytes) + " (0..16 for a 16-byte copy) at " + where(pc));
   const uintptr_t d = reinterpret_cast<uintptr_t>(dst), s = reinterpret_cast<uintptr_t>(src);
   SharedLoc loc;
   if (!locate_shared(d, 16, &loc))
-    fail(who + " to " + ptr_str(dst) + ", whose 16 bytes are not in the block's shared memory, at " + where(pc));
+    fail(who() + " to " + ptr_str(dst) + ", whose 16 bytes are not in the block's shared memory, at " + where(pc));
   if (d % 16 != 0)
-    fail(who + " to " + shared_name(loc.var) + " byte " + std::to_string(loc.offset) +
+    fail(who() + " to " + shared_name(loc.var) + " byte " + std::to_string(loc.offset) +
          ", not 16-byte aligned, at " + where(pc));
-  if (s % 16 != 0) fail(who + " from " + ptr_str(src) + ", not 16-byte aligned, at " + where(pc));
+  if (s % 16 != 0) fail(who() + " from " + ptr_str(src) + ", not 16-byte aligned, at " + where(pc));
   AsyncCopy c;
   c.dst = static_cast<unsigned char*>(dst);
   c.shadow = loc.shadow;
@@ -1083,7 +1083,7 @@ void cp_async_16(void* dst, const void* src, int src_bytes) {
       uintptr_t base = 0;
       size_t size = 0;
       if (!find_allocation(src, &base, &size) || s + n > base + size)
-        fail(who + " reading " + std::to_string(n) + " bytes at " + where(pc) + ": " +
+        fail(who() + " reading " + std::to_string(n) + " bytes at " + where(pc) + ": " +
              check_device_range(src, n, "the source"));
       g_alloc_cache_lo = base;
       g_alloc_cache_hi = base + size;
@@ -1110,18 +1110,20 @@ void cp_async_wait_group(int n) {
   Launch& L = *g_launch;
   Thread& me = *g_cur;
   const uint64_t committed = me.next_group - 1;
-  // retire every committed group but the n most recent
-  std::vector<AsyncCopy> keep;
-  for (const AsyncCopy& c : me.async) {
+  // retire every committed group but the n most recent (in issue order; the rest stay in order)
+  size_t kept = 0;
+  for (size_t j = 0; j < me.async.size(); ++j) {
+    const AsyncCopy& c = me.async[j];
     if (c.group != 0 && c.group + uint64_t(n) <= committed) {
       for (size_t i = 0; i < 16; ++i) L.shadow[c.shadow + i].async_writer = -1;
       shared_access(me, c.shadow, 16, true, c.pc, c.var, c.var_offset);
       std::memcpy(c.dst, c.data, 16);
     } else {
-      keep.push_back(c);
+      if (kept != j) me.async[kept] = c;
+      ++kept;
     }
   }
-  me.async.swap(keep);
+  me.async.resize(kept);
 }
 
 void cp_async_wait_all() {
