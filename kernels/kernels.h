@@ -165,6 +165,14 @@ void attention_forward(bf16* out,        // (B, T, H, HD)
                        const bf16* k,    // (B, T, KV, HD)
                        const bf16* v,    // (B, T, KV, HD)
                        int B, int Tn, int H, int KV, int HD, cudaStream_t stream);
+// The forward's unit of work (tests/cuda_emu/work_attention_forward.cpp): a block takes `queries`
+// queries, each of its warps `warp_rows` of them; a warp multiplies its rows with every key tile
+// of `keys` keys that starts at or before its last row (none if its first row is past T): two
+// products of warp_rows x keys x HD per (warp, key tile).
+struct AttentionForwardTile {
+  int queries, keys, warp_rows;
+};
+AttentionForwardTile attention_forward_tile(int HD);
 // Floats of scratch attention_backward needs: D = rowsum(dout * out) (B, H, T), the fp32 dQ
 // partials of the key-tile splits (splits, B, T, H, HD) and, under GQA (H > KV), the fp32 dK
 // and dV of every query head (B, T, H, HD) each.

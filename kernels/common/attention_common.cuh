@@ -1,5 +1,5 @@
-// Shared by attention_forward.cu and attention_backward.cu: tile constants, fragment loads and
-// the launch helper. The algorithm is described in attention_forward.cu and attention_backward.cu.
+// Shared by attention_forward.cu and attention_backward.cu: tile constants, fragment loads
+// (plain shared loads, and ldmatrix), cp.async tile loads and the launch helpers. The algorithm is described in attention_forward.cu and attention_backward.cu.
 #pragma once
 #include "common/cuda_check.cuh"
 #include "common/device.cuh"
@@ -73,13 +73,65 @@ __device__ __forceinline__ void load_tile(bf16* tile, const bf16* src, int64_t l
   }
 }
 
-// Sets the kernel's dynamic shared memory limit (needed above 48 KiB) and launches it.
+// ---- ldmatrix fragments (common/mma.cuh) ---------------------------------------------------------
+// Tiles are row-major in shared memory with row stride S elements (16-byte aligned rows); every
+// lane of the warp calls these together.
+
+// The A fragment of rows row0..row0+15, k k0..k0+15.
+template <int S>
+__device__ __forceinline__ void ldsm_a_fragment(uint32_t a[4], const bf16* tile, int row0, int k0, int lane) {
+  ldmatrix_x4(a, tile + (row0 + lane % 16) * S + k0 + 8 * (lane / 16));
+}
+
+// B fragments of an n-major tile (row = n, column = k: K as the k x n operand of Q K^T): {b0, b1}
+// of n-tile n0..n0+7 in b[0], b[1] and of n0+8..n0+15 in b[2], b[3], for k k0..k0+15.
+template <int S>
+__device__ __forceinline__ void ldsm_b_fragments_nk(uint32_t b[4], const bf16* tile, int n0, int k0, int lane) {
+  ldmatrix_x4(b, tile + (n0 + lane % 8 + 8 * (lane / 16)) * S + k0 + 8 * (lane / 8 % 2));
+}
+
+// B fragments of a k-major tile (row = k, column = n: V as the k x n operand of P V), through
+// ldmatrix .trans: {b0, b1} of n-tile n0 in b[0], b[1] and of n0+8 in b[2], b[3], for k k0..k0+15.
+template <int S>
+__device__ __forceinline__ void ldsm_b_fragments_kn(uint32_t b[4], const bf16* tile, int k0, int n0, int lane) {
+  ldmatrix_x4_trans(b, tile + (k0 + lane % 16) * S + n0 + 8 * (lane / 16));
+}
+
+// ---- asynchronous tile loads (cp.async, common/mma.cuh) ----------------------------------------
+// Issues the copies of rows [0, valid) (valid >= 1) of an (R, HD) tile with global row stride ld
+// into shared memory (row stride kStride<HD>) and zero-fills rows [valid, R) (src-size 0, with
+// row 0 as the never-read source address): 16 bytes per copy, NT threads, consecutive threads
+// on consecutive 16 bytes of a row. The caller commits and waits (cp_async_commit, cp_async_wait).
+// The loop is kept rolled: unrolled, the compiler holds every copy's addresses in registers
+// across the caller's main loop (the forward at HD 64 then spills under its 128-register bound).
+template <int R, int HD, int NT>
+__device__ __forceinline__ void cp_async_tile(bf16* tile, const bf16* src, int64_t ld, int valid) {
+  constexpr int kChunks = HD / 8;
+  static_assert(R * kChunks % NT == 0, "the tile's 16-byte chunks must divide among the threads");
+#pragma unroll 1
+  for (int i = 0; i < R * kChunks / NT; ++i) {
+    const int c = int(threadIdx.x) + i * NT;
+    const int r = c / kChunks, col = c % kChunks * 8;
+    const bool ok = r < valid;
+    cp_async_16_zfill(tile + r * kStride<HD> + col, src + (ok ? r : 0) * ld + col, ok ? 16 : 0);
+  }
+}
+
+// Sets the kernel's dynamic shared memory limit (needed above 48 KiB) and launches it with
+// `threads` threads per block.
 template <class Kernel, class... Args>
-inline void launch_with_smem(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, Args... args) {
+inline void launch_with_smem_threads(Kernel kernel, dim3 grid, int threads, size_t smem, cudaStream_t stream,
+                                     Args... args) {
   if (smem > 48 * 1024)
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  launch_kernel(kernel, grid, kThreads, smem, stream, args...);
+  launch_kernel(kernel, grid, threads, smem, stream, args...);
   CUDA_CHECK_LAUNCH();
+}
+
+// The same with kThreads threads per block.
+template <class Kernel, class... Args>
+inline void launch_with_smem(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, Args... args) {
+  launch_with_smem_threads(kernel, grid, kThreads, smem, stream, args...);
 }
 
 inline void check_aligned(std::initializer_list<const void*> ptrs) {
