@@ -103,16 +103,18 @@ double AdamW::reduce_and_norm() {
     sumsq = be_.sum_squares({grads});
   } else {
     // Tensor parallelism: a sharded tensor's squares add up over the ranks; a replicated one
-    // (a norm, identical on every rank) must count once, so each rank adds 1/P of it.
-    sumsq = 0;
+    // (a norm, identical on every rank) must count once, so each rank adds 1/P of it. Two sums
+    // over lists of tensors: two readbacks, whatever the number of layers.
+    std::vector<Tensor> sharded, replicated;
     for (const auto& p : model_.params()) {
       const int64_t off = (static_cast<const char*>(p.tensor.data) - static_cast<const char*>(pbuf.data)) /
                           int64_t(dtype_size(pbuf.dtype));
       const int64_t b = std::max(lo, off), e = std::min(hi, off + p.tensor.numel());
       if (b >= e) continue;
-      const double ss = be_.sum_squares({zero_ ? range(grads, b - lo, e - b) : range(grads, b, e - b)});
-      sumsq += p.shard_dim < 0 ? ss / tp_->size() : ss;
+      (p.shard_dim < 0 ? replicated : sharded).push_back(zero_ ? range(grads, b - lo, e - b) : range(grads, b, e - b));
     }
+    sumsq = (sharded.empty() ? 0.0 : be_.sum_squares(sharded)) +
+            (replicated.empty() ? 0.0 : be_.sum_squares(replicated)) / tp_->size();
     sumsq = tp_->sum(sumsq);
   }
   if (zero_) sumsq = dp_->sum(sumsq);  // each data-parallel rank holds one shard; otherwise all the same
