@@ -134,7 +134,8 @@ void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n
                   float bc1, float bc2, cudaStream_t stream);
 
 // ---- matmul.cu ---------------------------------------------------------------------------------
-// Row-major out (M, N) = alpha * op(a) @ op(b) + beta * out through cuBLASLt: bf16 a and b, fp32
+// Row-major out (M, N) = alpha * op(a) @ op(b) + beta * c through cuBLASLt (c: out itself when
+// null, else an (M, N) matrix of out's type that is read, not written): bf16 a and b, fp32
 // accumulation (CUBLAS_COMPUTE_32F), out bf16 or fp32. Descriptors and the heuristic's algorithm
 // are cached per (shape, flags, out type, pointer alignment). deterministic: only algorithms
 // without split-K or with the in-place (ordered) split-K reduction.
@@ -148,7 +149,7 @@ class LtMatmul {
            const bf16* a,             // (M, K), or (K, M) if trans_a
            const bf16* b,             // (K, N), or (N, K) if trans_b
            int M, int N, int K, bool trans_a, bool trans_b, float alpha, float beta,
-           cudaStream_t stream);
+           cudaStream_t stream, const void* c = nullptr);
   size_t workspace_bytes() const;
 
  private:

@@ -18,6 +18,7 @@
 // algorithms without split-K or with the in-place split-K reduction (partial sums added into the
 // output in a fixed sequence, counters in the workspace), never the schemes that reduce partials
 // in a separate pass through the workspace.
+#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <tuple>
@@ -48,11 +49,11 @@ struct Plan {
 
 // The product when cuBLASLt's heuristic offers no algorithm for a shape, alignment and
 // reduction-scheme combination: one thread per output element of row-major out (M, N), a dot
-// product over K in fp32 in increasing k (deterministic), then alpha * acc + beta * out (out not
+// product over K in fp32 in increasing k (deterministic), then alpha * acc + beta * c (c not
 // read when beta = 0, as in cuBLAS). Slow, but correct; the first use prints a warning.
 template <class TOut>
-__global__ void matmul_fallback(TOut* out, const bf16* a, const bf16* b, int M, int N, int K,
-                                bool trans_a, bool trans_b, float alpha, float beta) {
+__global__ void matmul_fallback(TOut* out, const TOut* c, const bf16* a, const bf16* b, int M, int N,
+                                int K, bool trans_a, bool trans_b, float alpha, float beta) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= int64_t(M) * N) return;
   const int m = int(i / N), n = int(i % N);
@@ -62,7 +63,7 @@ __global__ void matmul_fallback(TOut* out, const bf16* a, const bf16* b, int M, 
   float acc = 0.f;
   for (int k = 0; k < K; ++k)
     acc += to_float(a[m * a_row + k * a_k]) * to_float(b[k * b_k + n * b_col]);
-  const float prev = beta != 0.f ? to_float(out[i]) : 0.f;
+  const float prev = beta != 0.f ? to_float(c[i]) : 0.f;
   out[i] = from_float<TOut>(alpha * acc + beta * prev);
 }
 
@@ -156,24 +157,27 @@ LtMatmul::~LtMatmul() {
 size_t LtMatmul::workspace_bytes() const { return impl_->workspace_bytes; }
 
 void LtMatmul::run(void* out, bool out_fp32, const bf16* a, const bf16* b, int M, int N, int K,
-                   bool trans_a, bool trans_b, float alpha, float beta, cudaStream_t stream) {
+                   bool trans_a, bool trans_b, float alpha, float beta, cudaStream_t stream,
+                   const void* c) {
   if (M == 0 || N == 0) return;
   LTRAIN_CHECK(K > 0, "matmul with K = 0");
-  const Impl::Key key{M, N, K, trans_a, trans_b, out_fp32, alignment_of(out), alignment_of(a),
-                      alignment_of(b)};
+  if (!c) c = out;
+  // C and D share one layout and the alignment promised to the heuristic: the smaller of theirs.
+  const Impl::Key key{M, N, K, trans_a, trans_b, out_fp32, std::min(alignment_of(out), alignment_of(c)),
+                      alignment_of(a), alignment_of(b)};
   const Plan& p = impl_->plan_for(key);
   if (p.fallback) {
     const unsigned blocks = ceil_div(int64_t(M) * N, 256);
     if (out_fp32)
-      launch_kernel(matmul_fallback<float>, blocks, 256, 0, stream, static_cast<float*>(out), a, b, M, N, K,
-                    trans_a, trans_b, alpha, beta);
+      launch_kernel(matmul_fallback<float>, blocks, 256, 0, stream, static_cast<float*>(out),
+                    static_cast<const float*>(c), a, b, M, N, K, trans_a, trans_b, alpha, beta);
     else
-      launch_kernel(matmul_fallback<bf16>, blocks, 256, 0, stream, static_cast<bf16*>(out), a, b, M, N, K,
-                    trans_a, trans_b, alpha, beta);
+      launch_kernel(matmul_fallback<bf16>, blocks, 256, 0, stream, static_cast<bf16*>(out),
+                    static_cast<const bf16*>(c), a, b, M, N, K, trans_a, trans_b, alpha, beta);
     CUDA_CHECK_LAUNCH();
     return;
   }
-  CUBLAS_CHECK(cublasLtMatmul(impl_->handle, p.op, &alpha, b, p.a, a, p.b, &beta, out, p.c, out,
+  CUBLAS_CHECK(cublasLtMatmul(impl_->handle, p.op, &alpha, b, p.a, a, p.b, &beta, c, p.c, out,
                               p.c, &p.algo, impl_->workspace, impl_->workspace_bytes, stream));
 }
 

@@ -67,21 +67,24 @@ TEST(CudaMemory, HostRoundTripCopyConvertAndZero) {
 
 // ---- matmul ------------------------------------------------------------------------------------
 
+// separate_c: beta * c comes from a tensor other than out (out poisoned), which must stay as it was.
 void check_matmul(int M, int N, int K, bool ta, bool tb, DType out_dt, float alpha, float beta,
-                  uint64_t seed) {
+                  uint64_t seed, bool separate_c = false) {
   GpuScope s;
   Vec a = random_in(DType::kBF16, size_t(M) * K, seed), b = random_in(DType::kBF16, size_t(K) * N, seed + 1);
   Vec c0 = random_in(out_dt, size_t(M) * N, seed + 2);
   Tensor ta_ = s.put(ta ? Shape{K, M} : Shape{M, K}, DType::kBF16, a);
   Tensor tb_ = s.put(tb ? Shape{N, K} : Shape{K, N}, DType::kBF16, b);
-  Tensor out = beta != 0 ? s.put({M, N}, out_dt, c0) : s.poisoned({M, N}, out_dt);
-  gpu().matmul(out, ta_, tb_, ta, tb, alpha, beta);
+  Tensor out = beta != 0 && !separate_c ? s.put({M, N}, out_dt, c0) : s.poisoned({M, N}, out_dt);
+  Tensor c = separate_c ? s.put({M, N}, out_dt, c0) : Tensor{};
+  gpu().matmul(out, ta_, tb_, ta, tb, alpha, beta, c);
+  if (separate_c) expect_close("matmul: c after the product", get(c), c0, test::kTolF32);
   Vec ref = beta != 0 ? c0 : Vec(size_t(M) * N, 0.0);
   cpu::gemm(ref.data(), a.data(), b.data(), M, N, K, ta, tb, double(alpha), double(beta));
   const Tol tol = out_dt == DType::kBF16 ? (beta != 0 ? test::kTolBF16Accum : test::kTolBF16) : test::kTolF32Sum;
   std::ostringstream what;
   what << "matmul M " << M << " N " << N << " K " << K << " ta " << ta << " tb " << tb << " out "
-       << name(out_dt) << " alpha " << alpha << " beta " << beta;
+       << name(out_dt) << " alpha " << alpha << " beta " << beta << (separate_c ? " separate c" : "");
   expect_close(what.str(), get(out), ref, tol);
 }
 
@@ -94,6 +97,7 @@ TEST(CudaMatmul, AllTransposesOutputsAndBeta) {
         for (float beta : {0.f, 1.f}) {
           check_matmul(64, 72, 40, ta, tb, out, 1.f, beta, seed += 3);
           check_matmul(24, 8, 16, ta, tb, out, 0.5f, beta, seed += 3);
+          check_matmul(24, 40, 16, ta, tb, out, 1.f, beta, seed += 3, true);
         }
 }
 
@@ -108,7 +112,10 @@ TEST(CudaMatmul, FallbackWhenCublasLtHasNoAlgorithm) {
   for (bool ta : {false, true})
     for (bool tb : {false, true})
       for (DType out : {DType::kBF16, DType::kF32})
-        for (float beta : {0.f, 1.f}) check_matmul(37, 21, 19, ta, tb, out, 0.75f, beta, seed += 3);
+        for (float beta : {0.f, 1.f}) {
+          check_matmul(37, 21, 19, ta, tb, out, 0.75f, beta, seed += 3);
+          check_matmul(37, 21, 19, ta, tb, out, 0.75f, beta, seed += 3, true);
+        }
   cuda_emu::set_cublaslt_finds_no_algorithm(false);
 }
 #endif

@@ -56,7 +56,9 @@ class CountingBackend final : public Backend {
   size_t bytes_allocated() const override { return allocated_; }
   int allocations() const { return allocations_; }
   std::unique_ptr<EventTimer> make_event_timer() override { return make_host_event_timer(); }
-  void matmul(Tensor, const Tensor&, const Tensor&, bool, bool, float, float) override { fail("matmul"); }
+  void matmul(Tensor, const Tensor&, const Tensor&, bool, bool, float, float, const Tensor&) override {
+    fail("matmul");
+  }
   void embedding_forward(Tensor, const Tensor&, const Tensor&) override { fail("embedding"); }
   void embedding_backward(Tensor, const Tensor&, const Tensor&) override { fail("embedding"); }
   void rmsnorm_forward(Tensor, Tensor, const Tensor&, const Tensor&, float) override { fail("rmsnorm"); }

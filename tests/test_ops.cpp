@@ -297,6 +297,21 @@ TEST(CpuBackend, Fp32MatchesOracle) {
   p.f32().matmul(out.first, x.first, wm.first, false, true, 1.0f, 1.0f);  // accumulate branch
   p.f64().matmul(out.second, x.second, wm.second, false, true, 1.0f, 1.0f);
   EXPECT_EQ(p.compare_outputs(out, 1e-4, 1e-5), "");
+  // A separate c (the residual add in the product): the same as accumulating into a copy of it,
+  // and c itself is left alone.
+  const Vec rv = random_vector(N * FF, 38);
+  auto resid = p.tensor({N, FF}, rv), fused = p.tensor({N, FF}, {}), twopass = p.tensor({N, FF}, rv);
+  p.poison(fused);
+  p.f32().matmul(fused.first, x.first, wm.first, false, true, 1.0f, 1.0f, resid.first);
+  p.f64().matmul(fused.second, x.second, wm.second, false, true, 1.0f, 1.0f, resid.second);
+  p.f64().matmul(twopass.second, x.second, wm.second, false, true, 1.0f, 1.0f);
+  EXPECT_EQ(p.compare_outputs(fused, 1e-4, 1e-5), "");
+  Vec got(rv.size()), want(rv.size()), c_after(rv.size());
+  p.f64().to_host(got.data(), DType::kF64, fused.second);
+  p.f64().to_host(want.data(), DType::kF64, twopass.second);
+  p.f64().to_host(c_after.data(), DType::kF64, resid.second);
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(c_after, rv);
 
   auto logits = p.tensor({N, V}, random_vector(N * V, 37, -4, 4)), losses = p.tensor({N}, {});
   std::vector<int32_t> tg(N);

@@ -196,10 +196,10 @@ void ProfilingBackend::zero(Tensor t) {
   timed(OpFamily::kMemory, tensor_bytes({&t}), 0, [&] { inner_.zero(t); });
 }
 void ProfilingBackend::matmul(Tensor out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
-                              float alpha, float beta) {
+                              float alpha, float beta, const Tensor& c) {
   const double M = double(out.shape.dims[0]), N = double(out.shape.dims[1]),
                K = double(trans_a ? a.shape.dims[0] : a.shape.dims[1]);
-  timed(OpFamily::kMatmul, -1, 2.0 * M * N * K, [&] { inner_.matmul(out, a, b, trans_a, trans_b, alpha, beta); });
+  timed(OpFamily::kMatmul, -1, 2.0 * M * N * K, [&] { inner_.matmul(out, a, b, trans_a, trans_b, alpha, beta, c); });
 }
 void ProfilingBackend::embedding_forward(Tensor out, const Tensor& tokens, const Tensor& wte) {
   // The rows read from wte are as large as out.

@@ -100,8 +100,13 @@ class CpuBackend final : public Backend {
   std::unique_ptr<EventTimer> make_event_timer() override { return make_host_event_timer(); }
 
   void matmul(Tensor out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
-              float alpha, float beta) override {
+              float alpha, float beta, const Tensor& c) override {
     check_dtype({&out, &a, &b});
+    if (c.defined() && c.data != out.data) {
+      LTRAIN_CHECK(c.dtype == out.dtype && c.shape == out.shape,
+                   "matmul c " << c.shape.str() << " vs out " << out.shape.str());
+      if (beta != 0.0f) std::memcpy(out.data, c.data, out.bytes());  // then out = ab + beta out
+    }
     LTRAIN_CHECK(out.shape.ndim == 2 && a.shape.ndim == 2 && b.shape.ndim == 2);
     const int64_t M = trans_a ? a.shape.dims[1] : a.shape.dims[0];
     const int64_t K = trans_a ? a.shape.dims[0] : a.shape.dims[1];

@@ -251,7 +251,10 @@ class CudaBackend final : public Backend {
 
   // ---- matrix products ------------------------------------------------------------------------
   void matmul(Tensor out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha,
-              float beta) override {
+              float beta, const Tensor& c) override {
+    LTRAIN_CHECK(!c.defined() || (c.dtype == out.dtype && c.shape == out.shape),
+                 "cuda matmul: c " << c.shape.str() << " " << dtype_name(c.dtype) << " vs out " << out.shape.str()
+                                   << " " << dtype_name(out.dtype));
     expect(a, DType::kBF16, "matmul", "a");
     expect(b, DType::kBF16, "matmul", "b");
     LTRAIN_CHECK(out.dtype == DType::kBF16 || out.dtype == DType::kF32,
@@ -265,7 +268,7 @@ class CudaBackend final : public Backend {
                  "matmul shapes: out " << out.shape.str() << " a " << a.shape.str() << (trans_a ? "^T" : "")
                                        << " b " << b.shape.str() << (trans_b ? "^T" : ""));
     matmul_->run(out.data, out.dtype == DType::kF32, a.as<bf16>(), b.as<bf16>(), int(M), int(N),
-                 int(K), trans_a, trans_b, alpha, beta, stream_);
+                 int(K), trans_a, trans_b, alpha, beta, stream_, c.defined() ? c.data : nullptr);
   }
 
   // ---- transformer ops ------------------------------------------------------------------------

@@ -390,8 +390,7 @@ void LlamaModel::norm_gathered(Tensor out_full, Tensor rstd, const Tensor& x, co
 void LlamaModel::add_row_parallel(Tensor out, const Tensor& resid, const Tensor& in, const Tensor& w) {
   Backend& be = backend_;
   if (P_ == 1) {
-    be.copy(out, resid);
-    be.matmul(out, in, w, false, true, 1.0f, 1.0f);  // out = resid + in @ w^T
+    be.matmul(out, in, w, false, true, 1.0f, 1.0f, resid);  // out = resid + in @ w^T, one pass
     return;
   }
   const int64_t N = in.shape.dims[0];

@@ -112,7 +112,7 @@ class ProfilingBackend final : public Backend {
   size_t bytes_allocated() const override { return inner_.bytes_allocated(); }
   std::unique_ptr<EventTimer> make_event_timer() override { return inner_.make_event_timer(); }
   void matmul(Tensor out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha,
-              float beta) override;
+              float beta, const Tensor& c = Tensor{}) override;
   void embedding_forward(Tensor out, const Tensor& tokens, const Tensor& wte) override;
   void embedding_backward(Tensor dwte, const Tensor& dout, const Tensor& tokens) override;
   void rmsnorm_forward(Tensor out, Tensor rstd, const Tensor& inp, const Tensor& weight,

@@ -69,9 +69,11 @@ class Backend {
   virtual std::unique_ptr<EventTimer> make_event_timer() = 0;
 
   // ---- matrix products ----------------------------------------------------------------------
-  // out (M, N) = alpha * op(a) @ op(b) + beta * out, op(x) = x or x^T; all 2-D row-major.
+  // out (M, N) = alpha * op(a) @ op(b) + beta * c, op(x) = x or x^T; all 2-D row-major. c is
+  // out itself when not given (defined); otherwise it has out's shape and dtype and is read, not
+  // written: a residual add in the product's epilogue, with no copy of the residual first.
   virtual void matmul(Tensor out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
-                      float alpha = 1.0f, float beta = 0.0f) = 0;
+                      float alpha = 1.0f, float beta = 0.0f, const Tensor& c = Tensor{}) = 0;
 
   // ---- transformer ops ----------------------------------------------------------------------
   // out (N, C) = wte (V, C) rows picked by tokens (N) i32. A negative token gives a zero row and
