@@ -34,10 +34,17 @@
 // that consume them, as in FlashAttention-2; all sums are fp32.
 //
 // Tiles (FlashAttention-2's for the backward): BK = 128 keys, 8 warps of 16 keys; BQ = 128
-// queries for HD 64 and 64 for HD 128. A lane holds HD/2 floats of dK and of dV and BQ/4 of
-// S^T and of dP^T: HD + BQ = 192 accumulators either way, which fit the 255 registers of one
-// 256-thread block per SM without spilling (the HD loop of S^T and dP^T is kept rolled: unrolled,
-// the compiler loads ahead and spills).
+// queries for HD 64 and 64 for HD 128. A lane holds HD/2 floats of dK and of dV across the
+// query loop; S^T and dP^T are computed in passes of QS = 64 (HD 64) or 32 (HD 128) queries,
+// QS/2 floats each, so at most HD + QS = 160 (HD 128) or 128 (HD 64) accumulators are live,
+// which fits one 256-thread block per SM (255 registers) without spilling; the HD loop of the
+// passes is kept rolled (unrolled, the compiler loads ahead and spills).
+// Shared-memory fragments come from ldmatrix (.trans for the k-major operands: dO and Q in
+// P^T dO and dS^T Q, dS^T and K in dS K); K, V and the double-buffered Q, dO tiles arrive by
+// cp.async, the next query tile's copies in flight during the current tile's products.
+// Shared memory: K, V (BK x HD), 2 x Q, dO (BQ x HD), dS^T (BK x BQ), bf16 rows padded by 16
+// bytes, and 2 x lse, D (BQ) fp32: 158,720 bytes at HD 128, 147,456 at HD 64 (A100: 166,912).
+
 #include "common/attention_common.cuh"
 
 namespace ltrain::cuda {
@@ -77,11 +84,11 @@ template <int HD>
 struct BackwardTile;
 template <>
 struct BackwardTile<64> {
-  static constexpr int kQueries = 128, kKeys = 128;
+  static constexpr int kQueries = 128, kKeys = 128, kPass = 64;
 };
 template <>
 struct BackwardTile<128> {
-  static constexpr int kQueries = 64, kKeys = 128;
+  static constexpr int kQueries = 64, kKeys = 128, kPass = 32;
 };
 constexpr int kBackwardKeys = 128;  // BK of every head dim (the split count depends on it)
 constexpr int kTargetBlocks = 2 * 132;
@@ -108,6 +115,25 @@ __device__ __host__ __forceinline__ int split_first_row(int s) {
   return s * BK / BQ * BQ;
 }
 
+// ---- shared-memory fragments ------------------------------------------------------------------
+// ldmatrix helpers of common/attention_common.cuh, and the one the backward adds:
+
+// The A fragment of rows r0..r0+15, k k0..k0+15 from a tile stored transposed (row = k, column
+// = row of A, row stride ST elements, a multiple of 8): dS^T as the A operand of dS K. Lane l
+// addresses row k0 + l % 8 + 8 (l / 16), column r0 + 8 ((l / 8) % 2), so that the four 8x8
+// matrices, transposed, are a0 (rows 0-7, k 0-7), a1 (rows 8-15), a2 (k 8-15), a3.
+template <int ST>
+__device__ __forceinline__ void ldsm_a_fragment_trans(uint32_t a[4], const bf16* tile, int r0, int k0, int lane) {
+  ldmatrix_x4_trans(a, tile + (k0 + lane % 8 + 8 * (lane / 16)) * ST + r0 + 8 * (lane / 8 % 2));
+}
+
+template <int HD>
+constexpr size_t backward_smem_bytes() {
+  constexpr int BQ = BackwardTile<HD>::kQueries, BK = BackwardTile<HD>::kKeys;
+  return (size_t(2) * BK + 4 * BQ) * kStride<HD> * sizeof(bf16) + size_t(BK) * (BQ + 8) * sizeof(bf16) +
+         4 * BQ * sizeof(float);
+}
+
 template <int HD>
 __global__ void __launch_bounds__(backward_threads<HD>(), 1)
     attention_backward_main(float* dq_accum, float* dk_part, float* dv_part, bf16* dk, bf16* dv,
@@ -115,21 +141,24 @@ __global__ void __launch_bounds__(backward_threads<HD>(), 1)
                             const float* lse, const float* D, int B, int Tn, int H, int KV,
                             float scale, float scale_log2) {
   constexpr int BQ = BackwardTile<HD>::kQueries, BK = BackwardTile<HD>::kKeys;
+  constexpr int NT = backward_threads<HD>();
   constexpr int NW = BK / 16;               // warps: 16 keys each
   constexpr int RG = BQ / 16;               // row groups of dQ
   constexpr int NC = NW / RG;               // column parts of dQ per row group
   constexpr int HDW = HD / NC;              // dQ columns per warp
-  static_assert(NW % RG == 0 && HDW % 8 == 0, "dQ warp partition");
+  static_assert(NW % RG == 0 && HDW % 16 == 0, "dQ warp partition");
   constexpr int S = kStride<HD>;
   constexpr int SS = BQ + 8;                // sdS row stride
+  constexpr int QS = BackwardTile<HD>::kPass;
+  static_assert(BQ % QS == 0 && QS % 16 == 0, "query passes");
   LTRAIN_DYNAMIC_SHARED(unsigned char, smem_raw);
   bf16* sK = reinterpret_cast<bf16*>(smem_raw);  // (BK, S)
   bf16* sV = sK + BK * S;                         // (BK, S)
-  bf16* sQ = sV + BK * S;                         // (BQ, S)
-  bf16* sdO = sQ + BQ * S;                        // (BQ, S)
-  bf16* sdS = sdO + BQ * S;                       // (BK, SS): dS^T, keys x queries
-  float* sL = reinterpret_cast<float*>(sdS + BK * SS);  // (BQ) lse * log2(e); +inf past the end
-  float* sD = sL + BQ;                                  // (BQ)
+  bf16* sQbuf = sV + BK * S;                      // 2 x (BQ, S), double-buffered
+  bf16* sdObuf = sQbuf + 2 * BQ * S;              // 2 x (BQ, S)
+  bf16* sdS = sdObuf + 2 * BQ * S;                // (BK, SS): dS^T, keys x queries
+  float* sLbuf = reinterpret_cast<float*>(sdS + BK * SS);  // 2 x (BQ) lse * log2(e); +inf past T
+  float* sDbuf = sLbuf + 2 * BQ;                           // 2 x (BQ)
 
   const int b = blockIdx.x / H, h = blockIdx.x % H, group = H / KV, kvh = h / group;
   const int split = blockIdx.y, splits = gridDim.y;
@@ -138,22 +167,36 @@ __global__ void __launch_bounds__(backward_threads<HD>(), 1)
   const int r0 = warp * 16;                      // this warp's keys in the key tile
   const int rg = warp % RG, col0 = warp / RG * HDW;  // this warp's part of dQ
   const int n_kt = int(key_tiles(Tn)), n_qt = (Tn + BQ - 1) / BQ;
-  const float* L = lse + (int64_t(b) * H + h) * Tn;
-  const float* Dh = D + (int64_t(b) * H + h) * Tn;
-  float* dQacc = dq_accum + ((int64_t(split) * B + b) * Tn) * ldq + h * HD;
+
+  // Query tile qt into buffer `buf`: Q and dO by cp.async (the caller commits), lse and D by
+  // plain loads. Addresses from the kernel's parameters each time: fewer live registers.
+  auto load_query_tile = [&](int qt, int buf) {
+    const int q0 = qt * BQ;
+    const int64_t off = (int64_t(b) * Tn + q0) * ldq + h * HD;
+    cp_async_tile<BQ, HD, NT>(sQbuf + buf * BQ * S, q + off, ldq, min(BQ, Tn - q0));
+    cp_async_tile<BQ, HD, NT>(sdObuf + buf * BQ * S, dout + off, ldq, min(BQ, Tn - q0));
+    const int64_t row = (int64_t(b) * H + h) * Tn + q0;
+    for (int i = threadIdx.x; i < BQ; i += NT) {
+      const bool valid = q0 + i < Tn;
+      sLbuf[buf * BQ + i] = valid ? lse[row + i] * kLog2e : INFINITY;
+      sDbuf[buf * BQ + i] = valid ? D[row + i] : 0.f;
+    }
+  };
 
   for (int base = 0; base < n_kt; base += 2 * splits)
     for (int half = 0; half < 2; ++half) {
       const int kt = half == 0 ? base + split : base + 2 * splits - 1 - split;
       if (kt >= n_kt) break;
       const bool first = base == 0 && half == 0;  // the split's first key tile writes dq_accum
-      const int k0 = kt * BK;
+      const int k0 = kt * BK, qt0 = k0 / BQ;
       const int key[2] = {k0 + r0 + g, k0 + r0 + g + 8};
 
-      __syncthreads();  // the previous key tile's K (read by dQ) is consumed
+      __syncthreads();  // the previous key tile's K, Q and dO buffers are consumed
       const int64_t kv_off = (int64_t(b) * Tn + k0) * ldk + kvh * HD;
-      load_tile<BK, HD>(sK, k + kv_off, ldk, min(BK, Tn - k0));
-      load_tile<BK, HD>(sV, v + kv_off, ldk, min(BK, Tn - k0));
+      cp_async_tile<BK, HD, NT>(sK, k + kv_off, ldk, min(BK, Tn - k0));
+      cp_async_tile<BK, HD, NT>(sV, v + kv_off, ldk, min(BK, Tn - k0));
+      load_query_tile(qt0, 0);
+      cp_async_commit();
 
       float dK[HD / 8][4], dV[HD / 8][4];
 #pragma unroll
@@ -161,74 +204,86 @@ __global__ void __launch_bounds__(backward_threads<HD>(), 1)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dK[n][e] = dV[n][e] = 0.f;
 
-      for (int qt = k0 / BQ; qt < n_qt; ++qt) {
-        const int q0 = qt * BQ;
-        __syncthreads();  // the previous Q, dO and dS are consumed
-        const int64_t q_off = (int64_t(b) * Tn + q0) * ldq + h * HD;
-        load_tile<BQ, HD>(sQ, q + q_off, ldq, min(BQ, Tn - q0));
-        load_tile<BQ, HD>(sdO, dout + q_off, ldq, min(BQ, Tn - q0));
-        for (int i = threadIdx.x; i < BQ; i += blockDim.x) {
-          const bool valid = q0 + i < Tn;
-          sL[i] = valid ? L[q0 + i] * kLog2e : INFINITY;
-          sD[i] = valid ? Dh[q0 + i] : 0.f;
+      for (int qt = qt0; qt < n_qt; ++qt) {
+        const int q0 = qt * BQ, buf = (qt - qt0) & 1;
+        // The next query tile into the other buffer (consumed: its last readers, the products
+        // of the tile before, finished before the barrier that preceded dQ), then wait for this one.
+        if (qt + 1 < n_qt) {
+          load_query_tile(qt + 1, buf ^ 1);
+          cp_async_commit();
+          cp_async_wait<1>();
+        } else {
+          cp_async_wait<0>();
         }
-        __syncthreads();
+        __syncthreads();  // this tile's copies visible to all; the previous dQ done with dS^T
+        const bf16* sQ = sQbuf + buf * BQ * S;
+        const bf16* sdO = sdObuf + buf * BQ * S;
+        const float* sL = sLbuf + buf * BQ;
+        const float* sD = sDbuf + buf * BQ;
 
-        // S^T (16 keys x BQ queries) = K Q^T and dP^T = V dO^T.
-        float s[BQ / 8][4], dp[BQ / 8][4];
+        // In passes of QS queries (fewer live accumulators than the whole tile at once):
+#pragma unroll 1
+        for (int qs = 0; qs < BQ; qs += QS) {
+          // S^T (16 keys x QS queries) = K Q^T and dP^T = V dO^T.
+          float s[QS / 8][4], dp[QS / 8][4];
 #pragma unroll
-        for (int j = 0; j < BQ / 8; ++j)
+          for (int j = 0; j < QS / 8; ++j)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.f;
+            for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.f;
 #pragma unroll 1  // rolled: see the header
-        for (int kk = 0; kk < HD / 16; ++kk) {
-          uint32_t kf[4], vf[4];
-          lds_a_fragment<S>(kf, sK, r0, 16 * kk, g, t);
-          lds_a_fragment<S>(vf, sV, r0, 16 * kk, g, t);
+          for (int kk = 0; kk < HD / 16; ++kk) {
+            uint32_t kf[4], vf[4];
+            ldsm_a_fragment<S>(kf, sK, r0, 16 * kk, lane);
+            ldsm_a_fragment<S>(vf, sV, r0, 16 * kk, lane);
 #pragma unroll
-          for (int j = 0; j < BQ / 8; ++j) {
-            const bf16* pq = sQ + (8 * j + g) * S + 16 * kk + 2 * t;
-            const bf16* pd = sdO + (8 * j + g) * S + 16 * kk + 2 * t;
-            mma_bf16_16x8x16(s[j], kf, lds_pair(pq), lds_pair(pq + 8));
-            mma_bf16_16x8x16(dp[j], vf, lds_pair(pd), lds_pair(pd + 8));
+            for (int j = 0; j < QS / 16; ++j) {
+              uint32_t qb[4], ob[4];
+              ldsm_b_fragments_nk<S>(qb, sQ, qs + 16 * j, 16 * kk, lane);
+              ldsm_b_fragments_nk<S>(ob, sdO, qs + 16 * j, 16 * kk, lane);
+              mma_bf16_16x8x16(s[2 * j], kf, qb[0], qb[1]);
+              mma_bf16_16x8x16(s[2 * j + 1], kf, qb[2], qb[3]);
+              mma_bf16_16x8x16(dp[2 * j], vf, ob[0], ob[1]);
+              mma_bf16_16x8x16(dp[2 * j + 1], vf, ob[2], ob[3]);
+            }
+          }
+          // P^T = exp(S^T * scale - lse) where query >= key; dS^T = P^T * (dP^T - D). Both as
+          // bf16 pairs (the A operands of the next products); dS^T also to shared memory for dQ.
+          uint32_t pb[QS / 8][2], dsb[QS / 8][2];
+#pragma unroll
+          for (int j = 0; j < QS / 8; ++j) {
+            float p[4], ds[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int qi = qs + 8 * j + 2 * t + (e & 1);
+              p[e] = q0 + qi >= key[e / 2] ? exp2f(s[j][e] * scale_log2 - sL[qi]) : 0.f;
+              ds[e] = p[e] * (dp[j][e] - sD[qi]);
+            }
+            pb[j][0] = pack_bf16x2(p[0], p[1]);
+            pb[j][1] = pack_bf16x2(p[2], p[3]);
+            dsb[j][0] = pack_bf16x2(ds[0], ds[1]);
+            dsb[j][1] = pack_bf16x2(ds[2], ds[3]);
+            bf16* ps = sdS + (r0 + g) * SS + qs + 8 * j + 2 * t;
+            *reinterpret_cast<uint32_t*>(ps) = dsb[j][0];
+            *reinterpret_cast<uint32_t*>(ps + 8 * SS) = dsb[j][1];
+          }
+          // dV += P^T dO and dK += dS^T Q (scaled at the end), over the QS queries in steps of 16.
+#pragma unroll
+          for (int kk = 0; kk < QS / 16; ++kk) {
+            const uint32_t pa[4] = {pb[2 * kk][0], pb[2 * kk][1], pb[2 * kk + 1][0], pb[2 * kk + 1][1]};
+            const uint32_t dsa[4] = {dsb[2 * kk][0], dsb[2 * kk][1], dsb[2 * kk + 1][0], dsb[2 * kk + 1][1]};
+#pragma unroll
+            for (int n = 0; n < HD / 16; ++n) {
+              uint32_t ob[4], qb[4];
+              ldsm_b_fragments_kn<S>(ob, sdO, qs + 16 * kk, 16 * n, lane);
+              ldsm_b_fragments_kn<S>(qb, sQ, qs + 16 * kk, 16 * n, lane);
+              mma_bf16_16x8x16(dV[2 * n], pa, ob[0], ob[1]);
+              mma_bf16_16x8x16(dV[2 * n + 1], pa, ob[2], ob[3]);
+              mma_bf16_16x8x16(dK[2 * n], dsa, qb[0], qb[1]);
+              mma_bf16_16x8x16(dK[2 * n + 1], dsa, qb[2], qb[3]);
+            }
           }
         }
-        // P^T = exp(S^T * scale - lse) where query >= key; dS^T = P^T * (dP^T - D). Both as
-        // bf16 pairs (the A operands of the next products); dS^T also to shared memory for dQ.
-        uint32_t pb[BQ / 8][2], dsb[BQ / 8][2];
-#pragma unroll
-        for (int j = 0; j < BQ / 8; ++j) {
-          float p[4], ds[4];
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int qi = 8 * j + 2 * t + (e & 1);
-            p[e] = q0 + qi >= key[e / 2] ? exp2f(s[j][e] * scale_log2 - sL[qi]) : 0.f;
-            ds[e] = p[e] * (dp[j][e] - sD[qi]);
-          }
-          pb[j][0] = pack_bf16x2(p[0], p[1]);
-          pb[j][1] = pack_bf16x2(p[2], p[3]);
-          dsb[j][0] = pack_bf16x2(ds[0], ds[1]);
-          dsb[j][1] = pack_bf16x2(ds[2], ds[3]);
-          bf16* ps = sdS + (r0 + g) * SS + 8 * j + 2 * t;
-          *reinterpret_cast<uint32_t*>(ps) = dsb[j][0];
-          *reinterpret_cast<uint32_t*>(ps + 8 * SS) = dsb[j][1];
-        }
-        // dV += P^T dO and dK += dS^T Q (scaled at the end), over BQ queries in steps of 16.
-#pragma unroll
-        for (int kk = 0; kk < BQ / 16; ++kk) {
-          const uint32_t pa[4] = {pb[2 * kk][0], pb[2 * kk][1], pb[2 * kk + 1][0], pb[2 * kk + 1][1]};
-          const uint32_t dsa[4] = {dsb[2 * kk][0], dsb[2 * kk][1], dsb[2 * kk + 1][0], dsb[2 * kk + 1][1]};
-          const bf16* pd = sdO + (16 * kk + 2 * t) * S + g;
-          const bf16* pq = sQ + (16 * kk + 2 * t) * S + g;
-#pragma unroll
-          for (int n = 0; n < HD / 8; ++n) {
-            mma_bf16_16x8x16(dV[n], pa, lds_column_pair(pd + 8 * n, S),
-                             lds_column_pair(pd + 8 * S + 8 * n, S));
-            mma_bf16_16x8x16(dK[n], dsa, lds_column_pair(pq + 8 * n, S),
-                             lds_column_pair(pq + 8 * S + 8 * n, S));
-          }
-        }
-        __syncthreads();  // dS^T complete
+        __syncthreads();  // dS^T complete; Q and dO of this tile consumed
 
         // dQ (16 queries x HDW columns of this warp) = dS K over the BK keys.
         float dQ[HDW / 8][4];
@@ -236,20 +291,21 @@ __global__ void __launch_bounds__(backward_threads<HD>(), 1)
         for (int n = 0; n < HDW / 8; ++n) dQ[n][0] = dQ[n][1] = dQ[n][2] = dQ[n][3] = 0.f;
 #pragma unroll
         for (int kk = 0; kk < BK / 16; ++kk) {
-          const bf16* pa = sdS + (16 * kk + 2 * t) * SS + 16 * rg + g;
-          const uint32_t a[4] = {lds_column_pair(pa, SS), lds_column_pair(pa + 8, SS),
-                                 lds_column_pair(pa + 8 * SS, SS), lds_column_pair(pa + 8 * SS + 8, SS)};
-          const bf16* pk = sK + (16 * kk + 2 * t) * S + col0 + g;
+          uint32_t a[4];
+          ldsm_a_fragment_trans<SS>(a, sdS, 16 * rg, 16 * kk, lane);
 #pragma unroll
-          for (int n = 0; n < HDW / 8; ++n)
-            mma_bf16_16x8x16(dQ[n], a, lds_column_pair(pk + 8 * n, S),
-                             lds_column_pair(pk + 8 * S + 8 * n, S));
+          for (int n = 0; n < HDW / 16; ++n) {
+            uint32_t kb[4];
+            ldsm_b_fragments_kn<S>(kb, sK, 16 * kk, col0 + 16 * n, lane);
+            mma_bf16_16x8x16(dQ[2 * n], a, kb[0], kb[1]);
+            mma_bf16_16x8x16(dQ[2 * n + 1], a, kb[2], kb[3]);
+          }
         }
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const int row = q0 + 16 * rg + g + 8 * r;
           if (row >= Tn) continue;
-          float* dst = dQacc + int64_t(row) * ldq + col0 + 2 * t;
+          float* dst = dq_accum + ((int64_t(split) * B + b) * Tn + row) * ldq + h * HD + col0 + 2 * t;
 #pragma unroll
           for (int n = 0; n < HDW / 8; ++n) {
             float2 x = make_float2(dQ[n][2 * r], dQ[n][2 * r + 1]);
@@ -358,21 +414,11 @@ ScratchLayout scratch_layout(int B, int Tn, int H, int KV, int HD) {
   return l;
 }
 
-template <class Kernel, class... Args>
-void launch_backward(Kernel kernel, dim3 grid, int threads, size_t smem, cudaStream_t stream,
-                     Args... args) {
-  if (smem > 48 * 1024)
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  launch_kernel(kernel, grid, threads, smem, stream, args...);
-  CUDA_CHECK_LAUNCH();
-}
-
 template <int HD>
 void backward_hd(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k,
                  const bf16* v, const bf16* out, const float* lse, float* scratch, int B, int Tn,
                  int H, int KV, cudaStream_t stream) {
-  constexpr int BQ = BackwardTile<HD>::kQueries, BK = BackwardTile<HD>::kKeys;
-  static_assert(BK == kBackwardKeys, "backward_splits assumes BK");
+  static_assert(BackwardTile<HD>::kKeys == kBackwardKeys, "backward_splits assumes BK");
   const float scale = 1.f / sqrtf(float(HD)), scale_log2 = kLog2e * scale;
   const ScratchLayout l = scratch_layout(B, Tn, H, KV, HD);
   float* dq_accum = scratch + l.dq_accum;
@@ -384,9 +430,8 @@ void backward_hd(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q, 
   CUDA_CHECK_LAUNCH();
 
   const int splits = backward_splits(B, Tn, H);
-  constexpr size_t smem = (size_t(2) * BK + 2 * BQ) * kStride<HD> * sizeof(bf16) +
-                          size_t(BK) * (BQ + 8) * sizeof(bf16) + 2 * BQ * sizeof(float);
-  launch_backward(attention_backward_main<HD>, dim3(B * H, splits), backward_threads<HD>(), smem,
+  constexpr size_t smem = backward_smem_bytes<HD>();
+  launch_with_smem_threads(attention_backward_main<HD>, dim3(B * H, splits), backward_threads<HD>(), smem,
                   stream, dq_accum, dk_part, dv_part, dk, dv, dout, q, k, v, lse, (const float*)D, B,
                   Tn, H, KV, scale, scale_log2);
 
