@@ -453,6 +453,8 @@ size_t attention_backward_scratch_floats(int B, int Tn, int H, int KV, int HD) {
   return size_t(scratch_layout(B, Tn, H, KV, HD).total);
 }
 
+int attention_backward_splits(int B, int Tn, int H) { return backward_splits(B, Tn, H); }
+
 AttentionBackwardTile attention_backward_tile(int HD) {
   if (HD == 64) return {BackwardTile<64>::kQueries, BackwardTile<64>::kKeys};
   if (HD == 128) return {BackwardTile<128>::kQueries, BackwardTile<128>::kKeys};

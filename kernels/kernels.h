@@ -184,6 +184,9 @@ struct AttentionBackwardTile {
   int queries, keys;
 };
 AttentionBackwardTile attention_backward_tile(int HD);
+// Blocks per (b, query head) of the backward's main kernel: min(key tiles, ceil(264 / (B H))),
+// from the shape only (the same grid and sums on every GPU).
+int attention_backward_splits(int B, int Tn, int H);
 // dq, dk, dv written (=). One pass over the (query tile, key tile) pairs; dQ is summed over key
 // tiles and dK, dV over each group's query heads in a fixed order: no atomics, deterministic.
 void attention_backward(bf16* dq,          // (B, T, H, HD)
