@@ -294,9 +294,12 @@ TEST(MemoryPlan, ClosedFormsForLlama2_7B) {
   EXPECT_EQ(p.gradients, 4 * n);                // fp32
   EXPECT_EQ(p.optimizer, 3 * 4 * n);            // m, v, fp32 master
   EXPECT_EQ(p.matmul_workspace_bytes, 32 << 20);
-  // Scratch at B = 1, T = 4096, C = 4096, H = 32: rmsnorm 256 chunks x C floats, attention D
-  // B x H x T floats, embedding's sorted keys N x 8 bytes, 257 doubles.
-  EXPECT_EQ(p.scratch_bytes, 256 * 4096 * 4 + 32 * 4096 * 4 + 4096 * 8 + 257 * 8);
+  // Scratch at B = 1, T = 4096, C = 4096, H = KV = 32, HD = 128: rmsnorm 256 chunks x C floats;
+  // attention D (B x H x T floats) and the dQ partials of 9 key-tile splits (ceil(264 / (B H)))
+  // of B x T x H x HD floats each (no per-head dK/dV partials without GQA); embedding's sorted
+  // keys N x 8 bytes; 1025 doubles for the sum of squares.
+  EXPECT_EQ(p.scratch_bytes, int64_t(256) * 4096 * 4 + (int64_t(32) * 4096 + int64_t(9) * 4096 * 32 * 128) * 4 +
+                                 4096 * 8 + 1025 * 8);
   EXPECT_EQ(p.rope_bytes, 4096 * 64 * 2 * 4);
   // ZeRO-1 over 8: padded to a multiple of 64 * 8, optimizer state and the reduce-scattered
   // gradient shard divided by 8; the bf16 weights and fp32 gradients stay whole.
