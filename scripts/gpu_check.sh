@@ -8,7 +8,7 @@
 # without a filter, the end-to-end checks of `deterministic: true` (two short `ltrain train` runs
 # on the GPU must give identical losses, gradient norms and checkpoint files), exact resume on the GPU
 # (15 steps + stop + resume = 30 steps, bitwise) and the memory refusal; BENCH=1 adds `ltrain bench --profile` on the TinyLlama shape with deterministic off and
-# on. Keeps each log in ${LOG_DIR:-.devpack/logs}, and ends with a pass/fail table.
+# on, and `ltrain bench --attention` (TinyLlama's shape and FlashAttention-2's H100 point). Keeps each log in ${LOG_DIR:-.devpack/logs}, and ends with a pass/fail table.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PACK=.devpack
@@ -152,6 +152,18 @@ if [[ "${BENCH:-0}" == 1 ]]; then
     rc=${PIPESTATUS[0]}
     bins+=("bench_det_$det")
     result["bench_det_$det"]="rc=$rc $(grep -E 'step time|tokens/s' "$LOG_DIR/bench_tinyllama_det_$det.log" | tr -s ' ' | tr '\n' ' ')"
+  done  # Attention alone in TFLOP/s (FlashAttention-2's convention): the TinyLlama shape (GQA 32/4,
+  # HD 64, T 2048) and FA2's published H100 point (B 8, T 2048, 16 heads of 128, causal: ~265).
+  for shape in "tinyllama|configs/bench/tinyllama-1.1b.yaml" \
+               "fa2_hd128|configs/bench/llama2-7b-4layers.yaml train.micro_batch_size=8 train.seq_len=2048 model.num_attention_heads=16 model.num_key_value_heads=16 model.hidden_size=2048"; do
+    name=${shape%%|*}; args=${shape#*|}
+    echo "=================== ltrain bench --attention ($name) ==================="
+    # shellcheck disable=SC2086
+    "$LT" bench --attention --config $args --warmup 5 --steps 20 --json "$LOG_DIR/attention_$name.json" 2>&1 |
+      tee "$LOG_DIR/attention_$name.log"
+    rc=${PIPESTATUS[0]}
+    bins+=("attention_$name")
+    result["attention_$name"]="rc=$rc $(grep -E 'total' "$LOG_DIR/attention_$name.log" | tr -s ' ')"
   done
 fi
 

@@ -310,6 +310,53 @@ TEST(BenchRun, FiguresAreConsistent) {
   EXPECT_NE(format_bench_report(r2).find("scaling"), std::string::npos);
 }
 
+// `ltrain bench --attention`: attention alone at the config's shape; the figures follow from the
+// times and FlashAttention-2's FLOP convention, on the CPU and (when there is one) the GPU.
+void check_attention_bench(Config c, const std::string& backend_name) {
+  BenchOptions o;
+  o.warmup = 1;
+  o.steps = 3;
+  const auto r = run_attention_bench(c, o);
+  const int B = c.train.micro_batch_size, T = c.train.seq_len, H = c.model.num_attention_heads;
+  const int HD = c.model.head_dim();
+  EXPECT_EQ(r["shape"]["batch"], B);
+  EXPECT_EQ(r["shape"]["seq_len"], T);
+  EXPECT_EQ(r["shape"]["heads"], H);
+  EXPECT_EQ(r["shape"]["kv_heads"], c.model.kv_heads());
+  EXPECT_EQ(r["shape"]["head_dim"], HD);
+  const double f_flops = 4.0 * B * H * HD * (double(T) * (T + 1) / 2);
+  EXPECT_EQ(r["forward_flops"].get<double>(), f_flops);
+  EXPECT_EQ(r["backward_flops"].get<double>(), 2.5 * f_flops);
+  const double f_ms = r["forward_ms"], b_ms = r["backward_ms"];
+  ASSERT_GT(f_ms, 0) << backend_name;
+  ASSERT_GT(b_ms, 0) << backend_name;
+  EXPECT_NEAR(r["forward_tflops"].get<double>(), f_flops / (f_ms * 1e-3) / 1e12, 1e-9);
+  EXPECT_NEAR(r["backward_tflops"].get<double>(), 2.5 * f_flops / (b_ms * 1e-3) / 1e12, 1e-9);
+  EXPECT_NEAR(r["total_tflops"].get<double>(), 3.5 * f_flops / ((f_ms + b_ms) * 1e-3) / 1e12, 1e-9);
+  const std::string text = format_attention_report(r);
+  EXPECT_NE(text.find("TFLOP/s"), std::string::npos) << text;
+}
+
+TEST(BenchAttention, FiguresFollowFromTheTimes) {
+  Config c = tiny_bench_config();
+  check_attention_bench(c, "cpu");
+  c.parallel.tensor = 3;  // 2 KV heads cannot be split 3 ways
+  EXPECT_THROW(run_attention_bench(c, BenchOptions{}), UserError);
+}
+
+TEST(BenchAttentionGpu, FiguresFollowFromTheTimes) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  Config c;
+  c.device = "cuda";
+  c.model.hidden_size = 256;  // head dim 64
+  c.model.num_attention_heads = 4;
+  c.model.num_key_value_heads = 2;
+  c.model.max_position_embeddings = 128;
+  c.train.seq_len = 128;
+  c.train.micro_batch_size = 2;
+  check_attention_bench(c, "cuda");
+}
+
 TEST(BenchRunGpu, ProfileUsesCudaEventsAndThePlanMatches) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
   Config c;

@@ -23,6 +23,7 @@ int cmd_bench(int argc, char** argv) {
   args.add_flag("profile", "time each op family on extra steps (CUDA events on the GPU), with bandwidth and copy bandwidth", true);
   args.add_flag("peak-tflops", "peak dense bf16 TFLOP/s per GPU for MFU (default: the table by device name)");
   args.add_flag("baseline", "the --json file of a one-rank bench: scaling efficiency against it");
+  args.add_flag("attention", "time causal attention alone (one layer, forward and backward) at the config's shape, in TFLOP/s", true);
   args.parse(argc, argv);
   if (args.help_requested()) {
     std::printf("%s  key=value ...           config overrides, e.g. train.micro_batch_size=4 parallel.data=2\n",
@@ -49,6 +50,19 @@ int cmd_bench(int argc, char** argv) {
 
   Config cfg = load_config(o.config_path, o.overrides);
   ParallelContext& par = ParallelContext::get();
+  if (args.get_bool("attention")) {
+    if (args.has("baseline") || o.profile)
+      user_error("ltrain bench --attention: --baseline and --profile are for whole training steps");
+    const nlohmann::json r = run_attention_bench(cfg, o);
+    if (par.is_main()) {
+      std::fputs(format_attention_report(r).c_str(), stdout);
+      if (!json_path.empty()) {
+        write_text_file_atomic(json_path, r.dump(2) + "\n");
+        std::printf("wrote %s\n", json_path.c_str());
+      }
+    }
+    return 0;
+  }
   // Layout and config errors before anything is printed (run_bench checks again).
   check_bench_layout(cfg, par.world_size());
   // The baseline is read (and checked) by rank 0 only, before any step, so a bad file fails fast.

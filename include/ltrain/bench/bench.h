@@ -233,4 +233,13 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt);
 // The human-readable report of a run_bench() result.
 std::string format_bench_report(const nlohmann::json& r);
 
+// `ltrain bench --attention`: causal attention alone, one layer at the config's shape (B = the
+// micro-batch, T = seq_len, the model's heads, KV heads and head dim; tensor parallelism divides
+// the heads), forward and backward timed separately with the backend's event timer over `steps`
+// calls after `warmup`, on seeded random inputs. FLOPs as FlashAttention-2 counts them: forward
+// 4 B H HD T(T+1)/2, backward 2.5 x that. Fields: device, shape, forward_ms, backward_ms (medians),
+// forward_tflops, backward_tflops, total_tflops.
+nlohmann::json run_attention_bench(const Config& cfg, const BenchOptions& opt);
+std::string format_attention_report(const nlohmann::json& r);
+
 }  // namespace ltrain
