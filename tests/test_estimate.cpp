@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "cli/commands.h"
-#include "ltrain/bench/bench.h"
+#include "ltrain/model/flops.h"
 #include "ltrain/config/config.h"
 #include "ltrain/core/check.h"
 #include "ltrain/core/io.h"

@@ -32,51 +32,6 @@
 
 namespace ltrain {
 
-// ---- FLOPs ---------------------------------------------------------------------------------------
-
-namespace {
-
-double attention_flops_unit(const ModelConfig& m, int seq_len) {
-  // L * H * HD * T: one multiply-add pass of the scores or of the weighted values, per token.
-  return double(m.num_hidden_layers) * double(m.num_attention_heads) * double(m.head_dim()) * double(seq_len);
-}
-
-}  // namespace
-
-double flops_per_token(const ModelConfig& m, int seq_len) {
-  return 6.0 * double(m.num_matmul_params()) + 6.0 * attention_flops_unit(m, seq_len);
-}
-
-double flops_per_token_palm(const ModelConfig& m, int seq_len) {
-  return 6.0 * double(m.num_matmul_params()) + 12.0 * attention_flops_unit(m, seq_len);
-}
-
-// ---- peak table ----------------------------------------------------------------------------------
-
-const std::vector<PeakEntry>& peak_table() {
-  // Dense bf16 tensor-core peaks from NVIDIA's datasheets (half the "with sparsity" figures).
-  static const std::vector<PeakEntry> table = {
-      {"H200", 989e12, "H200 SXM (also matches GH200, an H100-class part with the same peak)"},
-      {"H100 PCIe", 756e12, "H100 PCIe"},
-      {"H100 NVL", 835e12, "H100 NVL"},
-      {"H100", 989e12, "H100 SXM"},
-      {"H800", 989e12, "H800 SXM"},
-      {"A100", 312e12, "A100 (SXM and PCIe, 40 and 80 GB)"},
-      {"A800", 312e12, "A800"},
-  };
-  return table;
-}
-
-std::optional<double> lookup_peak_flops(const std::string& device_name, std::string* matched) {
-  for (const auto& e : peak_table()) {
-    if (device_name.find(e.match) != std::string::npos) {
-      if (matched) *matched = e.match;
-      return e.flops;
-    }
-  }
-  return std::nullopt;
-}
-
 // ---- ProfilingBackend ----------------------------------------------------------------------------
 
 const char* op_family_name(OpFamily f) {
@@ -168,11 +123,10 @@ double tensor_bytes(std::initializer_list<const Tensor*> ts) {
   return b;
 }
 
-// Causal attention FLOPs of the forward pass: QK^T and PV over the kept half of the square.
-double attention_forward_flops(const Tensor& q) {
-  const double B = double(q.shape.dims[0]), T = double(q.shape.dims[1]), H = double(q.shape.dims[2]),
-               HD = double(q.shape.dims[3]);
-  return 4.0 * B * H * HD * (T * (T + 1) / 2);
+// Causal attention FLOPs of the forward pass for q (B, T, H, HD).
+double attention_forward_flops_of(const Tensor& q) {
+  return attention_forward_flops(double(q.shape.dims[0]), double(q.shape.dims[1]), double(q.shape.dims[2]),
+                                 double(q.shape.dims[3]));
 }
 
 }  // namespace
@@ -229,12 +183,12 @@ void ProfilingBackend::rope_backward(Tensor dinp, const Tensor& dout, const Tens
 }
 void ProfilingBackend::attention_forward(Tensor out, Tensor lse, const Tensor& q, const Tensor& k,
                                          const Tensor& v) {
-  timed(OpFamily::kAttention, -1, attention_forward_flops(q), [&] { inner_.attention_forward(out, lse, q, k, v); });
+  timed(OpFamily::kAttention, -1, attention_forward_flops_of(q), [&] { inner_.attention_forward(out, lse, q, k, v); });
 }
 void ProfilingBackend::attention_backward(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout,
                                           const Tensor& q, const Tensor& k, const Tensor& v,
                                           const Tensor& out, const Tensor& lse) {
-  timed(OpFamily::kAttention, -1, 2.5 * attention_forward_flops(q),
+  timed(OpFamily::kAttention, -1, 2.5 * attention_forward_flops_of(q),
         [&] { inner_.attention_backward(dq, dk, dv, dout, q, k, v, out, lse); });
 }
 void ProfilingBackend::swiglu_forward(Tensor out, const Tensor& gate, const Tensor& up) {
@@ -852,7 +806,7 @@ nlohmann::json run_attention_bench(const Config& cfg, const BenchOptions& opt) {
     return x.size() % 2 ? x[x.size() / 2] : 0.5 * (x[x.size() / 2 - 1] + x[x.size() / 2]);
   };
   const double f_s = median(fwd), b_s = median(bwd);
-  const double f_flops = 4.0 * B * H * double(HD) * (double(T) * (T + 1) / 2), b_flops = 2.5 * f_flops;
+  const double f_flops = attention_forward_flops(B, T, H, HD), b_flops = 2.5 * f_flops;
   nlohmann::json r;
   r["device"] = describe_device(*be);
   r["shape"] = {{"batch", B}, {"seq_len", T}, {"heads", H}, {"kv_heads", KV}, {"head_dim", HD}, {"causal", true}};

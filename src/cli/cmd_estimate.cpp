@@ -11,7 +11,7 @@
 #include <string>
 
 #include "cli/commands.h"
-#include "ltrain/bench/bench.h"
+#include "ltrain/model/flops.h"
 #include "ltrain/config/config.h"
 #include "ltrain/core/args.h"
 #include "ltrain/core/check.h"

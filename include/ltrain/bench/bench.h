@@ -1,9 +1,7 @@
 // `ltrain bench`: real training steps (forward, backward, clipping, AdamW, and under mpirun the
 // data-parallel gradient reduction) on synthetic tokens, timed, with FLOP accounting and MFU.
 //
-// The pieces are usable on their own (and tested on their own):
-//  - the FLOP formulas of ../shared/REFERENCE.md (causal-attention and PaLM);
-//  - the table of dense bf16 peaks keyed by device name;
+// FLOP formulas and the peak table are in ltrain/model/flops.h. The pieces are usable on their own (and tested on their own):
 //  - ProfilingBackend: a Backend decorator that forwards every op to another backend and, when
 //    enabled, records a mark of the backend's EventTimer before and after each op (CUDA events on
 //    the GPU, the host clock on the CPU) and adds the time between them to the op's family, with
@@ -24,31 +22,10 @@
 
 #include "ltrain/config/config.h"
 #include "ltrain/core/backend.h"
+#include "ltrain/model/flops.h"
 #include "ltrain/parallel/communicator.h"
 
 namespace ltrain {
-
-// ---- FLOPs ---------------------------------------------------------------------------------------
-// FLOPs per trained token (forward + backward, matrix products counted once, recomputation not
-// counted), for sequences of seq_len tokens:
-//   causal: 6 * [L*(C*(H + 2KV)*HD + H*HD*C + 3*C*FF) + C*V] + 6 * L*H*HD*T
-//   PaLM:   the same with 12 * L*H*HD*T (attention scores over the whole square)
-// The bracket is ModelConfig::num_matmul_params() (the lm_head counts even when tied; the input
-// embedding is a lookup and does not).
-double flops_per_token(const ModelConfig& m, int seq_len);
-double flops_per_token_palm(const ModelConfig& m, int seq_len);
-
-// ---- peak table ----------------------------------------------------------------------------------
-struct PeakEntry {
-  const char* match;  // substring of the device name (CUDA's cudaDeviceProp::name)
-  double flops;       // dense bf16 tensor-core peak, FLOP/s (never the "with sparsity" figure)
-  const char* note;
-};
-// First match wins, so more specific names come first (H100 PCIe before H100).
-const std::vector<PeakEntry>& peak_table();
-// The peak for a device name, or nullopt when no entry matches. `matched` receives the entry's
-// match string.
-std::optional<double> lookup_peak_flops(const std::string& device_name, std::string* matched = nullptr);
 
 // ---- ProfilingBackend ----------------------------------------------------------------------------
 enum class OpFamily {
