@@ -281,8 +281,6 @@ void TimingCommunicator::barrier() { timed([&] { inner_.barrier(); }); }
 
 namespace {
 
-bool is_cuda(const Backend& b) { return b.name().rfind("cuda", 0) == 0; }
-
 std::string cpu_model_name() {
   std::ifstream in("/proc/cpuinfo");
   std::string line;
@@ -343,7 +341,7 @@ nlohmann::json num_or_null(double x) { return std::isfinite(x) ? nlohmann::json(
 
 std::string describe_device(const Backend& backend) {
 #ifdef LTRAIN_WITH_CUDA
-  if (is_cuda(backend)) {
+  if (backend.is_cuda()) {
     int dev = 0;
     cudaDeviceProp prop{};
     if (cudaGetDevice(&dev) == cudaSuccess && cudaGetDeviceProperties(&prop, dev) == cudaSuccess)
@@ -352,7 +350,7 @@ std::string describe_device(const Backend& backend) {
     return "unknown CUDA device";
   }
 #endif
-  if (is_cuda(backend)) return "unknown CUDA device";
+  if (backend.is_cuda()) return "unknown CUDA device";
   const int threads = omp_get_max_threads();
   return cpu_model_name() + strfmt(" (%d thread%s)", threads, threads == 1 ? "" : "s");
 }
@@ -407,7 +405,7 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt) {
   const MemoryPlan plan = check_run_memory(cfg, dp_size, tp_size, *raw);
   // --profile: the device-to-device copy bandwidth the memory-bound families are compared with,
   // measured before the model takes the memory.
-  const size_t copy_bytes = size_t(is_cuda(*raw) ? 256 : 32) << 20;
+  const size_t copy_bytes = size_t(raw->is_cuda() ? 256 : 32) << 20;
   const double copy_gbps = opt.profile ? measure_copy_bandwidth(*raw, copy_bytes) : NAN;
   // Every collective of the step goes through a timing wrapper: communication vs compute.
   TimingCommunicator dp(*comms.dp);
@@ -553,7 +551,7 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt) {
   if (opt.peak_tflops > 0) {
     peak = opt.peak_tflops * 1e12;
     peak_source = "--peak-tflops";
-  } else if (is_cuda(*raw)) {
+  } else if (raw->is_cuda()) {
     std::string matched;
     if (auto p = lookup_peak_flops(device_name, &matched)) {
       peak = *p;

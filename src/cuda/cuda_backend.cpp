@@ -180,6 +180,7 @@ class CudaBackend final : public Backend {
   }
 
   std::string name() const override { return "cuda"; }
+  bool is_cuda() const override { return true; }
   cudaStream_t stream() const { return stream_; }
   DType compute_dtype() const override { return DType::kBF16; }
   DType master_dtype() const override { return DType::kF32; }

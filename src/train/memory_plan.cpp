@@ -289,7 +289,7 @@ MemoryPlanOptions memory_plan_options(const Backend& backend) {
   MemoryPlanOptions o;
   o.compute = backend.compute_dtype();
   o.master = backend.master_dtype();
-  o.cuda = backend.name().rfind("cuda", 0) == 0;
+  o.cuda = backend.is_cuda();
   return o;
 }
 

@@ -54,7 +54,7 @@ double evaluate(LlamaModel& model, DataLoader& loader, int B, int T, int max_bat
 ParallelComms make_parallel_comms(Backend& backend, int dp_size, int tp_size, double timeout_s) {
   ParallelContext& par = ParallelContext::get();
   ParallelComms c;
-  if (backend.name().rfind("cuda", 0) == 0) {
+  if (backend.is_cuda()) {
     const int gpu = cuda_device_for_rank(par.local_rank());
     if (dp_size > 1) c.dp_nccl = make_nccl_communicator(par.data(), gpu, &backend);
     if (tp_size > 1) c.tp_nccl = make_nccl_communicator(par.tensor(), gpu, &backend);

@@ -77,6 +77,7 @@ class ProfilingBackend final : public Backend {
   std::string method();       // how ops are timed (inner's EventTimer)
 
   std::string name() const override { return inner_.name(); }
+  bool is_cuda() const override { return inner_.is_cuda(); }
   DType compute_dtype() const override { return inner_.compute_dtype(); }
   DType master_dtype() const override { return inner_.master_dtype(); }
   Tensor alloc(Shape shape, DType dtype) override;

@@ -52,6 +52,9 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
+  // Whether tensors live on a CUDA device (device memory, a stream, NCCL for collectives): what
+  // the trainer, the memory plan and bench ask, instead of parsing name().
+  virtual bool is_cuda() const { return false; }
   virtual DType compute_dtype() const = 0;
   virtual DType master_dtype() const = 0;
 
