@@ -19,27 +19,15 @@
 #include "cpu/ops.h"
 #include "emu_control.h"
 #include "kernels.h"
+#include "work_util.h"
 #include "test_util.h"
 
 namespace {
 
 using ltrain::cuda::bf16;
 
-struct Shape {
-  int B, Tn, H, KV, HD;
-};
-
-// Seeded random bf16 in [lo, hi), on the device.
-bf16* device_random(size_t n, uint32_t seed, float lo, float hi) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<bf16> host(n);
-  for (auto& x : host) x = __float2bfloat16(dist(rng));
-  bf16* d = nullptr;
-  EXPECT_EQ(cudaMalloc(&d, n * sizeof(bf16)), cudaSuccess);
-  EXPECT_EQ(cudaMemcpy(d, host.data(), n * sizeof(bf16), cudaMemcpyHostToDevice), cudaSuccess);
-  return d;
-}
+using Shape = ltrain::test::AttentionShape;
+using ltrain::test::device_random_bf16;
 
 // Visited (query tile, key tile) pairs of one (b, head): key tile kt meets the query tiles from
 // the one holding its first key to the last.
@@ -69,10 +57,10 @@ std::vector<double> to_double(const std::vector<bf16>& x) {
 uint64_t backward_mma(const Shape& s, uint32_t seed, bool check = false) {
   const size_t nq = size_t(s.B) * s.Tn * s.H * s.HD, nk = size_t(s.B) * s.Tn * s.KV * s.HD;
   const size_t nl = size_t(s.B) * s.H * s.Tn;
-  bf16* q = device_random(nq, seed, -2, 2);
-  bf16* k = device_random(nk, seed + 1, -2, 2);
-  bf16* v = device_random(nk, seed + 2, -1, 1);
-  bf16* dout = device_random(nq, seed + 3, -1, 1);
+  bf16* q = device_random_bf16(nq, seed, -2, 2);
+  bf16* k = device_random_bf16(nk, seed + 1, -2, 2);
+  bf16* v = device_random_bf16(nk, seed + 2, -1, 1);
+  bf16* dout = device_random_bf16(nq, seed + 3, -1, 1);
   bf16 *out = nullptr, *dq = nullptr, *dk = nullptr, *dv = nullptr;
   float *lse = nullptr, *scratch = nullptr;
   EXPECT_EQ(cudaMalloc(&out, nq * sizeof(bf16)), cudaSuccess);

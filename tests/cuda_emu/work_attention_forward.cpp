@@ -25,26 +25,14 @@
 
 #include "emu_control.h"
 #include "kernels.h"
+#include "work_util.h"
 
 namespace {
 
 using ltrain::cuda::bf16;
 
-struct Shape {
-  int B, Tn, H, KV, HD;
-};
-
-// Seeded random bf16 in [lo, hi), on the device.
-bf16* device_random(size_t n, uint32_t seed, float lo, float hi) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<bf16> host(n);
-  for (auto& x : host) x = __float2bfloat16(dist(rng));
-  bf16* d = nullptr;
-  EXPECT_EQ(cudaMalloc(&d, n * sizeof(bf16)), cudaSuccess);
-  EXPECT_EQ(cudaMemcpy(d, host.data(), n * sizeof(bf16), cudaMemcpyHostToDevice), cudaSuccess);
-  return d;
-}
+using Shape = ltrain::test::AttentionShape;
+using ltrain::test::device_random_bf16;
 
 struct Expected {
   int64_t warp_tile_pairs = 0;  // needed (warp, key tile) pairs of one (b, h)
@@ -77,9 +65,9 @@ void expect_forward_work(const Shape& s, uint32_t seed) {
   ASSERT_GT(tile.warp_rows, 0);
   ASSERT_EQ(tile.queries % tile.warp_rows, 0);
   const size_t nq = size_t(s.B) * s.Tn * s.H * s.HD, nk = size_t(s.B) * s.Tn * s.KV * s.HD;
-  bf16* q = device_random(nq, seed, -2, 2);
-  bf16* k = device_random(nk, seed + 1, -2, 2);
-  bf16* v = device_random(nk, seed + 2, -1, 1);
+  bf16* q = device_random_bf16(nq, seed, -2, 2);
+  bf16* k = device_random_bf16(nk, seed + 1, -2, 2);
+  bf16* v = device_random_bf16(nk, seed + 2, -1, 1);
   bf16* out = nullptr;
   float* lse = nullptr;
   ASSERT_EQ(cudaMalloc(&out, nq * sizeof(bf16)), cudaSuccess);
