@@ -35,6 +35,27 @@ __device__ __forceinline__ void merge(float& m, float& s, float m2, float s2) {
   m = mm;
 }
 
+// The block's logsumexp from each thread's (max, sum) pair: a butterfly within each warp, then
+// every thread merges the warps' pairs in the same order. Its barrier also publishes what the
+// block wrote to shared memory before the call.
+__device__ __forceinline__ float block_logsumexp(float m, float s, float* red_m, float* red_s) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+    merge(m, s, m2, s2);
+  }
+  if (lane == 0) {
+    red_m[warp] = m;
+    red_s[warp] = s;
+  }
+  __syncthreads();
+  m = red_m[0];
+  s = red_s[0];
+  for (int w = 1; w < int(blockDim.x / 32); ++w) merge(m, s, red_m[w], red_s[w]);
+  return m + logf(s);
+}
+
 // Three uses of one kernel: the fused loss + gradient (lse_in == nullptr, vocab_offset 0); the
 // row logsumexp of a vocabulary shard alone (lse_out != nullptr: writes lse and returns); and the
 // loss + gradient of a shard given the full rows' lse (lse_in != nullptr), where only the rank
@@ -46,7 +67,7 @@ __global__ void __launch_bounds__(kMaxThreads)
   __shared__ float red_m[32], red_s[32];
   __shared__ int32_t target;
   __shared__ float given_lse;
-  const int n = blockIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int n = blockIdx.x;
   const T* x = logits + int64_t(n) * V;
   if (threadIdx.x == 0 && !lse_out) target = targets[n];
   if (threadIdx.x == 0 && lse_in) given_lse = lse_in[n];
@@ -77,22 +98,7 @@ __global__ void __launch_bounds__(kMaxThreads)
           for (int j = 0; j < VEC; ++j) s += expf(to_float(xv[k].v[j]) - m);
         }
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
-      merge(m, s, m2, s2);
-    }
-    if (lane == 0) {
-      red_m[warp] = m;
-      red_s[warp] = s;
-    }
-    __syncthreads();  // also publishes target
-    // Every thread merges the warps' pairs in the same order.
-    const int warps = blockDim.x / 32;
-    m = red_m[0];
-    s = red_s[0];
-    for (int w = 1; w < warps; ++w) merge(m, s, red_m[w], red_s[w]);
-    lse = m + logf(s);
+    lse = block_logsumexp(m, s, red_m, red_s);  // its barrier also publishes target
   }
   if (lse_out) {
     if (threadIdx.x == 0) lse_out[n] = lse;
@@ -132,7 +138,7 @@ __global__ void cross_entropy_row_stream(float* losses, T* dlogits, const T* log
                                          const float* lse_in, float* lse_out, int vocab_offset) {
   __shared__ float red_m[32], red_s[32];
   __shared__ int32_t target;
-  const int n = blockIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int n = blockIdx.x;
   const T* x = logits + int64_t(n) * V;
   if (threadIdx.x == 0 && !lse_out) target = targets[n];
   float lse;
@@ -142,19 +148,7 @@ __global__ void cross_entropy_row_stream(float* losses, T* dlogits, const T* log
   } else {
     float m = -INFINITY, s = 0.f;
     for (int c = threadIdx.x; c < V; c += blockDim.x) merge(m, s, to_float(x[c]), 1.f);
-    for (int o = 16; o > 0; o >>= 1) {
-      const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
-      merge(m, s, m2, s2);
-    }
-    if (lane == 0) {
-      red_m[warp] = m;
-      red_s[warp] = s;
-    }
-    __syncthreads();
-    m = red_m[0];
-    s = red_s[0];
-    for (int w = 1; w < int(blockDim.x / 32); ++w) merge(m, s, red_m[w], red_s[w]);
-    lse = m + logf(s);
+    lse = block_logsumexp(m, s, red_m, red_s);
   }
   if (lse_out) {
     if (threadIdx.x == 0) lse_out[n] = lse;
