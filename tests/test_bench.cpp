@@ -120,7 +120,7 @@ TEST(BenchProfilingBackend, ForwardsBitForBitAndTimesOps) {
   mb.init_weights(3);
   OptimConfig oc;
   oc.grad_clip = 0.01;  // clipping active, so sum_squares feeds the update
-  AdamW oa(oc, ma), ob(oc, mb);
+  AdamW oa(oc, ma.parameters()), ob(oc, mb.parameters());
   prof.reset();
   for (int step = 1; step <= 2; ++step) {
     ma.zero_grads();

@@ -184,7 +184,7 @@ void run_ranks(const ModelConfig& m, const Layout& lay, const std::function<void
     k.model = std::make_unique<LlamaModel>(m, *k.be, 1, 8, Recompute::kNone, zero ? 64 * lay.data : 1,
                                            lay.tensor > 1 ? k.tp.get() : nullptr, k.tp.get());
     OptimConfig oc;
-    k.opt = std::make_unique<AdamW>(oc, *k.model, k.dp.get(), zero, k.tp.get());
+    k.opt = std::make_unique<AdamW>(oc, k.model->parameters(), k.dp.get(), zero, k.tp.get());
   }
   std::vector<std::thread> threads;
   std::vector<std::string> errors(static_cast<size_t>(W));
@@ -285,7 +285,7 @@ std::vector<float> unpadded(const Rank& k, const std::vector<float>& shard) {
   std::vector<float> out;
   const int64_t lo = k.opt->shard_begin(), hi = lo + k.opt->shard_size();
   for (const auto& p : k.model->params()) {
-    const int64_t off = k.model->param_offset(p), b = std::max(lo, off), e = std::min(hi, off + p.tensor.numel());
+    const int64_t off = k.model->parameters().offset(p), b = std::max(lo, off), e = std::min(hi, off + p.tensor.numel());
     for (int64_t i = b; i < e; ++i) out.push_back(shard[size_t(i - lo)]);
   }
   return out;
@@ -440,7 +440,7 @@ class CheckpointDamage : public ::testing::Test {
     if (verify) verify_checkpoint(info);
     auto be = make_cpu_backend();
     LlamaModel model(m_, *be, 1, 8);
-    AdamW opt(OptimConfig{}, model);
+    AdamW opt(OptimConfig{}, model.parameters());
     load_checkpoint_training_state(info, model, opt);
   }
   void edit_meta(const std::function<void(nlohmann::json&)>& f) {
@@ -492,7 +492,7 @@ TEST_F(CheckpointDamage, ManifestOfAnotherModelIsNamed) {
   other.hidden_size = 64;
   auto be = make_cpu_backend();
   LlamaModel model(other, *be, 1, 8);
-  AdamW opt(OptimConfig{}, model);
+  AdamW opt(OptimConfig{}, model.parameters());
   const CheckpointInfo info = open_checkpoint(dir_);
   expect_user_error([&] { load_checkpoint_training_state(info, model, opt); },
                     {"meta.json", "model.embed_tokens.weight", "has shape (64, 32) but the model needs (64, 64)"});

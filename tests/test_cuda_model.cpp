@@ -164,7 +164,7 @@ TEST(CudaModel, FiftyStepLossCurveFollowsCpu) {
   auto cpu = make_cpu_backend(DType::kF32);
   LlamaModel cm(cfg, *cpu, kB, kT);
   copy_weights(gm, cm);
-  AdamW gopt(o, gm), copt(o, cm);
+  AdamW gopt(o, gm.parameters()), copt(o, cm.parameters());
   const double dloss = 1.0 / (kB * kT);
   std::vector<double> gl, cl;
   for (int step = 1; step <= steps; ++step) {

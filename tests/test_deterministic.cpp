@@ -50,7 +50,7 @@ TrainRun train(Backend& be, Recompute rc, int steps) {
   OptimConfig o;
   o.lr = 1e-3;
   o.warmup_steps = 1;
-  AdamW opt(o, model);
+  AdamW opt(o, model.parameters());
   std::mt19937 rng(11);
   std::vector<int32_t> in(size_t(B) * T), tg(size_t(B) * T);
   TrainRun r;

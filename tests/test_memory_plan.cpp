@@ -200,7 +200,7 @@ TEST(MemoryPlan, MatchesTheCpuModelInEveryRecomputeMode) {
       EXPECT_EQ(plan.param_elements, model.grad_buffer().numel());
       EXPECT_GE(plan.param_elements, model.num_params());
       EXPECT_EQ(model.num_params(), c.model.num_params());
-      AdamW opt(c.optim, model);
+      AdamW opt(c.optim, model.parameters());
       // fp32 on the CPU: the weights are the master copy, and no cuBLASLt workspace or scratch.
       EXPECT_EQ(plan.optimizer, 2 * plan.param_elements * 4);
       EXPECT_EQ(plan.workspace, plan.rope_bytes);
@@ -239,7 +239,7 @@ void expect_plan_matches_counted(const Config& c, int dp, int tp) {
   EXPECT_EQ(plan.weights, int64_t(model.param_buffer().bytes()));
   EXPECT_EQ(model.param_buffer().dtype, DType::kBF16);
   EXPECT_EQ(after_model, plan.weights + int64_t(model.grad_buffer().bytes()) + plan.activations + plan.rope_bytes);
-  AdamW opt(c.optim, model, &dp_comm, zero, nullptr);
+  AdamW opt(c.optim, model.parameters(), &dp_comm, zero, nullptr);
   EXPECT_EQ(plan.resident(), int64_t(be.bytes_allocated()));
   EXPECT_EQ(plan.gradients + plan.optimizer, int64_t(be.bytes_allocated()) - after_model + int64_t(model.grad_buffer().bytes()));
   // Each allocation is counted (the reserve covers their page rounding).
@@ -449,7 +449,7 @@ TEST(MemoryPlanGpu, CudaBackendHoldsExactlyThePlanAfterAStep) {
     EXPECT_EQ(int64_t(be->bytes_allocated()), int64_t(kCudaMatmulWorkspaceBytes));
     LlamaModel model(c.model, *be, 2, 64, parse_recompute(rc));
     model.init_weights(1);
-    AdamW opt(c.optim, model);
+    AdamW opt(c.optim, model.parameters());
     std::mt19937 rng(3);
     std::vector<int32_t> in(128), tg(128);
     for (int i = 0; i < 128; ++i) in[size_t(i)] = int32_t(rng() % 512), tg[size_t(i)] = int32_t(rng() % 512);

@@ -111,10 +111,10 @@ TrainRun train(Communicator* dp, bool zero) {
   OptimConfig o;
   o.lr = 1e-3;
   o.warmup_steps = 2;
-  AdamW opt(o, model, dp, zero);
+  AdamW opt(o, model.parameters(), dp, zero);
   Communicator& group = dp ? *dp : ParallelContext::get().data();
   std::unique_ptr<GradReducer> reducer;
-  if (dp && !zero) reducer = std::make_unique<GradReducer>(model, *dp, /*bucket_mb=*/0.05);  // several buckets
+  if (dp && !zero) reducer = std::make_unique<GradReducer>(model.parameters(), *dp, /*bucket_mb=*/0.05);  // several buckets
   TrainRun run;
   for (int step = 1; step <= 4; ++step) {
     std::mt19937_64 rng(5);  // the same two micro-batches every step, so the loss falls

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "cpu/ops.h"
+#include "ltrain/model/llama.h"
 #include "ltrain/optim/adamw.h"
 #include "test_util.h"
 
@@ -77,7 +78,7 @@ TEST(AdamW, ClipsToTheGlobalNormAndSkipsDecayOnNorms) {
   OptimConfig o;
   o.grad_clip = 1.0;
   o.weight_decay = 0.5;
-  AdamW opt(o, model);
+  AdamW opt(o, model.parameters());
   // Known gradients: 0.1 everywhere -> norm = 0.1 * sqrt(n).
   const int64_t n = model.num_params();
   std::vector<double> gbuf(size_t(model.grad_buffer().numel()), 0.0);

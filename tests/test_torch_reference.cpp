@@ -130,7 +130,7 @@ TEST_P(TorchReference, LossGradientsAndTwentyStepsAgree) {
   auto backend = make_cpu_backend(DType::kF32);
   LlamaModel model(mc, *backend, B, T);
   model.init_weights(seed);
-  AdamW opt(oc, model);
+  AdamW opt(oc, model.parameters());
 
   std::vector<int32_t> tokens, targets;
   make_batches(steps, B, T, mc.vocab_size, seed + 1000, &tokens, &targets);

@@ -415,9 +415,9 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt) {
   LlamaModel model(cfg.model, be, B, T, parse_recompute(tc.recompute), zero ? 64 * dp_size : 1, tp.get(),
                    comms.tp_host);
   model.init_weights(tc.seed);
-  AdamW adamw(cfg.optim, model, &dp, zero, comms.tp_host);
+  AdamW adamw(cfg.optim, model.parameters(), &dp, zero, comms.tp_host);
   std::unique_ptr<GradReducer> reducer;
-  if (dp_size > 1 && !zero) reducer = std::make_unique<GradReducer>(model, dp, cfg.parallel.bucket_mb);
+  if (dp_size > 1 && !zero) reducer = std::make_unique<GradReducer>(model.parameters(), dp, cfg.parallel.bucket_mb);
   auto comm_seconds = [&] { return dp.seconds() + (tp ? tp->seconds() : 0.0); };
 
   // Synthetic tokens: seeded uniform ids < vocab, different on each data-parallel rank; targets

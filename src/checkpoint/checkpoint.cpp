@@ -363,7 +363,7 @@ void read_into(const CheckpointInfo& info, const std::string& section, const std
   FileReader files(info.dir);
   std::vector<float> part;
   model.import_local(flat, [&](const std::string& name) -> const std::vector<float>& {
-    part = read_slice(files, *by_name.at(name), model.local_slice(*params.at(name)));
+    part = read_slice(files, *by_name.at(name), model.parameters().local_slice(*params.at(name)));
     return part;
   });
 }
@@ -519,7 +519,7 @@ std::vector<std::string> all_gather_strings(Communicator& c, const std::string& 
 std::string save_checkpoint(const std::string& run_dir, const TrainState& state, const Config& cfg,
                             LlamaModel& model, AdamW& optimizer, Communicator& world,
                             const std::string& tokenizer_path) {
-  const int P = model.tensor_parallel_size(), t_rank = model.tensor_parallel_rank();
+  const int P = model.tensor_parallel_size(), t_rank = model.parameters().tensor_parallel_rank();
   const int rank = world.rank();
   LTRAIN_CHECK(world.size() % P == 0 && rank % P == t_rank,
                "world rank " << rank << " is not data rank x " << P << " + tensor rank " << t_rank);
@@ -546,11 +546,11 @@ std::string save_checkpoint(const std::string& run_dir, const TrainState& state,
     for (int which = 0; which < 3; ++which)
       for (const auto& p : model.params()) {
         if (p.shard_dim < 0 && t_rank != 0) continue;
-        const int64_t off = model.param_offset(p), b = std::max(lo, off), e = std::min(lo + n, off + p.tensor.numel());
+        const int64_t off = model.parameters().offset(p), b = std::max(lo, off), e = std::min(lo + n, off + p.tensor.numel());
         if (b >= e) continue;
         const float* src = (which == 0 ? w : which == 1 ? m : v).data() + (b - lo);
         const char* suffix = which == 0 ? "" : which == 1 ? ".exp_avg" : ".exp_avg_sq";
-        (which == 0 ? wp : mp).push_back({p.name + suffix, model.local_slice(p), b - off, e - off, src});
+        (which == 0 ? wp : mp).push_back({p.name + suffix, model.parameters().local_slice(p), b - off, e - off, src});
       }
     const nlohmann::json who = {{"rank", rank}, {"data_rank", d_rank}, {"tensor_rank", t_rank}};
     mine.push_back(write_shard_file(d.tmp, rank_file_name("model", rank), wp, who));
@@ -806,9 +806,9 @@ void load_checkpoint_training_state(const CheckpointInfo& info, LlamaModel& mode
     const std::vector<TensorEntry> entries = parse_section(info, section);
     const auto by_name = match_model(entries, model, suffix, meta_path);
     for (const auto& p : model.params()) {
-      const std::vector<float> part = read_slice(files, *by_name.at(p.name), model.local_slice(p));
+      const std::vector<float> part = read_slice(files, *by_name.at(p.name), model.parameters().local_slice(p));
       LTRAIN_CHECK(int64_t(part.size()) == p.tensor.numel(), "checkpoint slice of " << p.name);
-      optimizer.import_host_range(which, model.param_offset(p), part.data(), int64_t(part.size()));
+      optimizer.import_host_range(which, model.parameters().offset(p), part.data(), int64_t(part.size()));
     }
   };
   load("tensors", "", AdamW::State::kWeights);

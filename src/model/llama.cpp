@@ -64,8 +64,16 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, Backend& backend, int max_batch, 
   count = (count + buffer_multiple - 1) / buffer_multiple * buffer_multiple;
   param_buf_ = backend.alloc({count}, backend.compute_dtype());
   grad_buf_ = backend.alloc({count}, backend.master_dtype());
-  build_param_views(param_buf_, w_, &params_);
-  build_param_views(grad_buf_, dw_, &grads_);
+  std::vector<NamedTensor> params, grads;
+  build_param_views(param_buf_, w_, &params);
+  build_param_views(grad_buf_, dw_, &grads);
+  // Gradient units in backward order: the head (final norm, lm_head and the padding), layers
+  // L-1 .. 0, then the embedding.
+  std::vector<std::pair<int64_t, int64_t>> units;
+  units.push_back({unit_begin_[L_], count});
+  for (int l = L_ - 1; l >= 0; --l) units.push_back({unit_begin_[l], unit_begin_[l + 1]});
+  units.push_back({0, unit_begin_[0]});
+  pset_.assign(backend, param_buf_, grad_buf_, std::move(params), std::move(grads), p_, P_, std::move(units));
   alloc_activations();
 
   // RoPE table, computed in double on the host.
@@ -204,7 +212,7 @@ void LlamaModel::init_weights(uint64_t seed) {
   const double std = cfg_.initializer_range;
   const double out_std = std / std::sqrt(2.0 * L_);  // residual-branch outputs, GPT-2 style
   std::vector<double> whole;
-  for (const auto& p : params_) {
+  for (const auto& p : pset_.params()) {
     // The whole tensor is drawn on every rank, so the weights do not depend on the layout.
     whole.assign(size_t(p.global_shape.numel()), 1.0);
     if (p.decay) {  // a weight matrix
@@ -226,30 +234,19 @@ void LlamaModel::init_weights(uint64_t seed) {
   }
 }
 
-int64_t LlamaModel::num_params() const {
-  int64_t n = 0;
-  for (const auto& p : params_) n += p.tensor.numel();
-  return n;
-}
-
 void LlamaModel::zero_grads() { backend_.zero(grad_buf_); }
 
 void LlamaModel::reduce_replicated_grads() {
   if (P_ == 1) return;
   if (!tp_->orders_after_device_work()) backend_.synchronize();
-  for (const auto& g : grads_)
+  for (const auto& g : pset_.grads())
     if (g.shard_dim < 0) tp_->all_reduce_sum(g.tensor);
 }
 
 std::vector<HostTensor> LlamaModel::export_full(const Tensor& flat) {
   std::vector<HostTensor> out;
-  const Tensor base = param_buf_;
-  for (const auto& p : params_) {
-    const int64_t off = (static_cast<const char*>(p.tensor.data) - static_cast<const char*>(base.data)) /
-                        int64_t(dtype_size(base.dtype));
-    Tensor t = flat;
-    t.data = static_cast<char*>(flat.data) + off * int64_t(dtype_size(flat.dtype));
-    t.shape = p.tensor.shape;
+  for (const auto& p : pset_.params()) {
+    const Tensor t = pset_.view(flat, p);
     HostTensor h{p.name, p.global_shape, std::vector<float>(size_t(p.global_shape.numel()))};
     std::vector<float> mine(size_t(t.numel()));
     backend_.to_host(mine.data(), DType::kF32, t);
@@ -278,13 +275,8 @@ std::vector<HostTensor> LlamaModel::export_full(const Tensor& flat) {
 
 void LlamaModel::import_full(Tensor flat,
                              const std::function<const std::vector<float>&(const std::string&)>& get) {
-  const Tensor base = param_buf_;
-  for (const auto& p : params_) {
-    const int64_t off = (static_cast<const char*>(p.tensor.data) - static_cast<const char*>(base.data)) /
-                        int64_t(dtype_size(base.dtype));
-    Tensor t = flat;
-    t.data = static_cast<char*>(flat.data) + off * int64_t(dtype_size(flat.dtype));
-    t.shape = p.tensor.shape;
+  for (const auto& p : pset_.params()) {
+    const Tensor t = pset_.view(flat, p);
     const std::vector<float>& whole = get(p.name);
     LTRAIN_CHECK(int64_t(whole.size()) == p.global_shape.numel(), "import_full " << p.name);
     std::vector<float> part(size_t(t.numel()));
@@ -300,35 +292,14 @@ void LlamaModel::import_full(Tensor flat,
   }
 }
 
-int64_t LlamaModel::param_offset(const NamedTensor& p) const {
-  return (static_cast<const char*>(p.tensor.data) - static_cast<const char*>(param_buf_.data)) /
-         int64_t(dtype_size(param_buf_.dtype));
-}
-
-TensorSlice LlamaModel::local_slice(const NamedTensor& p) const {
-  if (p.shard_dim < 0) return {0, 0, p.global_shape.dims[0]};
-  const int64_t len = p.tensor.shape.dims[p.shard_dim];
-  return {p.shard_dim, int64_t(p_) * len, len};
-}
-
 void LlamaModel::import_local(Tensor flat,
                               const std::function<const std::vector<float>&(const std::string&)>& get) {
-  for (const auto& p : params_) {
-    Tensor t = flat;
-    t.data = static_cast<char*>(flat.data) + param_offset(p) * int64_t(dtype_size(flat.dtype));
-    t.shape = p.tensor.shape;
+  for (const auto& p : pset_.params()) {
+    const Tensor t = pset_.view(flat, p);
     const std::vector<float>& part = get(p.name);
     LTRAIN_CHECK(int64_t(part.size()) == t.numel(), "import_local " << p.name);
     backend_.from_host(t, part.data(), DType::kF32);
   }
-}
-
-std::pair<int64_t, int64_t> LlamaModel::grad_unit_range(int unit) const {
-  LTRAIN_CHECK(unit >= 0 && unit < num_grad_units(), "unit " << unit);
-  if (unit == 0) return {unit_begin_[L_], grad_buf_.numel()};  // head: final norm, lm_head, padding
-  if (unit == L_ + 1) return {0, unit_begin_[0]};               // embedding
-  const int l = L_ - unit;
-  return {unit_begin_[l], unit_begin_[l + 1]};
 }
 
 int64_t LlamaModel::local_rows(int64_t N) const {
@@ -604,16 +575,16 @@ void LlamaModel::forward_backward_accumulate(const int32_t* tokens, const int32_
   be.zero(dres);
   be.rmsnorm_backward(dres, dw_.final_norm, rows(dln_local_, Ns), rows(resid_[L_], Ns), w_.final_norm,
                       rows(rstdf_, Ns));
-  if (grad_ready_hook_) grad_ready_hook_(0);
+  pset_.grad_ready(0);
   for (int l = L_ - 1; l >= 0; --l) {
     LayerActs a = acts_for(l, B, T);
     layer_recompute(l, a, rows(resid_[l], Ns), B, T);
     layer_backward(l, a, rows(resid_[l], Ns), dres, B, T);
-    if (grad_ready_hook_) grad_ready_hook_(L_ - l);
+    pset_.grad_ready(L_ - l);
   }
   gather_rows(rows(dres_full_, N), dres);
   be.embedding_backward(dw_.wte, rows(dres_full_, N), rows(tokens_, N));
-  if (grad_ready_hook_) grad_ready_hook_(L_ + 1);
+  pset_.grad_ready(L_ + 1);
 }
 
 }  // namespace ltrain

@@ -18,10 +18,10 @@ double lr_at(const OptimConfig& o, int total_steps, int step) {
   return min_lr + (o.lr - min_lr) * 0.5 * (1.0 + std::cos(M_PI * progress));
 }
 
-AdamW::AdamW(const OptimConfig& cfg, LlamaModel& model, Communicator* dp, bool zero, Communicator* tp)
-    : cfg_(cfg), model_(model), be_(model.backend()), dp_(dp), zero_(zero && dp && dp->size() > 1),
+AdamW::AdamW(const OptimConfig& cfg, ParameterSet& params, Communicator* dp, bool zero, Communicator* tp)
+    : cfg_(cfg), params_(params), be_(params.backend()), dp_(dp), zero_(zero && dp && dp->size() > 1),
       tp_(tp && tp->size() > 1 ? tp : nullptr) {
-  const Tensor p = model.param_buffer();
+  const Tensor p = params.param_buffer();
   const DType md = be_.master_dtype();
   if (zero_) {
     LTRAIN_CHECK(p.numel() % dp_->size() == 0, "ZeRO needs the parameter buffer padded to the data size");
@@ -35,7 +35,7 @@ AdamW::AdamW(const OptimConfig& cfg, LlamaModel& model, Communicator* dp, bool z
   v_ = be_.alloc({shard_n_}, md);
   if (p.dtype != md) {
     master_ = be_.alloc({shard_n_}, md);
-    be_.copy(master_, range(p, shard_begin_, shard_n_));
+    be_.copy(master_, flat_range(p, shard_begin_, shard_n_));
   }
 }
 
@@ -46,37 +46,30 @@ AdamW::~AdamW() {
   be_.free(grad_shard_);
 }
 
-Tensor AdamW::range(const Tensor& flat, int64_t begin, int64_t n) const {
-  Tensor t = flat;
-  t.data = static_cast<char*>(flat.data) + begin * int64_t(dtype_size(flat.dtype));
-  t.shape = Shape{n};
-  return t;
-}
-
 void AdamW::export_shard(float* w, float* m, float* v) {
   be_.synchronize();
-  be_.to_host(w, DType::kF32, master_.defined() ? master_ : range(model_.param_buffer(), shard_begin_, shard_n_));
+  be_.to_host(w, DType::kF32, master_.defined() ? master_ : flat_range(params_.param_buffer(), shard_begin_, shard_n_));
   be_.to_host(m, DType::kF32, m_);
   be_.to_host(v, DType::kF32, v_);
 }
 
 void AdamW::import_host_range(State which, int64_t begin, const float* values, int64_t n) {
-  LTRAIN_CHECK(begin >= 0 && n >= 0 && begin + n <= model_.param_buffer().numel(), "import range " << begin << "+" << n);
-  if (which == State::kWeights) be_.from_host(range(model_.param_buffer(), begin, n), values, DType::kF32);
+  LTRAIN_CHECK(begin >= 0 && n >= 0 && begin + n <= params_.param_buffer().numel(), "import range " << begin << "+" << n);
+  if (which == State::kWeights) be_.from_host(flat_range(params_.param_buffer(), begin, n), values, DType::kF32);
   const int64_t lo = std::max(begin, shard_begin_), hi = std::min(begin + n, shard_begin_ + shard_n_);
   const Tensor& dst = which == State::kWeights ? master_ : which == State::kExpAvg ? m_ : v_;
   if (lo >= hi || !dst.defined()) return;  // outside the shard, or the model's weights are the master
-  be_.from_host(range(dst, lo - shard_begin_, hi - lo), values + (lo - begin), DType::kF32);
+  be_.from_host(flat_range(dst, lo - shard_begin_, hi - lo), values + (lo - begin), DType::kF32);
 }
 
 void AdamW::import_weights(const Tensor& w_full) {
-  be_.copy(model_.param_buffer(), w_full);
-  if (master_.defined()) be_.copy(master_, range(w_full, shard_begin_, shard_n_));
+  be_.copy(params_.param_buffer(), w_full);
+  if (master_.defined()) be_.copy(master_, flat_range(w_full, shard_begin_, shard_n_));
 }
 
 void AdamW::import_moments(const Tensor& m_full, const Tensor& v_full) {
-  be_.copy(m_, range(m_full, shard_begin_, shard_n_));
-  be_.copy(v_, range(v_full, shard_begin_, shard_n_));
+  be_.copy(m_, flat_range(m_full, shard_begin_, shard_n_));
+  be_.copy(v_, flat_range(v_full, shard_begin_, shard_n_));
 }
 
 StepStats AdamW::step(int step, double lr) {
@@ -90,7 +83,7 @@ double AdamW::clip_scale(double grad_norm) const {
 }
 
 double AdamW::reduce_and_norm() {
-  const Tensor pbuf = model_.param_buffer(), gbuf = model_.grad_buffer();
+  const Tensor gbuf = params_.grad_buffer();
   Tensor grads = gbuf;
   if (zero_) {
     if (!dp_->orders_after_device_work()) be_.synchronize();
@@ -106,12 +99,11 @@ double AdamW::reduce_and_norm() {
     // (a norm, identical on every rank) must count once, so each rank adds 1/P of it. Two sums
     // over lists of tensors: two readbacks, whatever the number of layers.
     std::vector<Tensor> sharded, replicated;
-    for (const auto& p : model_.params()) {
-      const int64_t off = (static_cast<const char*>(p.tensor.data) - static_cast<const char*>(pbuf.data)) /
-                          int64_t(dtype_size(pbuf.dtype));
+    for (const auto& p : params_.params()) {
+      const int64_t off = params_.offset(p);
       const int64_t b = std::max(lo, off), e = std::min(hi, off + p.tensor.numel());
       if (b >= e) continue;
-      (p.shard_dim < 0 ? replicated : sharded).push_back(zero_ ? range(grads, b - lo, e - b) : range(grads, b, e - b));
+      (p.shard_dim < 0 ? replicated : sharded).push_back(zero_ ? flat_range(grads, b - lo, e - b) : flat_range(grads, b, e - b));
     }
     sumsq = (sharded.empty() ? 0.0 : be_.sum_squares(sharded)) +
             (replicated.empty() ? 0.0 : be_.sum_squares(replicated)) / tp_->size();
@@ -122,14 +114,13 @@ double AdamW::reduce_and_norm() {
 }
 
 void AdamW::apply(int step, double lr, double grad_norm) {
-  const Tensor pbuf = model_.param_buffer();
-  const Tensor grads = zero_ ? grad_shard_ : model_.grad_buffer();
+  const Tensor pbuf = params_.param_buffer();
+  const Tensor grads = zero_ ? grad_shard_ : params_.grad_buffer();
   const int64_t lo = shard_begin_, hi = shard_begin_ + shard_n_;
   const double scale = clip_scale(grad_norm);
   // One fused update per tensor, restricted to this rank's shard; weight decay is per tensor.
-  for (const auto& p : model_.params()) {
-    const int64_t off = (static_cast<const char*>(p.tensor.data) - static_cast<const char*>(pbuf.data)) /
-                        int64_t(dtype_size(pbuf.dtype));
+  for (const auto& p : params_.params()) {
+    const int64_t off = params_.offset(p);
     const int64_t b = std::max(lo, off), e = std::min(hi, off + p.tensor.numel());
     if (b >= e) continue;
     AdamWStep a;
@@ -140,11 +131,11 @@ void AdamW::apply(int step, double lr, double grad_norm) {
     a.weight_decay = p.decay ? cfg_.weight_decay : 0.0;
     a.grad_scale = scale;
     a.step = step;
-    Tensor target = master_.defined() ? range(master_, b - lo, e - b) : range(pbuf, b, e - b);
-    Tensor g = zero_ ? range(grads, b - lo, e - b) : range(grads, b, e - b);
-    be_.adamw_update(target, g, range(m_, b - lo, e - b), range(v_, b - lo, e - b), a);
+    Tensor target = master_.defined() ? flat_range(master_, b - lo, e - b) : flat_range(pbuf, b, e - b);
+    Tensor g = zero_ ? flat_range(grads, b - lo, e - b) : flat_range(grads, b, e - b);
+    be_.adamw_update(target, g, flat_range(m_, b - lo, e - b), flat_range(v_, b - lo, e - b), a);
   }
-  Tensor own = range(pbuf, lo, shard_n_);
+  Tensor own = flat_range(pbuf, lo, shard_n_);
   if (master_.defined()) be_.copy(own, master_);
   if (zero_) {
     if (!dp_->orders_after_device_work()) be_.synchronize();

@@ -1,38 +1,36 @@
 #include "ltrain/parallel/grad_reducer.h"
 
+#include "ltrain/core/backend.h"
 #include "ltrain/core/check.h"
 
 namespace ltrain {
 
-GradReducer::GradReducer(LlamaModel& model, Communicator& comm, double bucket_mb)
-    : model_(model), comm_(comm) {
-  const Tensor g = model.grad_buffer();
+GradReducer::GradReducer(ParameterSet& params, Communicator& comm, double bucket_mb)
+    : params_(params), comm_(comm) {
+  const Tensor g = params.grad_buffer();
   const int64_t min_elems = std::max<int64_t>(1, int64_t(bucket_mb * 1048576.0 / double(dtype_size(g.dtype))));
   Bucket cur{-1, 0, 0};
-  for (int u = 0; u < model.num_grad_units(); ++u) {
-    auto [b, e] = model.grad_unit_range(u);
+  for (int u = 0; u < params.num_grad_units(); ++u) {
+    auto [b, e] = params.grad_unit_range(u);
     if (cur.last_unit < 0) cur = Bucket{u, b, e};
     LTRAIN_CHECK(e == cur.begin || cur.last_unit == u, "gradient units must be adjacent in backward order");
     cur.begin = std::min(cur.begin, b);
     cur.last_unit = u;
-    if (cur.end - cur.begin >= min_elems || u + 1 == model.num_grad_units()) {
+    if (cur.end - cur.begin >= min_elems || u + 1 == params.num_grad_units()) {
       buckets_.push_back(cur);
       cur = Bucket{-1, 0, 0};
     }
   }
-  model_.set_grad_ready_hook([this](int unit) { on_unit_ready(unit); });
+  params_.set_grad_ready_hook([this](int unit) { on_unit_ready(unit); });
 }
 
-GradReducer::~GradReducer() { model_.set_grad_ready_hook(nullptr); }
+GradReducer::~GradReducer() { params_.set_grad_ready_hook(nullptr); }
 
 void GradReducer::start(Bucket& b) {
   // The device work that produced these gradients must come first: NCCL orders itself after the
   // backend's stream with an event; any other communicator reads after a host synchronization.
-  if (!comm_.orders_after_device_work()) model_.backend().synchronize();
-  Tensor t = model_.grad_buffer();
-  t.data = static_cast<char*>(t.data) + b.begin * int64_t(dtype_size(t.dtype));
-  t.shape = Shape{b.end - b.begin};
-  b.ticket = comm_.all_reduce_sum_start(t);
+  if (!comm_.orders_after_device_work()) params_.backend().synchronize();
+  b.ticket = comm_.all_reduce_sum_start(flat_range(params_.grad_buffer(), b.begin, b.end - b.begin));
 }
 
 void GradReducer::on_unit_ready(int unit) {

@@ -276,7 +276,7 @@ double run_training(const Config& cfg, const std::string& resume) {
   LlamaModel model(cfg.model, *backend, B, T, parse_recompute(tc.recompute), zero ? 64 * dp_size : 1,
                    comms.tp, comms.tp_host);
   model.init_weights(tc.seed);  // every rank draws the same whole tensors and keeps its part
-  AdamW opt(cfg.optim, model, &dp, zero, comms.tp_host);
+  AdamW opt(cfg.optim, model.parameters(), &dp, zero, comms.tp_host);
   int start_step = 0;
   if (ck) {
     // Weights and moments; the schedule continues from the step. Each rank
@@ -292,7 +292,7 @@ double run_training(const Config& cfg, const std::string& resume) {
     log.info(strfmt("initialized the weights from %s (step %d of its run)", init.dir.c_str(), init.step));
   }
   std::unique_ptr<GradReducer> reducer;
-  if (dp_size > 1 && !zero) reducer = std::make_unique<GradReducer>(model, dp, cfg.parallel.bucket_mb);
+  if (dp_size > 1 && !zero) reducer = std::make_unique<GradReducer>(model.parameters(), dp, cfg.parallel.bucket_mb);
   const int accum = cfg.grad_accum_steps(dp_size);
   log.info(strfmt("model: %.2fM parameters, %d layers, hidden %d, heads %d/%d kv, ffn %d, vocab %d | "
                "backend %s | activations %.1f MiB",

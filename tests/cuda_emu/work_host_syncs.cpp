@@ -39,7 +39,7 @@ std::vector<uint64_t> syncs_per_step(int layers, int accum, int steps) {
   model.init_weights(7);
   OptimConfig oc;
   oc.grad_clip = 1.0;
-  AdamW opt(oc, model);
+  AdamW opt(oc, model.parameters());
   auto dp = make_single_communicator();
   std::mt19937_64 rng(11);
   auto next_batch = [&](int32_t* in, int32_t* tg) {

@@ -27,33 +27,10 @@
 
 #include "ltrain/config/config.h"
 #include "ltrain/core/backend.h"
+#include "ltrain/core/param_set.h"
 #include "ltrain/parallel/communicator.h"
 
 namespace ltrain {
-
-// A named view into the flat parameter (or gradient) buffer. Names follow Hugging Face's
-// LlamaForCausalLM; q_proj and k_proj rows are in Meta's interleaved RoPE layout.
-struct NamedTensor {
-  std::string name;
-  Tensor tensor;        // this rank's part
-  bool decay;           // weight decay applies (weight matrices: yes; norms: no)
-  int shard_dim = -1;   // tensor parallelism: the dimension split over ranks; -1 = replicated
-  Shape global_shape;   // the whole tensor's shape
-};
-
-// A whole (unsharded) tensor on the host, in fp32: what checkpoints hold.
-struct HostTensor {
-  std::string name;
-  Shape shape;
-  std::vector<float> data;
-};
-
-// The part of a global tensor one tensor-parallel rank holds: indices [start, start + length) of
-// dimension `dim`, all of every other dimension. A replicated tensor is the whole of dim 0.
-struct TensorSlice {
-  int dim = 0;
-  int64_t start = 0, length = 0;
-};
 
 enum class Recompute { kNone, kSelective, kFull };
 Recompute parse_recompute(const std::string& s);
@@ -81,11 +58,15 @@ class LlamaModel {
   // (each rank draws the whole tensor and keeps its part).
   void init_weights(uint64_t seed);
 
-  const std::vector<NamedTensor>& params() const { return params_; }
-  const std::vector<NamedTensor>& grads() const { return grads_; }
+  // The trainable tensors (flat weight and gradient buffers, named views, gradient units), as
+  // the optimizer, the gradient reducer and checkpoints use them.
+  ParameterSet& parameters() { return pset_; }
+  const ParameterSet& parameters() const { return pset_; }
+  const std::vector<NamedTensor>& params() const { return pset_.params(); }
+  const std::vector<NamedTensor>& grads() const { return pset_.grads(); }
   Tensor param_buffer() const { return param_buf_; }
   Tensor grad_buffer() const { return grad_buf_; }
-  int64_t num_params() const;  // this rank's, without the alignment padding between views
+  int64_t num_params() const { return pset_.num_params(); }  // this rank's, without padding
   void zero_grads();
   // Tensor parallelism: sums the gradients of replicated tensors (the norms, which each rank
   // computed from its own rows) over the tensor-parallel ranks. Once per optimizer step, after
@@ -97,26 +78,14 @@ class LlamaModel {
   std::vector<HostTensor> export_full(const Tensor& flat);
   // The reverse: `get(name)` returns the whole tensor; this rank keeps its part.
   void import_full(Tensor flat, const std::function<const std::vector<float>&(const std::string&)>& get);
-
-  // Local slices, for checkpoints written and read per rank (no collectives). A flat buffer "laid
-  // out like the parameters" is the weights, the gradients or an AdamW moment.
-  int tensor_parallel_rank() const { return p_; }
-  // Where p (one of params()) starts in such a buffer, in elements.
-  int64_t param_offset(const NamedTensor& p) const;
-  // Which part of p's global tensor this rank holds.
-  TensorSlice local_slice(const NamedTensor& p) const;
   // Fills this rank's part of every parameter in `flat`: `get(name)` returns the local slice
-  // (p.tensor.numel() fp32 values, row-major in the local shape).
+  // (p.tensor.numel() fp32 values, row-major in the local shape). No collectives.
   void import_local(Tensor flat, const std::function<const std::vector<float>&(const std::string&)>& get);
 
-  // Gradient units, in the order backward finishes them: the head (final norm and lm_head),
-  // layers L-1 .. 0, then the embedding. Each unit's gradients are one contiguous range of the
-  // flat gradient buffer; the hook is called with the unit index (0 = head, 1 = layer L-1, ...,
-  // L + 1 = embedding) as soon as that range is final for this backward pass. Data parallelism
-  // starts reducing a bucket from there while backward goes on.
-  int num_grad_units() const { return L_ + 2; }
-  std::pair<int64_t, int64_t> grad_unit_range(int unit) const;  // [begin, end) elements
-  void set_grad_ready_hook(std::function<void(int unit)> hook) { grad_ready_hook_ = std::move(hook); }
+  // Gradient units (parameters().grad_unit_range), in the order backward finishes them: the head
+  // (final norm and lm_head), layers L-1 .. 0, then the embedding. Each unit's gradients are one
+  // contiguous range of the flat gradient buffer, reported through parameters().grad_ready as
+  // soon as that range is final for this backward pass.
 
   // Forward and backward on one micro-batch: tokens and targets are (B, T) host arrays; a
   // negative target (a masked token of SFT data) has no loss and no gradient.
@@ -219,9 +188,8 @@ class LlamaModel {
 
   Tensor param_buf_, grad_buf_;
   Weights w_, dw_;
-  std::vector<NamedTensor> params_, grads_;
+  ParameterSet pset_;
   std::vector<int64_t> unit_begin_;  // element offset where each layer's views start (L + 1 entries)
-  std::function<void(int)> grad_ready_hook_;
 
   Tensor freqs_;                  // (max_seq, HD/2, 2) RoPE cos/sin
   Tensor tokens_, targets_;       // (N) i32; tokens_ holds this vocabulary shard's ids (-1: another's)

@@ -13,7 +13,8 @@
 // all-gathered.
 #pragma once
 #include "ltrain/config/config.h"
-#include "ltrain/model/llama.h"
+#include "ltrain/core/backend.h"
+#include "ltrain/core/param_set.h"
 #include "ltrain/parallel/communicator.h"
 
 namespace ltrain {
@@ -31,16 +32,17 @@ struct StepStats {
 
 class AdamW {
  public:
-  // dp: the data-parallel communicator (nullptr = one rank). With zero, the model's buffers must
-  // be padded to a multiple of dp->size() (LlamaModel's buffer_multiple). tp: the
-  // tensor-parallel group, for the global gradient norm over sharded tensors (host scalars).
-  AdamW(const OptimConfig& cfg, LlamaModel& model, Communicator* dp = nullptr, bool zero = false,
+  // params: the model's trainable tensors (LlamaModel::parameters()), on params.backend().
+  // dp: the data-parallel communicator (nullptr = one rank). With zero, the flat buffers must be
+  // padded to a multiple of dp->size() (LlamaModel's buffer_multiple). tp: the tensor-parallel
+  // group, for the global gradient norm over sharded tensors (host scalars).
+  AdamW(const OptimConfig& cfg, ParameterSet& params, Communicator* dp = nullptr, bool zero = false,
         Communicator* tp = nullptr);
   ~AdamW();
   AdamW(const AdamW&) = delete;
   AdamW& operator=(const AdamW&) = delete;
 
-  // One update from the gradients in the model's gradient buffer. `step` is 1-based.
+  // One update from the gradients in the parameter set's gradient buffer. `step` is 1-based.
   StepStats step(int step, double lr);
   // The same in two halves, so a guard can look at the norm before anything changes:
   // reduce_and_norm reduce-scatters the gradients under ZeRO and returns the global L2 norm;
@@ -49,8 +51,8 @@ class AdamW {
   void apply(int step, double lr, double grad_norm);
   double clip_scale(double grad_norm) const;
 
-  // From buffers laid out like model.param_buffer() (each rank keeps its shard of the moments;
-  // import_weights sets both the master copy and the model's). Not collective.
+  // From buffers laid out like the parameters (each rank keeps its shard of the moments;
+  // import_weights sets both the master copy and the model's weights). Not collective.
   void import_moments(const Tensor& m_full, const Tensor& v_full);
   void import_weights(const Tensor& w_full);
 
@@ -71,9 +73,8 @@ class AdamW {
   void import_host_range(State which, int64_t begin, const float* values, int64_t n);
 
  private:
-  Tensor range(const Tensor& flat, int64_t begin, int64_t n) const;
   OptimConfig cfg_;
-  LlamaModel& model_;
+  ParameterSet& params_;
   Backend& be_;
   Communicator* dp_;
   bool zero_;

@@ -1,6 +1,6 @@
 // Data-parallel gradient reduction in buckets that overlap backward.
 //
-// The model's gradient units (head, layers from the last, embedding) are contiguous ranges of the
+// The parameter set's gradient units (head, layers from the last, embedding) are contiguous ranges of the
 // flat gradient buffer, finished by backward in that order. Consecutive units are grouped into
 // buckets of at least parallel.bucket_mb; as soon as backward finishes a bucket's last unit, its
 // all-reduce starts (on the communicator's own stream for NCCL, a non-blocking MPI request for MPI)
@@ -12,14 +12,14 @@
 #pragma once
 #include <vector>
 
-#include "ltrain/model/llama.h"
+#include "ltrain/core/param_set.h"
 #include "ltrain/parallel/communicator.h"
 
 namespace ltrain {
 
 class GradReducer {
  public:
-  GradReducer(LlamaModel& model, Communicator& comm, double bucket_mb);
+  GradReducer(ParameterSet& params, Communicator& comm, double bucket_mb);
   ~GradReducer();
   // Call before each micro-batch's backward; `reduce` is true for the last one of the step.
   void arm(bool reduce) { armed_ = reduce; }
@@ -35,7 +35,7 @@ class GradReducer {
   };
   void on_unit_ready(int unit);
   void start(Bucket& b);
-  LlamaModel& model_;
+  ParameterSet& params_;
   Communicator& comm_;
   std::vector<Bucket> buckets_;
   bool armed_ = false;
