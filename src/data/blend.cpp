@@ -5,17 +5,11 @@
 #include <cmath>
 
 #include "ltrain/core/check.h"
+#include "ltrain/core/hash.h"
 
 namespace ltrain {
 
 namespace {
-
-uint64_t mix64(uint64_t x) {  // splitmix64's finalizer: a bijection that scrambles all bits
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
 
 constexpr uint64_t kPickSalt = 0x626c656e642d7069ull;    // "blend-pi"
 constexpr uint64_t kSourceSalt = 0x626c656e642d7372ull;  // "blend-sr"
@@ -54,7 +48,7 @@ std::vector<double> blend_shares(const BlendList& blend, const std::vector<uint6
 }
 
 size_t blend_pick(uint64_t seed, uint64_t n, const std::vector<double>& cumulative) {
-  const double u = double(mix64(mix64(seed ^ kPickSalt) ^ n) >> 11) * 0x1p-53;  // uniform in [0, 1)
+  const double u = double(splitmix64(splitmix64(seed ^ kPickSalt) ^ n) >> 11) * 0x1p-53;  // uniform in [0, 1)
   const size_t i = size_t(std::upper_bound(cumulative.begin(), cumulative.end(), u) - cumulative.begin());
   return std::min(i, cumulative.size() - 1);
 }
@@ -71,7 +65,7 @@ BlendLoader::BlendLoader(const std::vector<BlendComponent>& sources, int batch_s
     LTRAIN_CHECK(c.share > 0 && std::isfinite(c.share), "blend share " << c.share);
     // Every source in its own order: a seed of its own, one window per sample.
     loaders_.push_back(std::make_unique<DataLoader>(c.meta, Split::kTrain, 1, seq_len, shuffle,
-                                                    mix64(seed ^ kSourceSalt ^ mix64(i)), 0, 1, verify));
+                                                    splitmix64(seed ^ kSourceSalt ^ splitmix64(i)), 0, 1, verify));
     names_.push_back(c.name);
     shares_.push_back(c.share);
     total += c.share;

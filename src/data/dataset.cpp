@@ -12,6 +12,7 @@
 #include <random>
 
 #include "ltrain/core/check.h"
+#include "ltrain/core/hash.h"
 #include "ltrain/core/io.h"
 
 namespace ltrain {
@@ -144,11 +145,6 @@ DatasetMeta load_ltrain_meta(const std::string& dir) {
 }
 
 // ---- Megatron-LM / llm.c ------------------------------------------------------------------------
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 std::string absolute_path(const std::string& p) {
   return std::filesystem::absolute(p).lexically_normal().string();
@@ -377,17 +373,6 @@ LoaderState LoaderState::from_json(const json& j) {
 }
 
 // ---- permutation --------------------------------------------------------------------------------
-
-namespace {
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-}  // namespace
 
 WindowOrder::WindowOrder(uint64_t n, uint64_t seed, uint64_t epoch) : n_(n), half_bits_(1) {
   while (half_bits_ < 32 && (uint64_t(1) << (2 * half_bits_)) < n) ++half_bits_;

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "ltrain/core/check.h"
+#include "ltrain/core/hash.h"
 #include "ltrain/core/io.h"
 #include "ltrain/data/dataset.h"
 #include "ltrain/data/formats.h"
@@ -49,10 +50,6 @@ bool is_blank(const std::string& s) {
   for (char c : s)
     if (c != ' ' && c != '\t' && c != '\n' && c != '\r' && c != '\v' && c != '\f') return false;
   return true;
-}
-
-static bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 // ---- DocumentReader -----------------------------------------------------------------------------
