@@ -1,4 +1,4 @@
-// Per-rank checkpoint shards (src/checkpoint/checkpoint.cpp, docs/checkpoint-format.md):
+// Per-rank checkpoint shards (src/checkpoint/: manifest, shard I/O, save/load; docs/checkpoint-format.md):
 // the collective save runs on simulated ranks (one thread per rank, communicators over threads),
 // for data x tensor layouts with and without ZeRO-1; then
 //  - which ranks wrote which files, and that the files verify;
