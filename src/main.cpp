@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
   try {
     if (cmd == "tokenizer") rc = ltrain::cmd_tokenizer(sub_argc, sub_argv);
     else if (cmd == "prepare") rc = ltrain::cmd_prepare(sub_argc, sub_argv);
-    else if (cmd == "train") rc = ltrain::cmd_train(sub_argc, sub_argv);
+    else if (cmd == "train") rc = ltrain::cmd_train(sub_argc, sub_argv, par);
     else if (cmd == "eval") rc = ltrain::cmd_eval(sub_argc, sub_argv);
     else if (cmd == "generate") rc = ltrain::cmd_generate(sub_argc, sub_argv);
     else if (cmd == "config") rc = ltrain::cmd_config(sub_argc, sub_argv);

@@ -1,4 +1,4 @@
-// Per-rank checkpoint shards (src/checkpoint/checkpoint.cpp, docs/checkpoint-format.md):
+// Per-rank checkpoint shards (src/checkpoint/: manifest, shard I/O, save/load; docs/checkpoint-format.md):
 // the collective save runs on simulated ranks (one thread per rank, communicators over threads),
 // for data x tensor layouts with and without ZeRO-1; then
 //  - which ranks wrote which files, and that the files verify;
@@ -306,7 +306,7 @@ std::string save_layout(const std::string& run_dir, const ModelConfig& m, const 
     st.tokens = 40;
     st.data = {{"train", {{"epoch", 0}, {"cursor", 5}}}};
     st.layout = {{"data", lay.data}, {"tensor", lay.tensor}, {"zero", lay.zero ? 1 : 0}};
-    const std::string d = save_checkpoint(run_dir, st, run_config(m), *k.model, *k.opt, *k.world, "");
+    const std::string d = save_checkpoint(run_dir, st, run_config(m), *k.opt, *k.world, "");
     std::lock_guard<std::mutex> lk(mu);
     if (k.world_rank == 0) dir = d;
     EXPECT_TRUE(is_directory(d)) << "rank " << k.world_rank << ": the checkpoint is not complete on return";
@@ -407,7 +407,7 @@ TEST(CheckpointShards, EveryLayoutResumesEveryOtherExactly) {
       // part of the whole tensors (put there by import_full, the layout-independent path).
       std::mutex mu;
       run_ranks(m, to, [&](Rank& k) {
-        load_checkpoint_training_state(info, *k.model, *k.opt);
+        load_checkpoint_training_state(info, *k.opt);
         const Shard got = export_rank(k);
         set_rank_state(k, s);
         const Shard want = export_rank(k);
@@ -421,7 +421,7 @@ TEST(CheckpointShards, EveryLayoutResumesEveryOtherExactly) {
     // And load_checkpoint_weights (eval, generate) on one process.
     auto be = make_cpu_backend();
     LlamaModel one(m, *be, 1, 8);
-    load_checkpoint_weights(info, one);
+    load_checkpoint_weights(info, one.parameters());
     const auto whole = one.export_full(one.param_buffer());
     for (size_t i = 0; i < whole.size(); ++i) EXPECT_TRUE(bitwise_equal(whole[i].data, s.w[i].data)) << whole[i].name;
   }
@@ -441,7 +441,7 @@ class CheckpointDamage : public ::testing::Test {
     auto be = make_cpu_backend();
     LlamaModel model(m_, *be, 1, 8);
     AdamW opt(OptimConfig{}, model.parameters());
-    load_checkpoint_training_state(info, model, opt);
+    load_checkpoint_training_state(info, opt);
   }
   void edit_meta(const std::function<void(nlohmann::json&)>& f) {
     nlohmann::json j = nlohmann::json::parse(read_text_file(dir_ + "/meta.json"));
@@ -494,12 +494,12 @@ TEST_F(CheckpointDamage, ManifestOfAnotherModelIsNamed) {
   LlamaModel model(other, *be, 1, 8);
   AdamW opt(OptimConfig{}, model.parameters());
   const CheckpointInfo info = open_checkpoint(dir_);
-  expect_user_error([&] { load_checkpoint_training_state(info, model, opt); },
+  expect_user_error([&] { load_checkpoint_training_state(info, opt); },
                     {"meta.json", "model.embed_tokens.weight", "has shape (64, 32) but the model needs (64, 64)"});
   ModelConfig deeper = m_;
   deeper.num_hidden_layers = 3;
   LlamaModel model3(deeper, *be, 1, 8);
-  expect_user_error([&] { load_checkpoint_weights(info, model3); }, {"meta.json", "model.layers.2.", "is missing"});
+  expect_user_error([&] { load_checkpoint_weights(info, model3.parameters()); }, {"meta.json", "model.layers.2.", "is missing"});
 }
 
 TEST_F(CheckpointDamage, SlicesThatDoNotTileAreNamed) {
@@ -566,7 +566,7 @@ TEST(CheckpointFormat, Version1IsStillRead) {
   // Resumes under tensor parallelism with ZeRO, like a version 2 one.
   std::mutex mu;
   run_ranks(m, {2, 2, true}, [&](Rank& k) {
-    load_checkpoint_training_state(info, *k.model, *k.opt);
+    load_checkpoint_training_state(info, *k.opt);
     const Shard got = export_rank(k);
     set_rank_state(k, s);
     const Shard want = export_rank(k);

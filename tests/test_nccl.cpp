@@ -15,7 +15,7 @@
 #include "ltrain/parallel/communicator.h"
 #include "ltrain/parallel/grad_reducer.h"
 #include "ltrain/parallel/nccl_communicator.h"
-#include "ltrain/train/trainer.h"
+#include "ltrain/train/step.h"
 
 namespace ltrain {
 namespace {
@@ -116,14 +116,16 @@ TrainRun train(Communicator* dp, bool zero) {
   std::unique_ptr<GradReducer> reducer;
   if (dp && !zero) reducer = std::make_unique<GradReducer>(model.parameters(), *dp, /*bucket_mb=*/0.05);  // several buckets
   TrainRun run;
+  TrainStep train_step(model, opt, reducer.get(), group, accum, B, T);
   for (int step = 1; step <= 4; ++step) {
     std::mt19937_64 rng(5);  // the same two micro-batches every step, so the loss falls
-    StepStats st;
     auto next = [&](int32_t* in, int32_t* tg) {
       for (int i = 0; i < B * T; ++i) in[i] = int32_t(rng() % uint64_t(cfg.vocab_size)), tg[i] = int32_t(rng() % 384);
     };
-    run.losses.push_back(train_step(model, opt, reducer.get(), group, accum, B, T, step, lr_at(o, 4, step), next, &st));
-    run.norms.push_back(st.grad_norm);
+    const StepResult r = train_step.run(step, lr_at(o, 4, step), next);
+    gpu().synchronize();
+    run.losses.push_back(r.loss);
+    run.norms.push_back(r.grad_norm);
   }
   run.weights.resize(size_t(model.param_buffer().numel()));
   gpu().to_host(run.weights.data(), DType::kF64, model.param_buffer());

@@ -399,7 +399,7 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt) {
   auto raw = make_backend(cfg.device, par.local_rank(), cfg.deterministic);
   ProfilingBackend be(*raw);
   const int tp_size = cfg.parallel.tensor;
-  ParallelComms comms = make_parallel_comms(*raw, dp_size, tp_size, cfg.parallel.timeout_s);
+  ParallelComms comms = make_parallel_comms(par, *raw, dp_size, tp_size, cfg.parallel.timeout_s);
   // As in the trainer: refused before the model is built when it cannot fit. Bench loads no
   // checkpoint, so no staging is planned.
   const MemoryPlan plan = check_run_memory(cfg, dp_size, tp_size, *raw);
@@ -444,15 +444,16 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt) {
   const int total_steps = opt.warmup + opt.steps * (opt.profile ? 2 : 1);
   int step_no = 0, next_batch = 0;
   size_t peak_bytes = be.bytes_allocated();
-  // One optimizer step, exactly as `ltrain train` runs it (train_step, src/train/trainer.cpp).
+  // One optimizer step, exactly as `ltrain train` runs it (TrainStep, src/train/step.cpp).
+  TrainStep train_step(model, adamw, reducer.get(), dp, accum, B, T);
   auto bench_step = [&]() {
     ++step_no;
-    const double loss = train_step(model, adamw, reducer.get(), dp, accum, B, T, step_no,
-                                   lr_at(cfg.optim, total_steps, step_no), [&](int32_t* in, int32_t* tg) {
+    const double loss = train_step.run(step_no, lr_at(cfg.optim, total_steps, step_no), [&](int32_t* in, int32_t* tg) {
                                      const int p = next_batch++ % pool;
                                      std::copy(ins[size_t(p)].begin(), ins[size_t(p)].end(), in);
                                      std::copy(tgs[size_t(p)].begin(), tgs[size_t(p)].end(), tg);
-                                   });
+                                   }).loss;
+    be.synchronize();
     peak_bytes = std::max(peak_bytes, be.bytes_allocated());
     return loss;
   };

@@ -8,6 +8,7 @@
 #include "ltrain/core/check.h"
 #include "ltrain/core/backend_factory.h"
 #include "ltrain/data/dataset.h"
+#include "ltrain/model/llama.h"
 #include "ltrain/train/trainer.h"
 
 namespace ltrain {
@@ -30,7 +31,7 @@ int cmd_eval(int argc, char** argv) {
   DataLoader val(meta, Split::kVal, B, T, false, 0);
   auto backend = make_backend(args.get("device", "auto"));
   LlamaModel model(ck.config.model, *backend, B, T);
-  load_checkpoint_weights(ck, model);
+  load_checkpoint_weights(ck, model.parameters());
   const double loss = evaluate(model, val, B, T, int(args.get_int("batches", 0)));
   std::printf("checkpoint %s (step %d) | data %s | val_loss %.4f | val_ppl %.3f\n", ck.dir.c_str(),
               ck.step, meta.dir.c_str(), loss, std::exp(loss));

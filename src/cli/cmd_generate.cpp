@@ -14,6 +14,7 @@
 #include "ltrain/core/check.h"
 #include "ltrain/core/io.h"
 #include "ltrain/data/tokenizer.h"
+#include "ltrain/model/llama.h"
 
 namespace ltrain {
 
@@ -78,7 +79,7 @@ int cmd_generate(int argc, char** argv) {
   const int ctx = ck.config.model.max_position_embeddings;
   auto backend = make_backend(args.get("device", "auto"));
   LlamaModel model(ck.config.model, *backend, 1, ctx);
-  load_checkpoint_weights(ck, model);
+  load_checkpoint_weights(ck, model.parameters());
 
   std::vector<int> ids = tok.encode(prompt, true, false);
   std::mt19937_64 rng(uint64_t(args.get_int("seed", 0)));

@@ -8,7 +8,7 @@
 
 namespace ltrain {
 
-int cmd_train(int argc, char** argv) {
+int cmd_train(int argc, char** argv, ParallelContext& par) {
   ArgParser args("train");
   args.add_flag("config", "YAML or JSON run config (see configs/ and docs/config.md)");
   args.add_flag("resume", "auto (the newest valid checkpoint of train.run_dir, if any) or a checkpoint directory");
@@ -19,7 +19,7 @@ int cmd_train(int argc, char** argv) {
     return 0;
   }
   Config cfg = load_config(args.get("config"), args.positionals());
-  run_training(cfg, args.get("resume", ""));  // validates against the parallel layout first
+  run_training(cfg, par, args.get("resume", ""));  // validates against the parallel layout first
   return 0;
 }
 

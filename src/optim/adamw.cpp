@@ -73,7 +73,8 @@ void AdamW::import_moments(const Tensor& m_full, const Tensor& v_full) {
 }
 
 StepStats AdamW::step(int step, double lr) {
-  const double norm = reduce_and_norm();
+  reduce_scatter_grads();
+  const double norm = grad_norm();
   apply(step, lr, norm);
   return StepStats{norm, clip_scale(norm), lr};
 }
@@ -82,14 +83,15 @@ double AdamW::clip_scale(double grad_norm) const {
   return cfg_.grad_clip > 0 && grad_norm > cfg_.grad_clip ? cfg_.grad_clip / grad_norm : 1.0;
 }
 
-double AdamW::reduce_and_norm() {
-  const Tensor gbuf = params_.grad_buffer();
-  Tensor grads = gbuf;
-  if (zero_) {
-    if (!dp_->orders_after_device_work()) be_.synchronize();
-    dp_->reduce_scatter_sum(grad_shard_, gbuf);
-    grads = grad_shard_;
-  }
+void AdamW::reduce_scatter_grads() {
+  if (!zero_) return;
+  if (!dp_->orders_after_device_work()) be_.synchronize();
+  dp_->reduce_scatter_sum(grad_shard_, params_.grad_buffer());
+}
+
+double AdamW::grad_norm() {
+  // This rank's gradients: its ZeRO shard (reduce_scatter_grads), or the whole buffer.
+  const Tensor grads = zero_ ? grad_shard_ : params_.grad_buffer();
   const int64_t lo = shard_begin_, hi = shard_begin_ + shard_n_;
   double sumsq;
   if (!tp_) {

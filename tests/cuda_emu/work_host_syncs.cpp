@@ -13,7 +13,7 @@
 #include "ltrain/model/llama.h"
 #include "ltrain/optim/adamw.h"
 #include "ltrain/parallel/communicator.h"
-#include "ltrain/train/trainer.h"
+#include "ltrain/train/step.h"
 
 namespace ltrain {
 namespace {
@@ -30,7 +30,7 @@ ModelConfig small_model(int layers) {
   return m;
 }
 
-// Host syncs of each of `steps` optimizer steps (compute_gradients, the norm, the update), as
+// Host syncs of each of `steps` optimizer steps (TrainStep: gradients, the norm, the update), as
 // the trainer runs them.
 std::vector<uint64_t> syncs_per_step(int layers, int accum, int steps) {
   constexpr int B = 2, T = 64;
@@ -48,15 +48,14 @@ std::vector<uint64_t> syncs_per_step(int layers, int accum, int steps) {
       tg[i] = i % 17 == 0 ? -1 : int32_t(rng() % 256);  // a few masked targets, as in SFT data
     }
   };
+  TrainStep train_step(model, opt, nullptr, *dp, accum, B, T);
   std::vector<uint64_t> out;
   for (int step = 1; step <= steps; ++step) {
     const uint64_t before = cuda_emu::host_sync_count();
-    const double loss = compute_gradients(model, nullptr, *dp, accum, B, T, next_batch);
-    const double norm = opt.reduce_and_norm();
-    opt.apply(step, 1e-3, norm);
+    const StepResult r = train_step.run(step, 1e-3, next_batch);
     out.push_back(cuda_emu::host_sync_count() - before);
-    EXPECT_TRUE(std::isfinite(loss) && loss > 0) << loss;
-    EXPECT_TRUE(std::isfinite(norm) && norm > 0) << norm;
+    EXPECT_TRUE(std::isfinite(r.loss) && r.loss > 0) << r.loss;
+    EXPECT_TRUE(std::isfinite(r.grad_norm) && r.grad_norm > 0) << r.grad_norm;
   }
   return out;
 }

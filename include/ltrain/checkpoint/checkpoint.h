@@ -14,16 +14,23 @@
 // An interrupted save never damages an older one. Readers assemble any slice from the files, so a
 // checkpoint resumes under any data x tensor layout, with or without ZeRO. Version 1 checkpoints
 // (whole tensors in model_00000.bin / optim_00000.bin) are read too.
+//
+// What a checkpoint holds comes in named sections (checkpoint/state_sections.h): the weights and
+// the optimizer's moments from a ShardedState (the optimizer), the data position and the guard
+// as JSON (TrainState). This layer knows neither the model nor the optimizer.
+// The code: manifest.cpp (meta.json), shard_io.cpp (shard files), checkpoint.cpp (save, open,
+// verify, find, prune, load).
 #pragma once
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "ltrain/checkpoint/state_sections.h"
 #include "ltrain/config/config.h"
-#include "ltrain/model/llama.h"
-#include "ltrain/optim/adamw.h"
+#include "ltrain/core/param_set.h"
 #include "ltrain/parallel/communicator.h"
 
 namespace ltrain {
@@ -44,21 +51,26 @@ struct TrainState {
   nlohmann::json guard;       // the step guard's history (StepGuard::to_json)
 };
 
+// Called by every rank of a save with its step, between its two shard files (and by a rank that
+// writes none): tests' fault injection (src/train/fault_injection.h) dies there.
+using SaveFaultHook = std::function<void(int step)>;
+
 // Training: collective over `world`, every rank of the job (host collectives), whose ranks follow
 // ParallelContext's grid (world rank = data rank * tensor size + tensor rank). Each writing rank
 // writes its own shard files (its slice of the fp32 master weights and of the AdamW moments:
-// optimizer.export_shard, no gathering of tensors); their sizes and checksums are gathered to
+// sharded.export_shard, no gathering of tensors); their sizes and checksums are gathered to
 // rank 0, which writes meta.json last, renames the directory and updates `latest`. Returns the
 // checkpoint directory on every rank, once it is complete.
 std::string save_checkpoint(const std::string& run_dir, const TrainState& state, const Config& cfg,
-                            LlamaModel& model, AdamW& optimizer, Communicator& world,
-                            const std::string& tokenizer_path);
+                            ShardedState& sharded, Communicator& world, const std::string& tokenizer_path,
+                            const SaveFaultHook& between_files = {});
 
 // One process with whole tensors (import-hf, tests): the weights and, when given, the AdamW
 // moments, as the single rank of a 1 x 1 layout.
 std::string save_checkpoint(const std::string& run_dir, const TrainState& state, const Config& cfg,
                             const std::vector<HostTensor>& weights, const std::vector<HostTensor>* exp_avg,
-                            const std::vector<HostTensor>* exp_avg_sq, const std::string& tokenizer_path);
+                            const std::vector<HostTensor>* exp_avg_sq, const std::string& tokenizer_path,
+                            const SaveFaultHook& between_files = {});
 
 // Checks every file's size and CRC-32 against meta.json, and that the shard files' slices cover
 // every tensor exactly once; UserError naming the file.
@@ -89,13 +101,14 @@ CheckpointInfo open_checkpoint(const std::string& path);
 // verified.
 std::vector<HostTensor> read_checkpoint_tensors(const CheckpointInfo& info, const std::string& section);
 
-// Loads the weights into a model built from info.config.model (any tensor-parallel layout: each
-// rank reads only its slice). Checks every shape and checksum; UserError naming the file and tensor.
-void load_checkpoint_weights(const CheckpointInfo& info, LlamaModel& model);
+// Loads the weights into the parameters of a model built from info.config.model (any
+// tensor-parallel layout: each rank reads only its slice). Checks every shape and checksum;
+// UserError naming the file and tensor.
+void load_checkpoint_weights(const CheckpointInfo& info, ParameterSet& params);
 // For training: the fp32 weights into the optimizer's master copy and the model, and (for
-// resuming) the moments. Each rank reads its tensor-parallel slice of every tensor, whatever the
-// layout that wrote the checkpoint; not collective.
-void load_checkpoint_training_state(const CheckpointInfo& info, LlamaModel& model, AdamW& optimizer,
-                                    bool with_moments = true);
+// resuming) the moments, through the ShardedState (the optimizer). Each rank reads its
+// tensor-parallel slice of every tensor, whatever the layout that wrote the checkpoint; not
+// collective.
+void load_checkpoint_training_state(const CheckpointInfo& info, ShardedState& sharded, bool with_moments = true);
 
 }  // namespace ltrain

@@ -11,7 +11,11 @@
 // split into equal shards, one per data-parallel rank: step() reduce-scatters the gradients, each
 // rank updates its shard of the master weights and moments, and the updated weights are
 // all-gathered.
+//
+// For checkpoints the optimizer is the ShardedState of a run (checkpoint/state_sections.h): it
+// holds the fp32 master weights and the moments of its range of the flat layout.
 #pragma once
+#include "ltrain/checkpoint/state_sections.h"
 #include "ltrain/config/config.h"
 #include "ltrain/core/backend.h"
 #include "ltrain/core/param_set.h"
@@ -30,7 +34,7 @@ struct StepStats {
   double lr;
 };
 
-class AdamW {
+class AdamW final : public ShardedState {
  public:
   // params: the model's trainable tensors (LlamaModel::parameters()), on params.backend().
   // dp: the data-parallel communicator (nullptr = one rank). With zero, the flat buffers must be
@@ -38,16 +42,22 @@ class AdamW {
   // group, for the global gradient norm over sharded tensors (host scalars).
   AdamW(const OptimConfig& cfg, ParameterSet& params, Communicator* dp = nullptr, bool zero = false,
         Communicator* tp = nullptr);
-  ~AdamW();
+  ~AdamW() override;
   AdamW(const AdamW&) = delete;
   AdamW& operator=(const AdamW&) = delete;
 
   // One update from the gradients in the parameter set's gradient buffer. `step` is 1-based.
   StepStats step(int step, double lr);
-  // The same in two halves, so a guard can look at the norm before anything changes:
-  // reduce_and_norm reduce-scatters the gradients under ZeRO and returns the global L2 norm;
-  // apply clips with that norm and updates weights and moments.
-  double reduce_and_norm();
+  // The same in three phases, so that the training step shows its reductions and a guard can
+  // look at the norm before anything changes (src/train/step.cpp):
+  // reduce_scatter_grads: ZeRO-1 only, each data rank receives the summed gradients of its shard
+  // (collective; nothing otherwise, the gradients arrive reduced);
+  // grad_norm: the global L2 norm of the gradients (collective over the tensor group, and the
+  // data group under ZeRO);
+  // apply: clips with that norm and updates weights and moments (under ZeRO, all-gathers the
+  // updated weights).
+  void reduce_scatter_grads();
+  double grad_norm();
   void apply(int step, double lr, double grad_norm);
   double clip_scale(double grad_norm) const;
 
@@ -58,19 +68,20 @@ class AdamW {
 
   // The part of the flat buffers this rank updates: [shard_begin, shard_begin + shard_size) of
   // the parameter layout; all of it, or its ZeRO shard.
-  bool zero() const { return zero_; }
-  int64_t shard_begin() const { return shard_begin_; }
-  int64_t shard_size() const { return shard_n_; }
+  const ParameterSet& parameters() const override { return params_; }
+  bool zero() const override { return zero_; }
+  int64_t shard_begin() const override { return shard_begin_; }
+  int64_t shard_size() const override { return shard_n_; }
   // For checkpoints written per rank: copies that range of the fp32 master weights (the model's
   // own where they are the master copy) and of both moments to host arrays of shard_size()
   // floats. Not collective.
-  void export_shard(float* w, float* m, float* v);
+  void export_shard(float* w, float* m, float* v) override;
   // For loading checkpoints without staging whole buffers on the device: host values of the
   // flat parameter layout [begin, begin + n). kWeights sets the model's weights there and the
   // master copy where it overlaps this rank's shard; the moments take their overlap. Not
   // collective: every rank imports what it holds.
-  enum class State { kWeights, kExpAvg, kExpAvgSq };
-  void import_host_range(State which, int64_t begin, const float* values, int64_t n);
+  using State = ShardedState::Buffer;
+  void import_host_range(State which, int64_t begin, const float* values, int64_t n) override;
 
  private:
   OptimConfig cfg_;

@@ -1,0 +1,48 @@
+#include "ltrain/train/step.h"
+
+namespace ltrain {
+
+TrainStep::TrainStep(LlamaModel& model, AdamW& opt, GradReducer* reducer, Communicator& dp, int accum, int B,
+                     int T)
+    : model_(model), opt_(opt), reducer_(reducer), dp_(dp), accum_(accum), B_(B), T_(T),
+      inputs_(size_t(B) * T * size_t(accum)), targets_(inputs_.size()) {}
+
+// All of the step's micro-batches; returns the counted targets over every data rank.
+double TrainStep::read_micro_batches(const NextBatch& next_batch) {
+  const size_t per = size_t(B_) * T_;
+  double local = 0;
+  for (int micro = 0; micro < accum_; ++micro) {
+    next_batch(inputs_.data() + per * micro, targets_.data() + per * micro);
+    for (size_t i = 0; i < per; ++i) local += targets_[per * micro + i] >= 0;
+  }
+  return dp_.sum(local);
+}
+
+StepResult TrainStep::run(int step, double lr, const NextBatch& next_batch, const Verdict& verdict) {
+  StepResult r;
+  const size_t per = size_t(B_) * T_;
+  const double counted = read_micro_batches(next_batch);
+  const double dloss = counted > 0 ? 1.0 / counted : 0.0;
+
+  model_.zero_grads();
+  // The losses stay on the device until every micro-batch is queued: one readback per step.
+  for (int micro = 0; micro < accum_; ++micro) {
+    if (reducer_) reducer_->arm(micro == accum_ - 1);  // data parallel: buckets start during backward
+    model_.forward_backward_accumulate(inputs_.data() + per * micro, targets_.data() + per * micro, B_, T_, dloss);
+  }
+  if (reducer_) reducer_->finish();  // data parallel: the last buckets, and wait for all
+  model_.reduce_replicated_grads();  // tensor parallel: the norms' gradients over the group
+  const double loss_sum = model_.take_loss_sum();
+  r.loss = counted > 0 ? dp_.sum(loss_sum) / counted : 0.0;
+  if (after_backward_) after_backward_(step);
+
+  opt_.reduce_scatter_grads();  // ZeRO-1: each data rank gets its shard's sum
+  r.grad_norm = opt_.grad_norm();
+  r.clip_scale = opt_.clip_scale(r.grad_norm);
+  if (verdict && !verdict(r.loss, r.grad_norm)) return r;  // refused: nothing changes
+  opt_.apply(step, lr, r.grad_norm);  // clip and update
+  r.applied = true;
+  return r;
+}
+
+}  // namespace ltrain
