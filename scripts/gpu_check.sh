@@ -3,8 +3,8 @@
 # scripts/gpu_pack.sh on the build machine and with .devpack carried over:
 #   scripts/gpu_check.sh [gtest filter]        (default: all tests of the CUDA binaries)
 # Prints nvidia-smi, runs the binaries with GPU tests (test_mma_selftest: the CUDA emulator's mma
-# self-test on the hardware; test_cuda_ops, test_cuda_model, test_nccl,
-# test_deterministic, test_memory_plan, test_bench; with ALL=1 every packed test binary), then,
+# self-test on the hardware; the op tests, one binary per tests/ops/test_*.cpp; test_cuda_model,
+# test_nccl, test_deterministic, test_memory_plan, test_bench; with ALL=1 every packed test binary), then,
 # without a filter, the end-to-end checks of `deterministic: true` (two short `ltrain train` runs
 # on the GPU must give identical losses, gradient norms and checkpoint files), exact resume on the GPU
 # (15 steps + stop + resume = 30 steps, bitwise) and the memory refusal; BENCH=1 adds `ltrain bench --profile` on the TinyLlama shape with deterministic off and
@@ -31,7 +31,10 @@ if [[ -n "$src" && "$src" != "$PWD" && ! -e "$src" ]]; then
   mkdir -p "$(dirname "$src")" && ln -s "$PWD" "$src" 2>/dev/null || true
 fi
 
-bins=(test_mma_selftest test_cuda_ops test_cuda_model test_nccl test_deterministic test_memory_plan test_bench)
+# The op tests: one binary per op family, named after tests/ops/test_*.cpp in this checkout.
+op_bins=()
+for f in tests/ops/test_*.cpp; do op_bins+=("$(basename "$f" .cpp)"); done
+bins=(test_mma_selftest "${op_bins[@]}" test_cuda_model test_nccl test_deterministic test_memory_plan test_bench)
 if [[ "${ALL:-0}" == 1 ]]; then
   bins=()
   for f in "$PACK"/bin/test_*; do bins+=("$(basename "$f")"); done

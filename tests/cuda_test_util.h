@@ -1,6 +1,7 @@
-// Helpers for the CUDA tests (test_cuda_ops.cpp, test_cuda_model.cpp): a shared GPU backend,
-// host-side rounding to a dtype, upload/download in double, poisoned outputs, the tolerance
-// table, and the flash-attention-style comparison against a plain low-precision baseline.
+// Helpers for the CUDA tests (the GPU cases of tests/ops/test_*.cpp, test_cuda_model.cpp, ...): a
+// shared GPU backend, host-side rounding to a dtype, upload/download in double, poisoned outputs,
+// the tolerance table, and the flash-attention-style comparison against a plain low-precision
+// baseline.
 #pragma once
 #include <gtest/gtest.h>
 

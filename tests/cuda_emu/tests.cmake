@@ -3,7 +3,10 @@
 # All carry the ctest label "emu". The production-size cases (gtest name *.ProductionSizes), which
 # would take minutes each on the CPU, are left out here; in the nvcc build they carry the ctest
 # label "gpu-only", and scripts/gpu_check.sh runs them on a device.
-set(LTRAIN_EMU_GPU_TESTS test_cuda_ops test_cuda_model test_deterministic test_memory_plan test_bench)
+# The op tests (tests/ops/test_*.cpp, LTRAIN_OP_TESTS) are built in tests/CMakeLists.txt; here they
+# run their GPU cases (suites Cuda*) only: their CPU cases use no kernel and run in the product
+# build.
+set(LTRAIN_EMU_GPU_TESTS test_cuda_model test_deterministic test_memory_plan test_bench)
 foreach(name ${LTRAIN_EMU_GPU_TESTS})
   ltrain_test_executable(${name})
 endforeach()
@@ -13,19 +16,23 @@ endforeach()
 # results). The random run of the op tests also checks global memory for races, between blocks
 # and between the threads of a block.
 set(LTRAIN_EMU_ENV "ASAN_OPTIONS=detect_leaks=0" "OMP_NUM_THREADS=1")
-foreach(name ${LTRAIN_EMU_GPU_TESTS})
-  gtest_discover_tests(${name} TEST_PREFIX "emu.rr." TEST_FILTER "-*.ProductionSizes" DISCOVERY_TIMEOUT 120
-    PROPERTIES TIMEOUT 900 LABELS emu ENVIRONMENT "${LTRAIN_EMU_ENV};LTRAIN_EMU_SCHEDULE=round-robin"
-    WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
-endforeach()
-foreach(name test_cuda_ops test_deterministic test_cuda_model)
-  set(races "")
-  if(name STREQUAL "test_cuda_ops")
-    set(races ";LTRAIN_EMU_GLOBAL_RACES=1")
+function(ltrain_emu_discover name schedule_prefix schedule env)
+  set(filter "-*.ProductionSizes")
+  if(name IN_LIST LTRAIN_OP_TESTS)
+    set(filter "Cuda*${filter}")
   endif()
-  gtest_discover_tests(${name} TEST_PREFIX "emu.random." TEST_FILTER "-*.ProductionSizes" DISCOVERY_TIMEOUT 120
-    PROPERTIES TIMEOUT 900 LABELS emu ENVIRONMENT "${LTRAIN_EMU_ENV};LTRAIN_EMU_SCHEDULE=random:7${races}"
+  gtest_discover_tests(${name} TEST_PREFIX "emu.${schedule_prefix}." TEST_FILTER "${filter}" DISCOVERY_TIMEOUT 120
+    PROPERTIES TIMEOUT 900 LABELS emu ENVIRONMENT "${LTRAIN_EMU_ENV};LTRAIN_EMU_SCHEDULE=${schedule}${env}"
     WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
+endfunction()
+foreach(name ${LTRAIN_OP_TESTS} ${LTRAIN_EMU_GPU_TESTS})
+  ltrain_emu_discover(${name} rr round-robin "")
+endforeach()
+foreach(name ${LTRAIN_OP_TESTS})
+  ltrain_emu_discover(${name} random random:7 ";LTRAIN_EMU_GLOBAL_RACES=1")
+endforeach()
+foreach(name test_deterministic test_cuda_model)
+  ltrain_emu_discover(${name} random random:7 "")
 endforeach()
 
 # The emulator's own tests. Sources with kernels are compiled like kernels/*.cu (emu.h first, the
