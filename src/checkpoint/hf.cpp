@@ -14,6 +14,7 @@
 #include "ltrain/checkpoint/checkpoint.h"
 #include "ltrain/core/check.h"
 #include "ltrain/core/io.h"
+#include "ltrain/model/layout.h"
 
 namespace ltrain {
 
@@ -293,24 +294,8 @@ std::vector<float> permute_qk_hf_to_meta(const std::vector<float>& w, int n_head
 // ---- model layout and config ----------------------------------------------------------------
 
 std::vector<std::pair<std::string, Shape>> llama_tensor_layout(const ModelConfig& m) {
-  const int64_t C = m.hidden_size, HD = m.head_dim(), H = m.num_attention_heads, KV = m.kv_heads(),
-                FF = m.ffn_dim(), V = m.vocab_size;
   std::vector<std::pair<std::string, Shape>> out;
-  out.push_back({"model.embed_tokens.weight", {V, C}});
-  for (int l = 0; l < m.num_hidden_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    out.push_back({p + "input_layernorm.weight", {C}});
-    out.push_back({p + "self_attn.q_proj.weight", {H * HD, C}});
-    out.push_back({p + "self_attn.k_proj.weight", {KV * HD, C}});
-    out.push_back({p + "self_attn.v_proj.weight", {KV * HD, C}});
-    out.push_back({p + "self_attn.o_proj.weight", {C, H * HD}});
-    out.push_back({p + "post_attention_layernorm.weight", {C}});
-    out.push_back({p + "mlp.gate_proj.weight", {FF, C}});
-    out.push_back({p + "mlp.up_proj.weight", {FF, C}});
-    out.push_back({p + "mlp.down_proj.weight", {C, FF}});
-  }
-  out.push_back({"model.norm.weight", {C}});
-  if (!m.tie_word_embeddings) out.push_back({"lm_head.weight", {V, C}});
+  for (const auto& p : llama_param_layout(m).params) out.push_back({p.name, p.shape});
   return out;
 }
 
