@@ -104,10 +104,11 @@ struct ActivationSpec {
   // serves every layer; below it each layer keeps its own. (rstd and the matrix products are
   // rebuilt only under full; the norm outputs and the SwiGLU product already under selective.)
   Recompute shared_from;
-  int copies;  // buffers of this shape the model holds (resid: L + 1), before sharing
+  int copies;  // per-model buffers: how many of this shape (resid: L + 1); layer members: 1
 };
 
-// Buffers per layer under `rc`: 1 when shared (layers 1.. use layer 0's), else one per layer.
+// Whether every layer has its own buffer of this member under `rc` (else layers 1.. use layer
+// 0's). False for per-model buffers.
 bool kept_per_layer(const ActivationSpec& a, Recompute rc);
 
 // The layer members for a micro-batch of B x T, in LayerActs order.
