@@ -47,16 +47,16 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, Backend& backend, int max_batch, 
   vocab_offset_ = p_ * Vl_;
 
   // Parameters and gradients: one flat buffer each, with identical layouts (model/layout.h).
-  const ParamLayout layout = llama_param_layout(cfg, P_);
+  layout_ = llama_param_layout(cfg, P_);
   LTRAIN_CHECK(buffer_multiple >= 1);
-  const int64_t count = (layout.elements + buffer_multiple - 1) / buffer_multiple * buffer_multiple;
+  const int64_t count = (layout_.elements + buffer_multiple - 1) / buffer_multiple * buffer_multiple;
   param_buf_ = backend.alloc({count}, backend.compute_dtype());
   grad_buf_ = backend.alloc({count}, backend.master_dtype());
-  std::vector<NamedTensor> params = build_param_views(layout, param_buf_, w_);
-  std::vector<NamedTensor> grads = build_param_views(layout, grad_buf_, dw_);
+  std::vector<NamedTensor> params = build_param_views(param_buf_, w_);
+  std::vector<NamedTensor> grads = build_param_views(grad_buf_, dw_);
   // The padding belongs to the head's gradient unit, the last in memory.
   pset_.assign(backend, param_buf_, grad_buf_, std::move(params), std::move(grads), p_, P_,
-               layout.unit_ranges(count));
+               layout_.unit_ranges(count));
   alloc_activations();
 
   // RoPE table, computed in double on the host.
@@ -97,13 +97,13 @@ Tensor& LlamaModel::Weights::slot(ParamRole role, int layer) {
   return wte;
 }
 
-std::vector<NamedTensor> LlamaModel::build_param_views(const ParamLayout& layout, Tensor buf, Weights& w) {
+std::vector<NamedTensor> LlamaModel::build_param_views(Tensor buf, Weights& w) {
   std::vector<NamedTensor> named;
   w.layers.resize(size_t(L_));
-  for (size_t i = 0; i < layout.params.size(); ++i) {
-    const ParamSpec& p = layout.params[i];
-    const Shape shape = layout.local_shape(i);
-    Tensor t = flat_range(buf, layout.offsets[i], shape.numel());
+  for (size_t i = 0; i < layout_.params.size(); ++i) {
+    const ParamSpec& p = layout_.params[i];
+    const Shape shape = layout_.local_shape(i);
+    Tensor t = flat_range(buf, layout_.offsets[i], shape.numel());
     t.shape = shape;
     w.slot(p.role, p.layer) = t;
     named.push_back({p.name, t, p.decay, p.shard_dim, p.shape});
@@ -204,12 +204,13 @@ void LlamaModel::init_weights(uint64_t seed) {
   const double std = cfg_.initializer_range;
   const double out_std = std / std::sqrt(2.0 * L_);  // residual-branch outputs, GPT-2 style
   std::vector<double> whole;
-  for (const auto& p : pset_.params()) {
+  for (size_t i = 0; i < pset_.params().size(); ++i) {
+    const NamedTensor& p = pset_.params()[i];
+    const ParamRole role = layout_.params[i].role;
     // The whole tensor is drawn on every rank, so the weights do not depend on the layout.
     whole.assign(size_t(p.global_shape.numel()), 1.0);
     if (p.decay) {  // a weight matrix
-      bool out_proj = p.name.find("o_proj") != std::string::npos ||
-                      p.name.find("down_proj") != std::string::npos;
+      const bool out_proj = role == ParamRole::kO || role == ParamRole::kDown;
       std::normal_distribution<double> dist(0.0, out_proj ? out_std : std);
       for (auto& x : whole) x = dist(rng);
     }

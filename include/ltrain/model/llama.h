@@ -137,8 +137,8 @@ class LlamaModel {
     Tensor& slot(Act id);
   };
 
-  // The views of `layout` over buf, in w and as named tensors.
-  std::vector<NamedTensor> build_param_views(const ParamLayout& layout, Tensor buf, Weights& w);
+  // The views of layout_ over buf, in w and as named tensors.
+  std::vector<NamedTensor> build_param_views(Tensor buf, Weights& w);
   void alloc_activations();
   Tensor* model_buffer(Act id);  // the per-model activation buffer of a kind
   LayerActs acts_for(int l, int B, int T) const;
@@ -176,6 +176,7 @@ class LlamaModel {
   int Hl_, KVl_, FFl_, Vl_;  // this rank's query heads, kv heads, MLP columns, vocabulary rows
   int vocab_offset_ = 0;     // first vocabulary id of this rank's shard
 
+  ParamLayout layout_;  // this rank's parameters (model/layout.h), in the order of params()
   Tensor param_buf_, grad_buf_;
   Weights w_, dw_;
   ParameterSet pset_;
