@@ -133,35 +133,35 @@ Tensor& LlamaModel::LayerActs::slot(Act id) {
   return h;
 }
 
-Tensor* LlamaModel::model_buffer(Act id) {
+Tensor& LlamaModel::model_buffer(Act id) {
   switch (id) {
-    case Act::kTokens: return &tokens_;
-    case Act::kTargets: return &targets_;
-    case Act::kRstdF: return &rstdf_;
-    case Act::kLnF: return &lnf_;
-    case Act::kLnFLocal: return &lnf_local_;
-    case Act::kLogits: return &logits_;
-    case Act::kLosses: return &losses_;
-    case Act::kLossSum: return &loss_sum_;
-    case Act::kDres: return &dres_;
-    case Act::kDln: return &dln_;
-    case Act::kHeadLse: return &lse_;
-    case Act::kLnLocal: return &ln_local_;
-    case Act::kPartial: return &partial_;
-    case Act::kReduced: return &reduced_;
-    case Act::kDresFull: return &dres_full_;
-    case Act::kDlnLocal: return &dln_local_;
-    case Act::kDatt: return &datt_;
-    case Act::kDq: return &dq_;
-    case Act::kDk: return &dk_;
-    case Act::kDv: return &dv_;
-    case Act::kDh: return &dh_;
-    case Act::kDgate: return &dgate_;
-    case Act::kDup: return &dup_;
+    case Act::kTokens: return tokens_;
+    case Act::kTargets: return targets_;
+    case Act::kRstdF: return rstdf_;
+    case Act::kLnF: return lnf_;
+    case Act::kLnFLocal: return lnf_local_;
+    case Act::kLogits: return logits_;
+    case Act::kLosses: return losses_;
+    case Act::kLossSum: return loss_sum_;
+    case Act::kDres: return dres_;
+    case Act::kDln: return dln_;
+    case Act::kHeadLse: return lse_;
+    case Act::kLnLocal: return ln_local_;
+    case Act::kPartial: return partial_;
+    case Act::kReduced: return reduced_;
+    case Act::kDresFull: return dres_full_;
+    case Act::kDlnLocal: return dln_local_;
+    case Act::kDatt: return datt_;
+    case Act::kDq: return dq_;
+    case Act::kDk: return dk_;
+    case Act::kDv: return dv_;
+    case Act::kDh: return dh_;
+    case Act::kDgate: return dgate_;
+    case Act::kDup: return dup_;
     default: break;
   }
   LTRAIN_CHECK(false, "not a per-model activation");
-  return nullptr;
+  return dup_;
 }
 
 void LlamaModel::alloc_activations() {
@@ -181,7 +181,7 @@ void LlamaModel::alloc_activations() {
     if (a.id == Act::kResid) {
       for (int i = 0; i < a.copies; ++i) resid_.push_back(alloc(a));
     } else {
-      *model_buffer(a.id) = alloc(a);
+      model_buffer(a.id) = alloc(a);
     }
   }
   head_chunk_ = logits_.shape.dims[0];

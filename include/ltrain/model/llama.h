@@ -140,7 +140,7 @@ class LlamaModel {
   // The views of layout_ over buf, in w and as named tensors.
   std::vector<NamedTensor> build_param_views(Tensor buf, Weights& w);
   void alloc_activations();
-  Tensor* model_buffer(Act id);  // the per-model activation buffer of a kind
+  Tensor& model_buffer(Act id);  // the per-model activation buffer of a kind
   LayerActs acts_for(int l, int B, int T) const;
   // Sequence parallelism: the full (N, C) rows from every rank's (Ns, C) shard, and this rank's
   // shard of the sum over ranks of a full (N, C) partial result. Identities when P = 1.
