@@ -26,7 +26,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ltrain/config/config.h"
-#include "ltrain/model/llama.h"
+#include "ltrain/core/param_set.h"
 
 namespace ltrain {
 
