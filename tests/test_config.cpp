@@ -5,6 +5,7 @@
 
 #include "ltrain/config/config.h"
 #include "ltrain/core/check.h"
+#include "ltrain/model/layout.h"
 #include "test_util.h"
 
 namespace ltrain {
@@ -148,7 +149,7 @@ TEST(Config, ShippedConfigsHaveThePublishedSizes) {
   for (const auto& e : expect) {
     Config c = load_config(configs_dir() + "/" + e.file + ".yaml");
     EXPECT_NO_THROW(validate_config(c)) << e.file;
-    EXPECT_NEAR(double(c.model.num_params()), e.params, e.params * 0.002) << e.file;
+    EXPECT_NEAR(double(llama_num_params(c.model)), e.params, e.params * 0.002) << e.file;
     EXPECT_EQ(c.model.kv_heads(), e.kv_heads) << e.file;
     EXPECT_EQ(c.model.max_position_embeddings, e.ctx) << e.file;
     EXPECT_EQ(c.train.seq_len, e.ctx) << e.file;
@@ -156,7 +157,7 @@ TEST(Config, ShippedConfigsHaveThePublishedSizes) {
     if (std::string(e.file).rfind("llama", 0) == 0) EXPECT_EQ(c.train.global_batch_tokens, 4194304) << e.file;
   }
   // The name states the size: 7B is 6.7B, 65B is 65.3B, 1.1B is 1.10B.
-  EXPECT_NEAR(load_config(configs_dir() + "/llama1-7b.yaml").model.num_params() / 1e9, 6.7, 0.05);
+  EXPECT_NEAR(llama_num_params(load_config(configs_dir() + "/llama1-7b.yaml").model) / 1e9, 6.7, 0.05);
 }
 
 TEST(Config, DocsConfigReferenceIsCurrent) {

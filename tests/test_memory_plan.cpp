@@ -199,7 +199,7 @@ TEST(MemoryPlan, MatchesTheCpuModelInEveryRecomputeMode) {
       EXPECT_EQ(plan.param_elements, model.param_buffer().numel());
       EXPECT_EQ(plan.param_elements, model.grad_buffer().numel());
       EXPECT_GE(plan.param_elements, model.num_params());
-      EXPECT_EQ(model.num_params(), c.model.num_params());
+      EXPECT_EQ(model.num_params(), llama_num_params(c.model));
       AdamW opt(c.optim, model.parameters());
       // fp32 on the CPU: the weights are the master copy, and no cuBLASLt workspace or scratch.
       EXPECT_EQ(plan.optimizer, 2 * plan.param_elements * 4);
@@ -287,7 +287,7 @@ TEST(MemoryPlan, ClosedFormsForLlama2_7B) {
   // 6,738,415,616 parameters, every view a multiple of 64: the flat buffer has no padding.
   Config c = llama2_7b();
   const int64_t n = 6738415616;
-  ASSERT_EQ(c.model.num_params(), n);
+  ASSERT_EQ(llama_num_params(c.model), n);
   MemoryPlan p = memory_plan(c, 1, 1, cuda_options());
   EXPECT_EQ(p.param_elements, n);
   EXPECT_EQ(p.weights, 2 * n);                  // bf16

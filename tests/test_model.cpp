@@ -1,5 +1,5 @@
 // The whole model: gradients against finite differences in double, recomputation modes against
-// each other, and tied embeddings.
+// each other, tied embeddings, and the layout table's gradient units and tensor slices.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -148,10 +148,10 @@ TEST(ModelGradient, TiedEmbeddingsShareOneTensor) {
   auto be = make_cpu_backend(DType::kF64);
   LlamaModel model(cfg, *be, 1, 4);
   for (const auto& p : model.params()) EXPECT_NE(p.name, "lm_head.weight");
-  EXPECT_EQ(model.num_params(), cfg.num_params());
+  EXPECT_EQ(model.num_params(), llama_num_params(cfg));
   cfg.tie_word_embeddings = false;
   LlamaModel untied(cfg, *be, 1, 4);
-  EXPECT_EQ(untied.num_params(), cfg.num_params());
+  EXPECT_EQ(untied.num_params(), llama_num_params(cfg));
   EXPECT_EQ(untied.num_params() - model.num_params(), int64_t(cfg.vocab_size) * cfg.hidden_size);
 }
 
@@ -204,6 +204,51 @@ TEST(ModelForward, LossAtInitIsNearLogV) {
   model.init_weights(1);
   double loss = model.forward_loss(batch.tokens.data(), batch.targets.data(), batch.B, batch.T);
   EXPECT_NEAR(loss, std::log(97.0), 0.01);
+}
+
+// The layout table: gradient units tile the padded buffer in backward order (the head last in
+// memory, the embedding first), and every view lies inside its own unit.
+TEST(ModelLayout, GradientUnitsTileTheBufferInBackwardOrder) {
+  for (bool tied : {false, true}) {
+    ModelConfig cfg = tiny_config();
+    cfg.tie_word_embeddings = tied;
+    const ParamLayout layout = llama_param_layout(cfg);
+    const int64_t padded = layout.elements + 100;
+    const auto units = layout.unit_ranges(padded);
+    ASSERT_EQ(int(units.size()), cfg.num_hidden_layers + 2);
+    EXPECT_EQ(units.front().second, padded);
+    EXPECT_EQ(units.back().first, 0);
+    for (size_t u = 1; u < units.size(); ++u) EXPECT_EQ(units[u].second, units[u - 1].first) << u;
+    for (size_t i = 0; i < layout.params.size(); ++i) {
+      const auto& r = units[size_t(layout.params[i].unit)];
+      EXPECT_GE(layout.offsets[i], r.first) << layout.params[i].name;
+      EXPECT_LE(layout.offsets[i] + layout.local_shape(i).numel(), r.second) << layout.params[i].name;
+    }
+  }
+}
+
+// extract_slice and insert_slice (core/param_set.h): every rank's part of a 3-D tensor split on
+// each dimension, put back together, is the whole tensor again.
+TEST(ModelLayout, SlicesOfEveryRankRebuildTheWhole) {
+  const Shape shape{4, 6, 2};
+  std::vector<float> whole(size_t(shape.numel()));
+  for (size_t i = 0; i < whole.size(); ++i) whole[i] = float(i);
+  const int P = 2;
+  for (int dim = 0; dim < 3; ++dim) {
+    std::vector<float> rebuilt(whole.size(), -1.0f);
+    const int64_t len = shape.dims[dim] / P;
+    for (int q = 0; q < P; ++q) {
+      const TensorSlice s{dim, q * len, len};
+      std::vector<float> part(whole.size() / P);
+      extract_slice(whole.data(), shape, s, part.data(), sizeof(float));
+      // The part's first element is the whole's at index q * len of `dim`, 0 elsewhere.
+      int64_t stride = 1;
+      for (int d = dim + 1; d < 3; ++d) stride *= shape.dims[d];
+      EXPECT_EQ(part[0], float(q * len * stride)) << dim;
+      insert_slice(rebuilt.data(), shape, s, part.data(), sizeof(float));
+    }
+    EXPECT_EQ(rebuilt, whole) << "dim " << dim;
+  }
 }
 
 }  // namespace

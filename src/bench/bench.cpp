@@ -571,8 +571,8 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt) {
   r["data_parallel"] = dp_size;
   r["tensor_parallel"] = cfg.parallel.tensor;
   r["zero"] = zero ? 1 : 0;
-  r["model"] = {{"params", cfg.model.num_params()},
-                {"matmul_params", cfg.model.num_matmul_params()},
+  r["model"] = {{"params", llama_num_params(cfg.model)},
+                {"matmul_params", llama_num_matmul_params(cfg.model)},
                 {"layers", cfg.model.num_hidden_layers},
                 {"hidden_size", cfg.model.hidden_size},
                 {"heads", cfg.model.num_attention_heads},

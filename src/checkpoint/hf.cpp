@@ -14,6 +14,7 @@
 #include "ltrain/checkpoint/checkpoint.h"
 #include "ltrain/core/check.h"
 #include "ltrain/core/io.h"
+#include "ltrain/model/layout.h"
 
 namespace ltrain {
 
@@ -269,16 +270,11 @@ std::vector<float> permute_rows(const std::vector<float>& w, int n_heads, int he
   return out;
 }
 
-bool is_q_or_k(const std::string& name) {
-  auto ends_with = [&](const char* s) {
-    const size_t n = std::strlen(s);
-    return name.size() >= n && name.compare(name.size() - n, n, s) == 0;
-  };
-  return ends_with(".self_attn.q_proj.weight") || ends_with(".self_attn.k_proj.weight");
-}
-
-int heads_of(const std::string& name, const ModelConfig& m) {
-  return name.find(".q_proj.") != std::string::npos ? m.num_attention_heads : m.kv_heads();
+// The heads of a tensor whose rows the RoPE layouts order differently (q_proj, k_proj), else 0.
+int permuted_heads(const ParamSpec& p, const ModelConfig& m) {
+  if (p.role == ParamRole::kQ) return m.num_attention_heads;
+  if (p.role == ParamRole::kK) return m.kv_heads();
+  return 0;
 }
 }  // namespace
 
@@ -293,24 +289,8 @@ std::vector<float> permute_qk_hf_to_meta(const std::vector<float>& w, int n_head
 // ---- model layout and config ----------------------------------------------------------------
 
 std::vector<std::pair<std::string, Shape>> llama_tensor_layout(const ModelConfig& m) {
-  const int64_t C = m.hidden_size, HD = m.head_dim(), H = m.num_attention_heads, KV = m.kv_heads(),
-                FF = m.ffn_dim(), V = m.vocab_size;
   std::vector<std::pair<std::string, Shape>> out;
-  out.push_back({"model.embed_tokens.weight", {V, C}});
-  for (int l = 0; l < m.num_hidden_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    out.push_back({p + "input_layernorm.weight", {C}});
-    out.push_back({p + "self_attn.q_proj.weight", {H * HD, C}});
-    out.push_back({p + "self_attn.k_proj.weight", {KV * HD, C}});
-    out.push_back({p + "self_attn.v_proj.weight", {KV * HD, C}});
-    out.push_back({p + "self_attn.o_proj.weight", {C, H * HD}});
-    out.push_back({p + "post_attention_layernorm.weight", {C}});
-    out.push_back({p + "mlp.gate_proj.weight", {FF, C}});
-    out.push_back({p + "mlp.up_proj.weight", {FF, C}});
-    out.push_back({p + "mlp.down_proj.weight", {C, FF}});
-  }
-  out.push_back({"model.norm.weight", {C}});
-  if (!m.tie_word_embeddings) out.push_back({"lm_head.weight", {V, C}});
+  for (const auto& p : llama_param_layout(m).params) out.push_back({p.name, p.shape});
   return out;
 }
 
@@ -427,26 +407,28 @@ HfExportSummary write_hf_dir(const ModelConfig& m, const std::vector<HostTensor>
   // Every weight the config implies, with its shape; nothing else.
   std::map<std::string, const HostTensor*> by_name;
   for (const auto& w : weights) by_name[w.name] = &w;
-  const auto layout = llama_tensor_layout(m);
+  const std::vector<ParamSpec> layout = llama_param_layout(m).params;
   if (by_name.size() != weights.size()) user_error("export-hf: duplicate tensor names in the checkpoint");
   std::vector<HostTensor> permuted;
   permuted.reserve(layout.size());
   std::vector<const HostTensor*> order;
-  for (const auto& [name, shape] : layout) {
+  for (const ParamSpec& p : layout) {
+    const std::string& name = p.name;
+    const Shape& shape = p.shape;
     auto it = by_name.find(name);
     if (it == by_name.end()) user_error("export-hf: the checkpoint has no tensor '", name, "'");
     const HostTensor* t = it->second;
     if (!(t->shape == shape) || int64_t(t->data.size()) != shape.numel())
       user_error("export-hf: tensor '", name, "' has shape ", t->shape.str(), " but the config implies ", shape.str());
-    if (is_q_or_k(name)) {
-      permuted.push_back({name, shape, permute_qk_meta_to_hf(t->data, heads_of(name, m), m.head_dim(), shape.dims[1])});
+    if (const int heads = permuted_heads(p, m)) {
+      permuted.push_back({name, shape, permute_qk_meta_to_hf(t->data, heads, m.head_dim(), shape.dims[1])});
       t = &permuted.back();
     }
     order.push_back(t);
   }
   if (by_name.size() != layout.size())
     for (const auto& w : weights)
-      if (std::none_of(layout.begin(), layout.end(), [&](const auto& p) { return p.first == w.name; }))
+      if (std::none_of(layout.begin(), layout.end(), [&](const ParamSpec& p) { return p.name == w.name; }))
         user_error("export-hf: the checkpoint has an unexpected tensor '", w.name, "'");
 
   // Shards: greedy in parameter order; a tensor larger than the limit gets a file of its own.
@@ -585,16 +567,18 @@ HfModel read_hf_dir(const std::string& hf_dir_in) {
       user_error(index_path, ": maps tensor '", name, "' to '", fn, "', which does not contain it");
   }
 
-  const auto layout = llama_tensor_layout(hm.model);
+  const std::vector<ParamSpec> layout = llama_param_layout(hm.model).params;
   std::set<std::string> expected;
-  for (const auto& [name, shape] : layout) expected.insert(name);
+  for (const ParamSpec& p : layout) expected.insert(p.name);
   for (const auto& [name, loc] : where) {
     if (expected.count(name)) continue;
     if (name.find(".rotary_emb.inv_freq") != std::string::npos) continue;  // a buffer older exports saved
     if (name == "lm_head.weight" && hm.model.tie_word_embeddings) continue;  // tied: the embedding is used
     user_error(headers[loc.first].path, ": unexpected tensor '", name, "' (not a weight of this LlamaForCausalLM config)");
   }
-  for (const auto& [name, shape] : layout) {
+  for (const ParamSpec& p : layout) {
+    const std::string& name = p.name;
+    const Shape& shape = p.shape;
     auto it = where.find(name);
     if (it == where.end()) user_error(source, ": tensor '", name, "' is missing");
     const SafetensorsHeader& h = headers[it->second.first];
@@ -603,7 +587,8 @@ HfModel read_hf_dir(const std::string& hf_dir_in) {
       user_error(h.path, ": tensor '", name, "' has shape ", shape_str(e.shape), " but config.json implies ",
                  shape_str(shape_vec(shape)));
     HostTensor t{name, shape, read_safetensors_tensor(h, e)};
-    if (is_q_or_k(name)) t.data = permute_qk_hf_to_meta(t.data, heads_of(name, hm.model), hm.model.head_dim(), shape.dims[1]);
+    if (const int heads = permuted_heads(p, hm.model))
+      t.data = permute_qk_hf_to_meta(t.data, heads, hm.model.head_dim(), shape.dims[1]);
     hm.weights.push_back(std::move(t));
   }
   const std::string tok = path_join(hf_dir, "tokenizer.model");

@@ -11,6 +11,7 @@
 #include "ltrain/checkpoint/checkpoint.h"
 #include "ltrain/core/check.h"
 #include "ltrain/core/io.h"
+#include "ltrain/model/layout.h"
 
 namespace ltrain {
 
@@ -22,7 +23,7 @@ void print_info(const CheckpointInfo& ck) {
   std::printf("format       %s v%d\n", ck.meta.value("format", "?").c_str(), ck.meta.value("version", 0));
   std::printf("step         %d (%lld tokens)\n", ck.step, (long long)ck.meta.value("tokens", int64_t(0)));
   std::printf("model        %.3fB parameters: hidden %d, layers %d, heads %d/%d kv, ffn %d, vocab %d\n",
-              m.num_params() / 1e9, m.hidden_size, m.num_hidden_layers, m.num_attention_heads, m.kv_heads(),
+              llama_num_params(m) / 1e9, m.hidden_size, m.num_hidden_layers, m.num_attention_heads, m.kv_heads(),
               m.ffn_dim(), m.vocab_size);
   if (ck.meta.contains("layout")) std::printf("layout       %s\n", ck.meta["layout"].dump().c_str());
   if (ck.meta.contains("data")) std::printf("data         %s\n", ck.meta["data"].dump().c_str());

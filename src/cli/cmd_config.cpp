@@ -6,6 +6,7 @@
 #include "ltrain/config/config.h"
 #include "ltrain/core/args.h"
 #include "ltrain/core/check.h"
+#include "ltrain/model/layout.h"
 
 namespace ltrain {
 
@@ -25,7 +26,7 @@ int cmd_config(int argc, char** argv) {
   validate_config(cfg);
   std::printf("%s", config_to_text(cfg).c_str());
   std::printf("  # derived: %.3fB parameters, intermediate_size %d, head_dim %d, %d micro-batches per step\n",
-              cfg.model.num_params() / 1e9, cfg.model.ffn_dim(), cfg.model.head_dim(), cfg.grad_accum_steps());
+              llama_num_params(cfg.model) / 1e9, cfg.model.ffn_dim(), cfg.model.head_dim(), cfg.grad_accum_steps());
   return 0;
 }
 

@@ -12,6 +12,7 @@
 
 #include "cli/commands.h"
 #include "ltrain/model/flops.h"
+#include "ltrain/model/layout.h"
 #include "ltrain/config/config.h"
 #include "ltrain/core/args.h"
 #include "ltrain/core/check.h"
@@ -176,8 +177,8 @@ int cmd_estimate(int argc, char** argv) {
     const ModelConfig& m = cfg->model;
     out["config"] = args.get("config");
     out["overrides"] = args.positionals();
-    out["model"] = {{"params", m.num_params()},
-                    {"matmul_params", m.num_matmul_params()},
+    out["model"] = {{"params", llama_num_params(m)},
+                    {"matmul_params", llama_num_matmul_params(m)},
                     {"seq_len", cfg->train.seq_len},
                     {"flops_per_token", flops_per_token(m, cfg->train.seq_len)},
                     {"flops_per_token_palm", flops_per_token_palm(m, cfg->train.seq_len)}};
@@ -259,7 +260,7 @@ int cmd_estimate(int argc, char** argv) {
   std::printf("ltrain estimate\n");
   if (cfg) {
     std::printf("  model            %s: %.2fB parameters, %.1f GFLOP/token (causal, T %d)\n", args.get("config").c_str(),
-                cfg->model.num_params() / 1e9, flops_per_token(cfg->model, cfg->train.seq_len) / 1e9,
+                llama_num_params(cfg->model) / 1e9, flops_per_token(cfg->model, cfg->train.seq_len) / 1e9,
                 cfg->train.seq_len);
   }
   nlohmann::json thr = nullptr;

@@ -11,6 +11,7 @@
 #include "ltrain/checkpoint/hf.h"
 #include "ltrain/core/args.h"
 #include "ltrain/core/check.h"
+#include "ltrain/model/layout.h"
 
 namespace ltrain {
 
@@ -74,7 +75,7 @@ int cmd_import_hf(int argc, char** argv) {
   const CheckpointInfo ck = open_checkpoint(dir);
   const auto& m = ck.config.model;
   std::printf("imported %s to %s: %.3fM parameters (hidden %d, layers %d, heads %d/%d kv, ffn %d, vocab %d)%s\n",
-              hf.c_str(), dir.c_str(), m.num_params() / 1e6, m.hidden_size, m.num_hidden_layers,
+              hf.c_str(), dir.c_str(), llama_num_params(m) / 1e6, m.hidden_size, m.num_hidden_layers,
               m.num_attention_heads, m.kv_heads(), m.ffn_dim(), m.vocab_size,
               ck.meta.contains("tokenizer") ? ", with tokenizer.model" : ", no tokenizer.model");
   std::printf("continue pretraining with: ltrain train --config X.yaml train.init_from=%s\n", out.c_str());

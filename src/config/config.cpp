@@ -26,18 +26,6 @@ int ModelConfig::ffn_dim() const {
   return int((h + multiple_of - 1) / multiple_of * multiple_of);
 }
 
-int64_t ModelConfig::num_matmul_params() const {
-  const int64_t C = hidden_size, HD = head_dim(), H = num_attention_heads, KV = kv_heads();
-  const int64_t FF = ffn_dim(), V = vocab_size, L = num_hidden_layers;
-  return L * (C * (H + 2 * KV) * HD + H * HD * C + 3 * C * FF) + V * C;
-}
-
-int64_t ModelConfig::num_params() const {
-  const int64_t C = hidden_size, V = vocab_size, L = num_hidden_layers;
-  int64_t embed = tie_word_embeddings ? 0 : V * C;  // the input table, when not shared
-  return num_matmul_params() + embed + L * 2 * C + C;
-}
-
 int Config::grad_accum_steps(int dp_world) const {
   int64_t per_micro = int64_t(train.micro_batch_size) * train.seq_len * dp_world;
   return per_micro > 0 ? int(train.global_batch_tokens / per_micro) : 0;

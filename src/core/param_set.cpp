@@ -1,8 +1,39 @@
 #include "ltrain/core/param_set.h"
 
+#include <cstring>
+
 #include "ltrain/core/check.h"
 
 namespace ltrain {
+
+namespace {
+// The whole tensor seen as (outer, dims[s.dim], inner): the part is `outer` runs of
+// s.length * inner contiguous elements, starting at s.start * inner within each outer index.
+// Calls run(byte offset in the whole, byte offset in the part, bytes) for each.
+template <typename Run>
+void for_slice_runs(const Shape& whole_shape, const TensorSlice& s, size_t elem, Run run) {
+  int64_t outer = 1, inner = 1;
+  for (int i = 0; i < s.dim; ++i) outer *= whole_shape.dims[i];
+  for (int i = s.dim + 1; i < whole_shape.ndim; ++i) inner *= whole_shape.dims[i];
+  const int64_t D = whole_shape.dims[s.dim];
+  LTRAIN_CHECK(s.start >= 0 && s.start + s.length <= D,
+               "slice [" << s.start << ", " << s.start + s.length << ") of " << whole_shape.str());
+  const size_t bytes = size_t(s.length * inner) * elem;
+  for (int64_t o = 0; o < outer; ++o) run(size_t((o * D + s.start) * inner) * elem, size_t(o) * bytes, bytes);
+}
+}  // namespace
+
+void extract_slice(const void* whole, const Shape& whole_shape, const TensorSlice& s, void* part, size_t elem) {
+  for_slice_runs(whole_shape, s, elem, [&](size_t w, size_t p, size_t n) {
+    std::memcpy(static_cast<char*>(part) + p, static_cast<const char*>(whole) + w, n);
+  });
+}
+
+void insert_slice(void* whole, const Shape& whole_shape, const TensorSlice& s, const void* part, size_t elem) {
+  for_slice_runs(whole_shape, s, elem, [&](size_t w, size_t p, size_t n) {
+    std::memcpy(static_cast<char*>(whole) + w, static_cast<const char*>(part) + p, n);
+  });
+}
 
 Tensor flat_range(const Tensor& flat, int64_t begin, int64_t n) {
   Tensor t = flat;

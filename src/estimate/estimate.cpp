@@ -9,6 +9,7 @@
 
 #include "ltrain/core/check.h"
 #include "ltrain/core/io.h"
+#include "ltrain/model/layout.h"
 
 namespace ltrain {
 
@@ -96,14 +97,20 @@ LinkSpec nvlink_spec(double gb_per_s) {
 // ---- scaling -------------------------------------------------------------------------------------
 
 std::vector<int64_t> gradient_bucket_elements(const ModelConfig& m, int tensor, double bucket_mb) {
-  const int64_t C = m.hidden_size, H = m.num_attention_heads, KV = m.kv_heads(), HD = m.head_dim();
-  const int64_t FF = m.ffn_dim(), V = m.vocab_size, L = m.num_hidden_layers, P = tensor;
-  // Weight matrices are split over the tensor-parallel ranks; the norms are replicated.
-  const int64_t layer = (C * (H + 2 * KV) * HD + H * HD * C + 3 * C * FF) / P + 2 * C;
+  // Each gradient unit's elements on one rank (the alignment gaps aside), from the model's
+  // layout table: weight matrices split over the tensor-parallel ranks, norms replicated.
+  const ParamLayout layout = llama_param_layout(m, tensor);
   std::vector<int64_t> units;
-  units.push_back(C + V * C / P);  // head: final norm + lm_head (shared with the embedding when tied)
-  for (int64_t l = 0; l < L; ++l) units.push_back(layer);
-  if (!m.tie_word_embeddings) units.push_back(V * C / P);  // input embedding, last in backward
+  for (size_t i = 0; i < layout.params.size(); ++i) {
+    const int u = layout.params[i].unit;
+    if (size_t(u) >= units.size()) units.resize(size_t(u) + 1, 0);
+    units[size_t(u)] += layout.local_shape(i).numel();
+  }
+  // A tied table is counted with the head (its lm_head use), not as a last embedding unit.
+  if (m.tie_word_embeddings) {
+    units.front() += units.back();
+    units.pop_back();
+  }
   // GradReducer: whole units, grouped until a bucket reaches bucket_mb MiB of fp32 gradients.
   const int64_t min_elems = std::max<int64_t>(1, int64_t(bucket_mb * 1048576.0 / 4.0));
   std::vector<int64_t> buckets;

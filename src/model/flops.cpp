@@ -1,6 +1,8 @@
 // FLOP formulas and the GPU peak table (include/ltrain/model/flops.h).
 #include "ltrain/model/flops.h"
 
+#include "ltrain/model/layout.h"
+
 namespace ltrain {
 
 namespace {
@@ -13,11 +15,11 @@ double attention_flops_unit(const ModelConfig& m, int seq_len) {
 }  // namespace
 
 double flops_per_token(const ModelConfig& m, int seq_len) {
-  return 6.0 * double(m.num_matmul_params()) + 6.0 * attention_flops_unit(m, seq_len);
+  return 6.0 * double(llama_num_matmul_params(m)) + 6.0 * attention_flops_unit(m, seq_len);
 }
 
 double flops_per_token_palm(const ModelConfig& m, int seq_len) {
-  return 6.0 * double(m.num_matmul_params()) + 12.0 * attention_flops_unit(m, seq_len);
+  return 6.0 * double(llama_num_matmul_params(m)) + 12.0 * attention_flops_unit(m, seq_len);
 }
 
 double attention_forward_flops(double B, double T, double H, double HD) {

@@ -12,17 +12,7 @@
 
 namespace ltrain {
 
-Recompute parse_recompute(const std::string& s) {
-  if (s == "none") return Recompute::kNone;
-  if (s == "selective") return Recompute::kSelective;
-  if (s == "full") return Recompute::kFull;
-  user_error("train.recompute must be none, selective or full, got '", s, "'");
-}
-
 namespace {
-constexpr int64_t kAlign = 64;  // elements; every parameter view starts on a 256-byte boundary
-int64_t align_up(int64_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
-
 // A view of the first shape.numel() elements of a buffer allocated for the largest batch.
 Tensor prefix(const Tensor& buf, Shape shape) {
   LTRAIN_CHECK(shape.numel() <= buf.numel(), "view " << shape.str() << " of " << buf.shape.str());
@@ -56,24 +46,17 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, Backend& backend, int max_batch, 
   Vl_ = V / P_;
   vocab_offset_ = p_ * Vl_;
 
-  // Parameters and gradients: one flat buffer each, with identical layouts. A dry run of the
-  // layout on a null buffer gives the size.
-  Weights probe;
-  int64_t count = build_param_views(Tensor{}, probe, nullptr);
+  // Parameters and gradients: one flat buffer each, with identical layouts (model/layout.h).
+  layout_ = llama_param_layout(cfg, P_);
   LTRAIN_CHECK(buffer_multiple >= 1);
-  count = (count + buffer_multiple - 1) / buffer_multiple * buffer_multiple;
+  const int64_t count = (layout_.elements + buffer_multiple - 1) / buffer_multiple * buffer_multiple;
   param_buf_ = backend.alloc({count}, backend.compute_dtype());
   grad_buf_ = backend.alloc({count}, backend.master_dtype());
-  std::vector<NamedTensor> params, grads;
-  build_param_views(param_buf_, w_, &params);
-  build_param_views(grad_buf_, dw_, &grads);
-  // Gradient units in backward order: the head (final norm, lm_head and the padding), layers
-  // L-1 .. 0, then the embedding.
-  std::vector<std::pair<int64_t, int64_t>> units;
-  units.push_back({unit_begin_[L_], count});
-  for (int l = L_ - 1; l >= 0; --l) units.push_back({unit_begin_[l], unit_begin_[l + 1]});
-  units.push_back({0, unit_begin_[0]});
-  pset_.assign(backend, param_buf_, grad_buf_, std::move(params), std::move(grads), p_, P_, std::move(units));
+  std::vector<NamedTensor> params = build_param_views(param_buf_, w_);
+  std::vector<NamedTensor> grads = build_param_views(grad_buf_, dw_);
+  // The padding belongs to the head's gradient unit, the last in memory.
+  pset_.assign(backend, param_buf_, grad_buf_, std::move(params), std::move(grads), p_, P_,
+               layout_.unit_ranges(count));
   alloc_activations();
 
   // RoPE table, computed in double on the host.
@@ -95,110 +78,119 @@ LlamaModel::~LlamaModel() {
   for (auto& t : owned_) backend_.free(t);
 }
 
-int64_t LlamaModel::build_param_views(Tensor buf, Weights& w, std::vector<NamedTensor>* named) {
-  const DType dt = buf.defined() ? buf.dtype : backend_.compute_dtype();
-  char* base = static_cast<char*>(buf.data);
-  int64_t off = 0;
-  // shard_dim: which dimension of the global shape is split over the tensor-parallel ranks.
-  auto take = [&](const std::string& name, Shape global, int shard_dim, bool decay) {
-    Shape local = global;
-    if (shard_dim >= 0) local.dims[shard_dim] /= P_;
-    Tensor t;
-    t.data = base + off * int64_t(dtype_size(dt));
-    t.dtype = dt;
-    t.shape = local;
-    off = align_up(off + local.numel());
-    if (named) named->push_back({name, t, decay, P_ > 1 ? shard_dim : -1, global});
-    return t;
-  };
-  const int64_t H = cfg_.num_attention_heads, KV = cfg_.kv_heads(), FF = cfg_.ffn_dim(), V = cfg_.vocab_size;
-  if (named) named->clear();
-  w.wte = take("model.embed_tokens.weight", {V, C_}, 0, true);
-  w.layers.resize(L_);
-  unit_begin_.assign(L_ + 1, 0);
-  for (int l = 0; l < L_; ++l) {
-    unit_begin_[l] = off;
-    auto& lw = w.layers[l];
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    lw.attn_norm = take(p + "input_layernorm.weight", {C_}, -1, false);
-    lw.wq = take(p + "self_attn.q_proj.weight", {H * HD_, C_}, 0, true);
-    lw.wk = take(p + "self_attn.k_proj.weight", {KV * HD_, C_}, 0, true);
-    lw.wv = take(p + "self_attn.v_proj.weight", {KV * HD_, C_}, 0, true);
-    lw.wo = take(p + "self_attn.o_proj.weight", {C_, H * HD_}, 1, true);
-    lw.mlp_norm = take(p + "post_attention_layernorm.weight", {C_}, -1, false);
-    lw.w1 = take(p + "mlp.gate_proj.weight", {FF, C_}, 0, true);
-    lw.w3 = take(p + "mlp.up_proj.weight", {FF, C_}, 0, true);
-    lw.w2 = take(p + "mlp.down_proj.weight", {C_, FF}, 1, true);
+Tensor& LlamaModel::Weights::slot(ParamRole role, int layer) {
+  switch (role) {
+    case ParamRole::kEmbed: return wte;
+    case ParamRole::kAttnNorm: return layers[size_t(layer)].attn_norm;
+    case ParamRole::kQ: return layers[size_t(layer)].q_proj;
+    case ParamRole::kK: return layers[size_t(layer)].k_proj;
+    case ParamRole::kV: return layers[size_t(layer)].v_proj;
+    case ParamRole::kO: return layers[size_t(layer)].o_proj;
+    case ParamRole::kMlpNorm: return layers[size_t(layer)].mlp_norm;
+    case ParamRole::kGate: return layers[size_t(layer)].gate_proj;
+    case ParamRole::kUp: return layers[size_t(layer)].up_proj;
+    case ParamRole::kDown: return layers[size_t(layer)].down_proj;
+    case ParamRole::kFinalNorm: return final_norm;
+    case ParamRole::kLmHead: return lm_head;
   }
-  unit_begin_[L_] = off;
-  w.final_norm = take("model.norm.weight", {C_}, -1, false);
-  w.lm_head = cfg_.tie_word_embeddings ? w.wte : take("lm_head.weight", {V, C_}, 0, true);
-  return off;
+  LTRAIN_CHECK(false, "unknown parameter role");
+  return wte;
+}
+
+std::vector<NamedTensor> LlamaModel::build_param_views(Tensor buf, Weights& w) {
+  std::vector<NamedTensor> named;
+  w.layers.resize(size_t(L_));
+  for (size_t i = 0; i < layout_.params.size(); ++i) {
+    const ParamSpec& p = layout_.params[i];
+    const Shape shape = layout_.local_shape(i);
+    Tensor t = flat_range(buf, layout_.offsets[i], shape.numel());
+    t.shape = shape;
+    w.slot(p.role, p.layer) = t;
+    named.push_back({p.name, t, p.decay, p.shard_dim, p.shape});
+  }
+  if (cfg_.tie_word_embeddings) w.lm_head = w.wte;
+  return named;
+}
+
+Tensor& LlamaModel::LayerActs::slot(Act id) {
+  switch (id) {
+    case Act::kRstd1: return rstd1;
+    case Act::kLn1: return ln1;
+    case Act::kQ: return q;
+    case Act::kK: return k;
+    case Act::kV: return v;
+    case Act::kAtt: return att;
+    case Act::kLse: return lse;
+    case Act::kX2: return x2;
+    case Act::kRstd2: return rstd2;
+    case Act::kLn2: return ln2;
+    case Act::kGate: return gate;
+    case Act::kUp: return up;
+    case Act::kH: return h;
+    default: break;
+  }
+  LTRAIN_CHECK(false, "not a layer activation");
+  return h;
+}
+
+Tensor& LlamaModel::model_buffer(Act id) {
+  switch (id) {
+    case Act::kTokens: return tokens_;
+    case Act::kTargets: return targets_;
+    case Act::kRstdF: return rstdf_;
+    case Act::kLnF: return lnf_;
+    case Act::kLnFLocal: return lnf_local_;
+    case Act::kLogits: return logits_;
+    case Act::kLosses: return losses_;
+    case Act::kLossSum: return loss_sum_;
+    case Act::kDres: return dres_;
+    case Act::kDln: return dln_;
+    case Act::kHeadLse: return lse_;
+    case Act::kLnLocal: return ln_local_;
+    case Act::kPartial: return partial_;
+    case Act::kReduced: return reduced_;
+    case Act::kDresFull: return dres_full_;
+    case Act::kDlnLocal: return dln_local_;
+    case Act::kDatt: return datt_;
+    case Act::kDq: return dq_;
+    case Act::kDk: return dk_;
+    case Act::kDv: return dv_;
+    case Act::kDh: return dh_;
+    case Act::kDgate: return dgate_;
+    case Act::kDup: return dup_;
+    default: break;
+  }
+  LTRAIN_CHECK(false, "not a per-model activation");
+  return dup_;
 }
 
 void LlamaModel::alloc_activations() {
-  const int64_t N = int64_t(max_batch_) * max_seq_;
-  const int64_t Ns = (N + P_ - 1) / P_;
   const DType act = backend_.compute_dtype(), stat = backend_.master_dtype();
-  auto alloc = [&](Shape s, DType dt) {
-    owned_.push_back(backend_.alloc(s, dt));
+  auto alloc = [&](const ActivationSpec& a) {
+    owned_.push_back(backend_.alloc(a.shape, resolve(a.dtype, act, stat)));
     return owned_.back();
   };
-  auto make_layer = [&](LayerActs* share) {
-    // `share`: take the recomputable members from it instead of allocating them.
-    LayerActs a;
-    const bool full = recompute_ == Recompute::kFull && share;
-    const bool sel = recompute_ != Recompute::kNone && share;
-    a.rstd1 = full ? share->rstd1 : alloc({Ns}, stat);
-    a.ln1 = sel ? share->ln1 : alloc({N, C_}, act);
-    a.q = full ? share->q : alloc({max_batch_, max_seq_, Hl_, HD_}, act);
-    a.k = full ? share->k : alloc({max_batch_, max_seq_, KVl_, HD_}, act);
-    a.v = full ? share->v : alloc({max_batch_, max_seq_, KVl_, HD_}, act);
-    a.att = full ? share->att : alloc({max_batch_, max_seq_, Hl_, HD_}, act);
-    a.lse = full ? share->lse : alloc({max_batch_, Hl_, max_seq_}, stat);
-    a.x2 = full ? share->x2 : alloc({Ns, C_}, act);
-    a.rstd2 = full ? share->rstd2 : alloc({Ns}, stat);
-    a.ln2 = sel ? share->ln2 : alloc({N, C_}, act);
-    a.gate = full ? share->gate : alloc({N, FFl_}, act);
-    a.up = full ? share->up : alloc({N, FFl_}, act);
-    a.h = sel ? share->h : alloc({N, FFl_}, act);
-    return a;
-  };
-  acts_.clear();
-  acts_.push_back(make_layer(nullptr));
-  for (int l = 1; l < L_; ++l) acts_.push_back(make_layer(&acts_[0]));
-  for (int l = 0; l <= L_; ++l) resid_.push_back(alloc({Ns, C_}, act));
-  tokens_ = alloc({N}, DType::kI32);
-  targets_ = alloc({N}, DType::kI32);
-  rstdf_ = alloc({Ns}, stat);
-  lnf_ = alloc({N, C_}, act);
-  lnf_local_ = P_ > 1 ? alloc({Ns, C_}, act) : lnf_;
-  // The head works on chunks of rows so that the (rows, Vl) logits stay small (at most ~16M
-  // elements) whatever the batch.
-  head_chunk_ = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(1) << 24) / Vl_));
-  logits_ = alloc({head_chunk_, Vl_}, act);
-  losses_ = alloc({N}, stat);
-  loss_sum_ = alloc({N}, stat);
-  dres_ = alloc({Ns, C_}, act);
-  dln_ = alloc({N, C_}, act);
-  if (P_ > 1) {
-    lse_ = alloc({head_chunk_}, stat);
-    ln_local_ = alloc({Ns, C_}, act);
-    partial_ = alloc({N, C_}, act);
-    reduced_ = alloc({Ns, C_}, act);
-    dres_full_ = alloc({N, C_}, act);
-    dln_local_ = alloc({Ns, C_}, act);
-  } else {
+  const std::vector<ActivationSpec> specs = llama_activations(LlamaDims(cfg_, P_), max_batch_, max_seq_);
+  // Layer 0 holds every member; later layers share layer 0's buffer where recomputation allows.
+  acts_.assign(size_t(L_), LayerActs{});
+  for (int l = 0; l < L_; ++l)
+    for (const auto& a : specs)
+      if (a.layer) acts_[l].slot(a.id) = l == 0 || kept_per_layer(a, recompute_) ? alloc(a) : acts_[0].slot(a.id);
+  for (const auto& a : specs) {
+    if (a.layer) continue;
+    if (a.id == Act::kResid) {
+      for (int i = 0; i < a.copies; ++i) resid_.push_back(alloc(a));
+    } else {
+      model_buffer(a.id) = alloc(a);
+    }
+  }
+  head_chunk_ = logits_.shape.dims[0];
+  // Without tensor parallelism the sequence-parallel halves of each pair are one buffer.
+  if (P_ == 1) {
+    lnf_local_ = lnf_;
     dres_full_ = dres_;
     dln_local_ = dln_;
   }
-  datt_ = alloc({N, int64_t(Hl_) * HD_}, act);
-  dq_ = alloc({max_batch_, max_seq_, Hl_, HD_}, act);
-  dk_ = alloc({max_batch_, max_seq_, KVl_, HD_}, act);
-  dv_ = alloc({max_batch_, max_seq_, KVl_, HD_}, act);
-  dh_ = alloc({N, FFl_}, act);
-  dgate_ = alloc({N, FFl_}, act);
-  dup_ = alloc({N, FFl_}, act);
 }
 
 size_t LlamaModel::activation_bytes() const {
@@ -212,24 +204,18 @@ void LlamaModel::init_weights(uint64_t seed) {
   const double std = cfg_.initializer_range;
   const double out_std = std / std::sqrt(2.0 * L_);  // residual-branch outputs, GPT-2 style
   std::vector<double> whole;
-  for (const auto& p : pset_.params()) {
+  for (size_t i = 0; i < pset_.params().size(); ++i) {
+    const NamedTensor& p = pset_.params()[i];
+    const ParamRole role = layout_.params[i].role;
     // The whole tensor is drawn on every rank, so the weights do not depend on the layout.
     whole.assign(size_t(p.global_shape.numel()), 1.0);
     if (p.decay) {  // a weight matrix
-      bool out_proj = p.name.find("o_proj") != std::string::npos ||
-                      p.name.find("down_proj") != std::string::npos;
+      const bool out_proj = role == ParamRole::kO || role == ParamRole::kDown;
       std::normal_distribution<double> dist(0.0, out_proj ? out_std : std);
       for (auto& x : whole) x = dist(rng);
     }
     std::vector<double> part(size_t(p.tensor.numel()));
-    const int64_t rows = p.tensor.shape.dims[0], cols = p.tensor.numel() / std::max<int64_t>(rows, 1);
-    const int64_t gcols = p.global_shape.numel() / p.global_shape.dims[0];
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t c = 0; c < cols; ++c) {
-        const int64_t gr = p.shard_dim == 0 ? p_ * rows + r : r;
-        const int64_t gc = p.shard_dim == 1 ? p_ * cols + c : c;
-        part[size_t(r * cols + c)] = whole[size_t(gr * gcols + gc)];
-      }
+    extract_slice(whole.data(), p.global_shape, pset_.local_slice(p), part.data(), sizeof(double));
     backend_.from_host(p.tensor, part.data(), DType::kF64);
   }
 }
@@ -253,20 +239,16 @@ std::vector<HostTensor> LlamaModel::export_full(const Tensor& flat) {
     if (p.shard_dim < 0) {
       h.data = std::move(mine);
     } else {
-      // Gather every rank's part (rank order), then place each part's rows or columns.
+      // Gather every rank's part (rank order), then put each in its place.
       std::vector<float> parts(size_t(t.numel()) * P_);
       Tensor in{mine.data(), DType::kF32, Shape{t.numel()}};
       Tensor all{parts.data(), DType::kF32, Shape{t.numel() * P_}};
       tp_host_->all_gather(all, in);
-      const int64_t rows = t.shape.dims[0], cols = t.numel() / rows;
-      const int64_t gcols = p.global_shape.numel() / p.global_shape.dims[0];
-      for (int q = 0; q < P_; ++q)
-        for (int64_t r = 0; r < rows; ++r)
-          for (int64_t c = 0; c < cols; ++c) {
-            const int64_t gr = p.shard_dim == 0 ? q * rows + r : r;
-            const int64_t gc = p.shard_dim == 1 ? q * cols + c : c;
-            h.data[size_t(gr * gcols + gc)] = parts[size_t(q * t.numel() + r * cols + c)];
-          }
+      TensorSlice s = pset_.local_slice(p);
+      for (int q = 0; q < P_; ++q) {
+        s.start = int64_t(q) * s.length;
+        insert_slice(h.data.data(), p.global_shape, s, parts.data() + size_t(q) * t.numel(), sizeof(float));
+      }
     }
     out.push_back(std::move(h));
   }
@@ -280,14 +262,7 @@ void LlamaModel::import_full(Tensor flat,
     const std::vector<float>& whole = get(p.name);
     LTRAIN_CHECK(int64_t(whole.size()) == p.global_shape.numel(), "import_full " << p.name);
     std::vector<float> part(size_t(t.numel()));
-    const int64_t rows = t.shape.dims[0], cols = t.numel() / rows;
-    const int64_t gcols = p.global_shape.numel() / p.global_shape.dims[0];
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t c = 0; c < cols; ++c) {
-        const int64_t gr = p.shard_dim == 0 ? p_ * rows + r : r;
-        const int64_t gc = p.shard_dim == 1 ? p_ * cols + c : c;
-        part[size_t(r * cols + c)] = whole[size_t(gr * gcols + gc)];
-      }
+    extract_slice(whole.data(), p.global_shape, pset_.local_slice(p), part.data(), sizeof(float));
     backend_.from_host(t, part.data(), DType::kF32);
   }
 }
@@ -308,22 +283,10 @@ int64_t LlamaModel::local_rows(int64_t N) const {
 }
 
 LlamaModel::LayerActs LlamaModel::acts_for(int l, int B, int T) const {
-  const LayerActs& s = acts_[l];
-  const int64_t N = int64_t(B) * T, Ns = local_rows(N);
-  LayerActs a;
-  a.rstd1 = prefix(s.rstd1, {Ns});
-  a.ln1 = prefix(s.ln1, {N, C_});
-  a.q = prefix(s.q, {B, T, Hl_, HD_});
-  a.k = prefix(s.k, {B, T, KVl_, HD_});
-  a.v = prefix(s.v, {B, T, KVl_, HD_});
-  a.att = prefix(s.att, {B, T, Hl_, HD_});
-  a.lse = prefix(s.lse, {B, Hl_, T});
-  a.x2 = prefix(s.x2, {Ns, C_});
-  a.rstd2 = prefix(s.rstd2, {Ns});
-  a.ln2 = prefix(s.ln2, {N, C_});
-  a.gate = prefix(s.gate, {N, FFl_});
-  a.up = prefix(s.up, {N, FFl_});
-  a.h = prefix(s.h, {N, FFl_});
+  local_rows(int64_t(B) * T);  // checks that the rows divide over the ranks
+  LayerActs a = acts_[size_t(l)];
+  for (const auto& spec : llama_layer_activations(LlamaDims(cfg_, P_), B, T))
+    a.slot(spec.id) = prefix(a.slot(spec.id), spec.shape);
   return a;
 }
 
@@ -379,20 +342,20 @@ void LlamaModel::layer_forward(int l, const LayerActs& a, const Tensor& x, Tenso
   const int64_t N = int64_t(B) * T;
   // attention block
   norm_gathered(a.ln1, a.rstd1, x, lw.attn_norm);        // (N, C), all rows
-  be.matmul(as2d(a.q, N), a.ln1, lw.wq, false, true);   // (N, Hl*HD) = (N, C) @ (Hl*HD, C)^T
-  be.matmul(as2d(a.k, N), a.ln1, lw.wk, false, true);   // (N, KVl*HD)
-  be.matmul(as2d(a.v, N), a.ln1, lw.wv, false, true);   // (N, KVl*HD)
+  be.matmul(as2d(a.q, N), a.ln1, lw.q_proj, false, true);   // (N, Hl*HD) = (N, C) @ (Hl*HD, C)^T
+  be.matmul(as2d(a.k, N), a.ln1, lw.k_proj, false, true);   // (N, KVl*HD)
+  be.matmul(as2d(a.v, N), a.ln1, lw.v_proj, false, true);   // (N, KVl*HD)
   be.rope_forward(a.q, a.q, freqs_);
   be.rope_forward(a.k, a.k, freqs_);
   be.attention_forward(a.att, a.lse, a.q, a.k, a.v);
-  add_row_parallel(a.x2, x, as2d(a.att, N), lw.wo);      // x2 = x + att @ wo^T
+  add_row_parallel(a.x2, x, as2d(a.att, N), lw.o_proj);      // x2 = x + att @ o_proj^T
   // MLP block
   norm_gathered(a.ln2, a.rstd2, a.x2, lw.mlp_norm);
-  be.matmul(a.gate, a.ln2, lw.w1, false, true);  // (N, FFl)
-  be.matmul(a.up, a.ln2, lw.w3, false, true);    // (N, FFl)
+  be.matmul(a.gate, a.ln2, lw.gate_proj, false, true);  // (N, FFl)
+  be.matmul(a.up, a.ln2, lw.up_proj, false, true);    // (N, FFl)
   be.swiglu_forward(a.h, a.gate, a.up);
   if (!y.defined()) return;  // recomputation needs no layer output
-  add_row_parallel(y, a.x2, a.h, lw.w2);         // y = x2 + h @ w2^T
+  add_row_parallel(y, a.x2, a.h, lw.down_proj);         // y = x2 + h @ down_proj^T
 }
 
 void LlamaModel::layer_recompute(int l, const LayerActs& a, const Tensor& x, int B, int T) {
@@ -513,31 +476,31 @@ void LlamaModel::layer_backward(int l, const LayerActs& a, const Tensor& x, Tens
   Tensor datt = rows(datt_, N), dh = rows(dh_, N), dgate = rows(dgate_, N), dup = rows(dup_, N);
   Tensor dq = prefix(dq_, {B, T, Hl_, HD_}), dk = prefix(dk_, {B, T, KVl_, HD_}),
          dv = prefix(dv_, {B, T, KVl_, HD_});
-  // MLP block: y = x2 + h @ w2^T, h = silu(gate) * up, gate/up = ln2 @ w1^T / w3^T
+  // MLP block: y = x2 + h @ down_proj^T, h = silu(gate) * up, gate/up = ln2 @ gate_proj^T / up_proj^T
   gather_rows(dres_full, dres);                                 // conjugate of the reduce-scatter
-  be.matmul(dh, dres_full, lw.w2, false, false);                // (N, FFl) = (N, C) @ (C, FFl)
-  be.matmul(dlw.w2, dres_full, a.h, true, false, 1.0f, 1.0f);   // (C, FFl) += (N, C)^T @ (N, FFl)
+  be.matmul(dh, dres_full, lw.down_proj, false, false);                // (N, FFl) = (N, C) @ (C, FFl)
+  be.matmul(dlw.down_proj, dres_full, a.h, true, false, 1.0f, 1.0f);   // (C, FFl) += (N, C)^T @ (N, FFl)
   be.swiglu_backward(dgate, dup, dh, a.gate, a.up);
-  be.matmul(dln, dgate, lw.w1, false, false);                   // (N, C) = (N, FFl) @ (FFl, C)
-  be.matmul(dln, dup, lw.w3, false, false, 1.0f, 1.0f);
-  be.matmul(dlw.w1, dgate, a.ln2, true, false, 1.0f, 1.0f);     // (FFl, C) +=
-  be.matmul(dlw.w3, dup, a.ln2, true, false, 1.0f, 1.0f);
+  be.matmul(dln, dgate, lw.gate_proj, false, false);                   // (N, C) = (N, FFl) @ (FFl, C)
+  be.matmul(dln, dup, lw.up_proj, false, false, 1.0f, 1.0f);
+  be.matmul(dlw.gate_proj, dgate, a.ln2, true, false, 1.0f, 1.0f);     // (FFl, C) +=
+  be.matmul(dlw.up_proj, dup, a.ln2, true, false, 1.0f, 1.0f);
   reduce_scatter_rows(dln_local, dln);                          // conjugate of the all-gather
   be.rmsnorm_backward(dres, dlw.mlp_norm, dln_local, a.x2, lw.mlp_norm, a.rstd2);  // dres: now d(x2)
-  // attention block: x2 = x + att @ wo^T
+  // attention block: x2 = x + att @ o_proj^T
   gather_rows(dres_full, dres);
-  be.matmul(datt, dres_full, lw.wo, false, false);              // (N, Hl*HD) = (N, C) @ (C, Hl*HD)
-  be.matmul(dlw.wo, dres_full, as2d(a.att, N), true, false, 1.0f, 1.0f);
+  be.matmul(datt, dres_full, lw.o_proj, false, false);              // (N, Hl*HD) = (N, C) @ (C, Hl*HD)
+  be.matmul(dlw.o_proj, dres_full, as2d(a.att, N), true, false, 1.0f, 1.0f);
   be.attention_backward(dq, dk, dv, datt.view(a.att.shape), a.q, a.k, a.v, a.att, a.lse);
   be.rope_backward(dq, dq, freqs_);
   be.rope_backward(dk, dk, freqs_);
   Tensor dq2 = as2d(dq, N), dk2 = as2d(dk, N), dv2 = as2d(dv, N);
-  be.matmul(dln, dq2, lw.wq, false, false);                     // (N, C) = (N, Hl*HD) @ (Hl*HD, C)
-  be.matmul(dln, dk2, lw.wk, false, false, 1.0f, 1.0f);
-  be.matmul(dln, dv2, lw.wv, false, false, 1.0f, 1.0f);
-  be.matmul(dlw.wq, dq2, a.ln1, true, false, 1.0f, 1.0f);       // (Hl*HD, C) +=
-  be.matmul(dlw.wk, dk2, a.ln1, true, false, 1.0f, 1.0f);
-  be.matmul(dlw.wv, dv2, a.ln1, true, false, 1.0f, 1.0f);
+  be.matmul(dln, dq2, lw.q_proj, false, false);                     // (N, C) = (N, Hl*HD) @ (Hl*HD, C)
+  be.matmul(dln, dk2, lw.k_proj, false, false, 1.0f, 1.0f);
+  be.matmul(dln, dv2, lw.v_proj, false, false, 1.0f, 1.0f);
+  be.matmul(dlw.q_proj, dq2, a.ln1, true, false, 1.0f, 1.0f);       // (Hl*HD, C) +=
+  be.matmul(dlw.k_proj, dk2, a.ln1, true, false, 1.0f, 1.0f);
+  be.matmul(dlw.v_proj, dv2, a.ln1, true, false, 1.0f, 1.0f);
   reduce_scatter_rows(dln_local, dln);
   be.rmsnorm_backward(dres, dlw.attn_norm, dln_local, x, lw.attn_norm, a.rstd1);  // dres: now d(x)
 }

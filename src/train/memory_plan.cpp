@@ -1,5 +1,6 @@
-// The memory plan (include/ltrain/train/memory_plan.h). Every count below mirrors an allocation
-// elsewhere; the comment names it. tests/test_memory_plan.cpp compares the plan with the bytes the
+// The memory plan (include/ltrain/train/memory_plan.h). The model's parameters and activations
+// are counted from the same tables (model/layout.h) LlamaModel allocates from; every other count
+// mirrors an allocation elsewhere, and the comment names it. tests/test_memory_plan.cpp compares the plan with the bytes the
 // model and optimizer allocate, so a change there that is not mirrored here fails a test.
 #include "ltrain/train/memory_plan.h"
 
@@ -13,39 +14,13 @@
 #include "ltrain/core/check.h"
 #include "ltrain/core/io.h"
 #include "ltrain/cuda/cuda_backend.h"
-#include "ltrain/model/llama.h"
+#include "ltrain/model/layout.h"
 
 namespace ltrain {
 
 namespace {
 
-constexpr int64_t kViewAlign = 64;  // src/model/llama.cpp: kAlign, every parameter view's start
-
-int64_t align_up(int64_t x, int64_t a) { return (x + a - 1) / a * a; }
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// LlamaModel::build_param_views: the flat buffer's elements on one tensor-parallel rank.
-int64_t param_elements(const ModelConfig& m, int P) {
-  const int64_t C = m.hidden_size, HD = m.head_dim(), H = m.num_attention_heads, KV = m.kv_heads(),
-                FF = m.ffn_dim(), V = m.vocab_size;
-  int64_t off = 0;
-  auto take = [&](int64_t n) { off = align_up(off + n, kViewAlign); };
-  take(V / P * C);  // embed_tokens
-  for (int l = 0; l < m.num_hidden_layers; ++l) {
-    take(C);                 // input_layernorm
-    take(H * HD / P * C);    // q_proj
-    take(KV * HD / P * C);   // k_proj
-    take(KV * HD / P * C);   // v_proj
-    take(C * (H * HD / P));  // o_proj
-    take(C);                 // post_attention_layernorm
-    take(FF / P * C);        // gate_proj
-    take(FF / P * C);        // up_proj
-    take(C * (FF / P));      // down_proj
-  }
-  take(C);                                   // norm
-  if (!m.tie_word_embeddings) take(V / P * C);  // lm_head
-  return off;
-}
 
 struct Count {
   int64_t bytes = 0;
@@ -56,62 +31,18 @@ struct Count {
   }
 };
 
-// LlamaModel::alloc_activations, buffer by buffer.
-Count activation_count(const ModelConfig& m, int B, int T, Recompute rc, int P, int64_t act, int64_t stat) {
-  const int64_t C = m.hidden_size, HD = m.head_dim(), L = m.num_hidden_layers;
-  const int64_t Hl = m.num_attention_heads / P, KVl = m.kv_heads() / P, FFl = m.ffn_dim() / P,
-                Vl = m.vocab_size / P;
-  const int64_t N = int64_t(B) * T, Ns = ceil_div(N, P);
+// LlamaModel::alloc_activations: the same loops over model/layout.h's table.
+Count activation_count(const ModelConfig& m, int B, int T, Recompute rc, int P, DType act, DType stat) {
+  const LlamaDims d(m, P);
+  const std::vector<ActivationSpec> specs = llama_activations(d, B, T);
   Count c;
-  // Layer 0 holds every member; layers 1.. share what recomputation rebuilds.
-  for (int64_t l = 0; l < L; ++l) {
-    const bool full = rc == Recompute::kFull && l > 0;
-    const bool sel = rc != Recompute::kNone && l > 0;
-    if (!full) c.add(Ns, stat);             // rstd1
-    if (!sel) c.add(N * C, act);            // ln1
-    if (!full) {
-      c.add(N * Hl * HD, act);              // q
-      c.add(N * KVl * HD, act);             // k
-      c.add(N * KVl * HD, act);             // v
-      c.add(N * Hl * HD, act);              // att
-      c.add(int64_t(B) * Hl * T, stat);     // lse
-      c.add(Ns * C, act);                   // x2
-      c.add(Ns, stat);                      // rstd2
-    }
-    if (!sel) c.add(N * C, act);            // ln2
-    if (!full) {
-      c.add(N * FFl, act);                  // gate
-      c.add(N * FFl, act);                  // up
-    }
-    if (!sel) c.add(N * FFl, act);          // h
-  }
-  for (int64_t l = 0; l <= L; ++l) c.add(Ns * C, act);  // resid_
-  c.add(N, 4);                              // tokens_ (i32)
-  c.add(N, 4);                              // targets_
-  c.add(Ns, stat);                          // rstdf_
-  c.add(N * C, act);                        // lnf_
-  if (P > 1) c.add(Ns * C, act);            // lnf_local_
-  const int64_t head_chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(1) << 24) / Vl));
-  c.add(head_chunk * Vl, act);              // logits_
-  c.add(N, stat);                           // losses_
-  c.add(N, stat);                           // loss_sum_
-  c.add(Ns * C, act);                       // dres_
-  c.add(N * C, act);                        // dln_
-  if (P > 1) {
-    c.add(head_chunk, stat);                // lse_
-    c.add(Ns * C, act);                     // ln_local_
-    c.add(N * C, act);                      // partial_
-    c.add(Ns * C, act);                     // reduced_
-    c.add(N * C, act);                      // dres_full_
-    c.add(Ns * C, act);                     // dln_local_
-  }
-  c.add(N * Hl * HD, act);                  // datt_
-  c.add(N * Hl * HD, act);                  // dq_
-  c.add(N * KVl * HD, act);                 // dk_
-  c.add(N * KVl * HD, act);                 // dv_
-  c.add(N * FFl, act);                      // dh_
-  c.add(N * FFl, act);                      // dgate_
-  c.add(N * FFl, act);                      // dup_
+  auto add = [&](const ActivationSpec& a) { c.add(a.shape.numel(), int64_t(dtype_size(resolve(a.dtype, act, stat)))); };
+  for (int64_t l = 0; l < d.L; ++l)
+    for (const auto& a : specs)
+      if (a.layer && (l == 0 || kept_per_layer(a, rc))) add(a);
+  for (const auto& a : specs)
+    if (!a.layer)
+      for (int i = 0; i < a.copies; ++i) add(a);
   return c;
 }
 
@@ -225,7 +156,7 @@ MemoryPlan memory_plan(const Config& cfg, int dp, int tp, const MemoryPlanOption
   LTRAIN_CHECK(dp >= 1 && tp >= 1, "memory_plan: dp " << dp << " tp " << tp);
   const ModelConfig& m = cfg.model;
   const int B = cfg.train.micro_batch_size, T = cfg.train.seq_len;
-  const int64_t act = dtype_size(o.compute), stat = dtype_size(o.master);
+  const int64_t stat = dtype_size(o.master);
   const bool zero = cfg.parallel.zero == 1 && dp > 1;
   MemoryPlan p;
   p.config = cfg;
@@ -236,8 +167,8 @@ MemoryPlan memory_plan(const Config& cfg, int dp, int tp, const MemoryPlanOption
   // LlamaModel: the parameter buffer (compute dtype) and the gradient buffer (master dtype),
   // padded to a multiple of 64 * dp under ZeRO-1 (src/train/trainer.cpp's buffer_multiple).
   const int64_t multiple = zero ? int64_t(64) * dp : 1;
-  p.param_elements = align_up(param_elements(m, tp), multiple);
-  p.weights = p.param_elements * act;
+  p.param_elements = ceil_div(llama_param_layout(m, tp).elements, multiple) * multiple;
+  p.weights = p.param_elements * int64_t(dtype_size(o.compute));
   p.gradients = p.param_elements * stat;
   p.allocations += 2;
   // AdamW: m and v over its shard, fp32 master weights when the model computes in another dtype,
@@ -254,7 +185,7 @@ MemoryPlan memory_plan(const Config& cfg, int dp, int tp, const MemoryPlanOption
     ++p.allocations;
   }
   // Activations.
-  const Count a = activation_count(m, B, T, parse_recompute(cfg.train.recompute), tp, act, stat);
+  const Count a = activation_count(m, B, T, parse_recompute(cfg.train.recompute), tp, o.compute, o.master);
   p.activations = a.bytes;
   p.allocations += a.allocations;
   // Workspace: the RoPE table (T, HD/2, 2) in the master dtype.
@@ -270,9 +201,9 @@ MemoryPlan memory_plan(const Config& cfg, int dp, int tp, const MemoryPlanOption
     // kernels/attention_backward.cu (scratch_layout), fp32: D (B, H, T), the dQ partials of the
     // key-tile splits (splits = min(key tiles of 128, ceil(264 / (B H)))) and, under GQA, dK and
     // dV per query head, each (B, T, H, HD); H and KV per tensor-parallel rank.
-    const int64_t Ha = m.num_attention_heads / tp, KVa = m.kv_heads() / tp, BTHD = int64_t(B) * T * Ha * m.head_dim();
-    const int64_t splits = std::clamp<int64_t>(ceil_div(264, int64_t(B) * Ha), 1, ceil_div(T, 128));
-    p.scratch_bytes += (int64_t(B) * Ha * T + (splits + (Ha > KVa ? 2 : 0)) * BTHD) * 4;
+    const int64_t Hl = m.num_attention_heads / tp, KVl = m.kv_heads() / tp, BTHD = int64_t(B) * T * Hl * m.head_dim();
+    const int64_t splits = std::clamp<int64_t>(ceil_div(264, int64_t(B) * Hl), 1, ceil_div(T, 128));
+    p.scratch_bytes += (int64_t(B) * Hl * T + (splits + (Hl > KVl ? 2 : 0)) * BTHD) * 4;
     p.scratch_bytes += N * 8;                                    // embedding's sorted (token, row) keys
     p.scratch_bytes += (1024 + 1) * 8;                           // sum-of-squares partials (f64)
     p.workspace += p.matmul_workspace_bytes + p.scratch_bytes;

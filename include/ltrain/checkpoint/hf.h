@@ -26,7 +26,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ltrain/config/config.h"
-#include "ltrain/model/llama.h"
+#include "ltrain/core/param_set.h"
 
 namespace ltrain {
 
@@ -73,7 +73,8 @@ std::vector<float> permute_qk_hf_to_meta(const std::vector<float>& w, int n_head
 
 // ---- model layout and config ----------------------------------------------------------------
 // The weights of a LlamaForCausalLM with this config, names and shapes, in LlamaModel's parameter
-// order (the order of a checkpoint's model file); lm_head.weight is absent when tied.
+// order (the order of a checkpoint's model file); lm_head.weight is absent when tied. The names
+// and shapes of model/layout.h's table.
 std::vector<std::pair<std::string, Shape>> llama_tensor_layout(const ModelConfig& m);
 
 // config.json for LlamaForCausalLM; torch_dtype "bfloat16" or "float32".

@@ -29,10 +29,8 @@ struct ModelConfig {
   int head_dim() const { return hidden_size / num_attention_heads; }
   int kv_heads() const { return num_key_value_heads ? num_key_value_heads : num_attention_heads; }
   int ffn_dim() const;
-  int64_t num_params() const;
-  // Parameters in the matrix products (what the FLOP count uses): everything but the norms and
-  // the input embedding.
-  int64_t num_matmul_params() const;
+  // The parameter counts follow from the model's layout: llama_num_params and
+  // llama_num_matmul_params (model/layout.h).
 };
 
 struct OptimConfig {

@@ -44,6 +44,12 @@ struct TensorSlice {
   int64_t start = 0, length = 0;
 };
 
+// Row-major copies between a whole tensor of shape `whole_shape` and the part `s` of it (one
+// tensor-parallel rank's), elements of `elem` bytes: extract_slice copies the part out of the
+// whole, insert_slice puts it back in its place. The part is contiguous in its own shape.
+void extract_slice(const void* whole, const Shape& whole_shape, const TensorSlice& s, void* part, size_t elem);
+void insert_slice(void* whole, const Shape& whole_shape, const TensorSlice& s, const void* part, size_t elem);
+
 // A contiguous range of `flat` (a buffer laid out like the parameters), as a 1-D tensor.
 Tensor flat_range(const Tensor& flat, int64_t begin, int64_t n);
 

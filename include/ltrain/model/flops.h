@@ -14,8 +14,8 @@ namespace ltrain {
 // counted), for sequences of seq_len tokens:
 //   causal: 6 * [L*(C*(H + 2KV)*HD + H*HD*C + 3*C*FF) + C*V] + 6 * L*H*HD*T
 //   PaLM:   the same with 12 * L*H*HD*T (attention scores over the whole square)
-// The bracket is ModelConfig::num_matmul_params() (the lm_head counts even when tied; the input
-// embedding is a lookup and does not).
+// The bracket is llama_num_matmul_params() in model/layout.h (the lm_head counts even when tied;
+// the input embedding is a lookup and does not).
 double flops_per_token(const ModelConfig& m, int seq_len);
 double flops_per_token_palm(const ModelConfig& m, int seq_len);
 

@@ -28,12 +28,10 @@
 #include "ltrain/config/config.h"
 #include "ltrain/core/backend.h"
 #include "ltrain/core/param_set.h"
+#include "ltrain/model/layout.h"
 #include "ltrain/parallel/communicator.h"
 
 namespace ltrain {
-
-enum class Recompute { kNone, kSelective, kFull };
-Recompute parse_recompute(const std::string& s);
 
 class LlamaModel {
  public:
@@ -113,44 +111,36 @@ class LlamaModel {
   size_t activation_bytes() const;
 
  private:
+  // The tensors of model/layout.h's tables, by role (views into the flat buffers).
   struct LayerWeights {
     Tensor attn_norm;  // (C)
-    Tensor wq;         // (Hl*HD, C)
-    Tensor wk;         // (KVl*HD, C)
-    Tensor wv;         // (KVl*HD, C)
-    Tensor wo;         // (C, Hl*HD)
+    Tensor q_proj;     // (Hl*HD, C)
+    Tensor k_proj;     // (KVl*HD, C)
+    Tensor v_proj;     // (KVl*HD, C)
+    Tensor o_proj;     // (C, Hl*HD)
     Tensor mlp_norm;   // (C)
-    Tensor w1;         // (FFl, C) gate
-    Tensor w3;         // (FFl, C) up
-    Tensor w2;         // (C, FFl) down
+    Tensor gate_proj;  // (FFl, C)
+    Tensor up_proj;    // (FFl, C)
+    Tensor down_proj;  // (C, FFl)
   };
   struct Weights {
     Tensor wte;                        // (Vl, C)
     std::vector<LayerWeights> layers;  // (L)
     Tensor final_norm;                 // (C)
     Tensor lm_head;                    // (Vl, C); the same memory as wte when tied
+    Tensor& slot(ParamRole role, int layer);
   };
-  // Activations of one layer; several layers share a buffer when recomputation allows it.
-  // Ns = N / P rows in the sequence-parallel regions (the residual stream and the norms).
+  // Activations of one layer (shapes in llama_layer_activations); several layers share a buffer
+  // when recomputation allows it.
   struct LayerActs {
-    Tensor rstd1;  // (Ns)
-    Tensor ln1;    // (N, C) gathered over the tensor-parallel ranks
-    Tensor q;      // (B, T, Hl, HD) after RoPE
-    Tensor k;      // (B, T, KVl, HD) after RoPE
-    Tensor v;      // (B, T, KVl, HD)
-    Tensor att;    // (B, T, Hl, HD)
-    Tensor lse;    // (B, Hl, T)
-    Tensor x2;     // (Ns, C) residual after attention
-    Tensor rstd2;  // (Ns)
-    Tensor ln2;    // (N, C) gathered
-    Tensor gate;   // (N, FFl)
-    Tensor up;     // (N, FFl)
-    Tensor h;      // (N, FFl) silu(gate) * up
+    Tensor rstd1, ln1, q, k, v, att, lse, x2, rstd2, ln2, gate, up, h;
+    Tensor& slot(Act id);
   };
 
-  // Lays out the views over buf (a null buf only measures); returns the elements used.
-  int64_t build_param_views(Tensor buf, Weights& w, std::vector<NamedTensor>* named);
+  // The views of layout_ over buf, in w and as named tensors.
+  std::vector<NamedTensor> build_param_views(Tensor buf, Weights& w);
   void alloc_activations();
+  Tensor& model_buffer(Act id);  // the per-model activation buffer of a kind
   LayerActs acts_for(int l, int B, int T) const;
   // Sequence parallelism: the full (N, C) rows from every rank's (Ns, C) shard, and this rank's
   // shard of the sum over ranks of a full (N, C) partial result. Identities when P = 1.
@@ -186,10 +176,10 @@ class LlamaModel {
   int Hl_, KVl_, FFl_, Vl_;  // this rank's query heads, kv heads, MLP columns, vocabulary rows
   int vocab_offset_ = 0;     // first vocabulary id of this rank's shard
 
+  ParamLayout layout_;  // this rank's parameters (model/layout.h), in the order of params()
   Tensor param_buf_, grad_buf_;
   Weights w_, dw_;
   ParameterSet pset_;
-  std::vector<int64_t> unit_begin_;  // element offset where each layer's views start (L + 1 entries)
 
   Tensor freqs_;                  // (max_seq, HD/2, 2) RoPE cos/sin
   Tensor tokens_, targets_;       // (N) i32; tokens_ holds this vocabulary shard's ids (-1: another's)

@@ -3,7 +3,8 @@
 //
 // memory_plan() mirrors what the code allocates, buffer by buffer: LlamaModel's flat parameter and
 // gradient buffers (views aligned to 64 elements, padded for ZeRO-1) and its activation buffers
-// for train.micro_batch_size x train.seq_len under train.recompute and tensor parallelism, AdamW's
+// for train.micro_batch_size x train.seq_len under train.recompute and tensor parallelism (both
+// counted from model/layout.h's tables, which the model allocates from), AdamW's
 // moments, fp32 master weights and ZeRO-1 gradient shard, the RoPE table, and on the CUDA backend
 // the cuBLASLt workspace and the kernels' scratch. tests/test_memory_plan.cpp checks it against the
 // bytes the model and optimizer really allocate. check_memory_fits() turns a plan that does not fit
