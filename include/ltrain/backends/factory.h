@@ -1,3 +1,5 @@
+// The backend factory: the one place that knows every backend (the CPU backend of core and the
+// CUDA backend of src/cuda/). It lives above core so that core does not depend on the CUDA backend.
 #pragma once
 #include <memory>
 #include <string>

@@ -1,6 +1,6 @@
 // Picks the backend for `device: auto|cpu|cuda`: auto is CUDA when this build has the CUDA
 // backend and a GPU is visible, the CPU otherwise.
-#include "ltrain/core/backend_factory.h"
+#include "ltrain/backends/factory.h"
 
 #include "ltrain/core/check.h"
 #include "ltrain/cuda/cuda_backend.h"
