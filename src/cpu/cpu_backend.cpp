@@ -162,11 +162,11 @@ class CpuBackend final : public Backend {
                           rstd.as<T>(), int(inp.numel() / C), C);
   }
 
-  void rope_forward_impl(Tensor out, const Tensor& inp, const Tensor& freqs) override {
-    rope(out, inp, freqs, +1);
-  }
-  void rope_backward_impl(Tensor dinp, const Tensor& dout, const Tensor& freqs) override {
-    rope(dinp, dout, freqs, -1);
+  void rope_impl(Tensor out, const Tensor& inp, const Tensor& freqs, int sign) override {
+    check_dtype({&out, &inp, &freqs});
+    const auto& s = inp.shape;
+    cpu::rope_rotate(out.as<T>(), inp.as<T>(), freqs.as<T>(), int(s.dims[0]), int(s.dims[1]),
+                     int(s.dims[2]), int(s.dims[3]), sign);
   }
 
   void attention_forward_impl(Tensor out, Tensor lse, const Tensor& q, const Tensor& k,
@@ -236,12 +236,6 @@ class CpuBackend final : public Backend {
   }
 
  private:
-  void rope(Tensor out, const Tensor& inp, const Tensor& freqs, int sign) {
-    check_dtype({&out, &inp, &freqs});
-    const auto& s = inp.shape;
-    cpu::rope_rotate(out.as<T>(), inp.as<T>(), freqs.as<T>(), int(s.dims[0]), int(s.dims[1]),
-                     int(s.dims[2]), int(s.dims[3]), sign);
-  }
   static void check_dtype(std::initializer_list<const Tensor*> ts) {
     for (const Tensor* t : ts)
       LTRAIN_CHECK(t->dtype == dtype_of<T>(), "cpu backend got a " << dtype_name(t->dtype)

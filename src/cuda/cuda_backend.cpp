@@ -323,11 +323,13 @@ class CudaBackend final : public Backend {
     });
   }
 
-  void rope_forward_impl(Tensor out, const Tensor& inp, const Tensor& freqs) override {
-    rope(out, inp, freqs, +1);
-  }
-  void rope_backward_impl(Tensor dinp, const Tensor& dout, const Tensor& freqs) override {
-    rope(dinp, dout, freqs, -1);
+  void rope_impl(Tensor out, const Tensor& inp, const Tensor& freqs, int sign) override {
+    const auto& s = inp.shape;
+    dispatch_act(inp.dtype, "rope", [&](auto tag) {
+      using T = decltype(tag);
+      cuda::rope_rotate(out.as<T>(), inp.as<T>(), freqs.as<float>(), int(s.dims[0]), int(s.dims[1]),
+                        int(s.dims[2]), int(s.dims[3]), sign, stream_);
+    });
   }
 
   void attention_forward_impl(Tensor out, Tensor lse, const Tensor& q, const Tensor& k,
@@ -425,7 +427,7 @@ class CudaBackend final : public Backend {
   struct AttnDims {
     int B, Tn, H, KV, HD;
   };
-  // Backend checked that q and k match; the kernels add two limits of their own.
+  // Backend checked that q, k and v match; the kernels add limits of their own (bf16, head dims).
   static AttnDims attention_dims(const Tensor& q, const Tensor& k, const char* op) {
     expect(q, DType::kBF16, op, "q/k/v/out and their gradients");
     const AttnDims d{int(q.shape.dims[0]), int(q.shape.dims[1]), int(q.shape.dims[2]),
@@ -433,15 +435,6 @@ class CudaBackend final : public Backend {
     LTRAIN_CHECK(cuda::attention_supports_head_dim(d.HD),
                  "the CUDA attention kernels support head dims 64 and 128, got " << d.HD);
     return d;
-  }
-
-  void rope(Tensor out, const Tensor& inp, const Tensor& freqs, int sign) {
-    const auto& s = inp.shape;
-    dispatch_act(inp.dtype, "rope", [&](auto tag) {
-      using T = decltype(tag);
-      cuda::rope_rotate(out.as<T>(), inp.as<T>(), freqs.as<float>(), int(s.dims[0]), int(s.dims[1]),
-                        int(s.dims[2]), int(s.dims[3]), sign, stream_);
-    });
   }
 
   int device_;

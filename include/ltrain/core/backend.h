@@ -248,12 +248,9 @@ class Backend {
                                      const Tensor& weight, const Tensor& rstd) {
     unsupported("rmsnorm_backward");
   }
-  virtual void rope_forward_impl(Tensor out, const Tensor& inp, const Tensor& freqs) {
-    unsupported("rope_forward");
-  }
-  virtual void rope_backward_impl(Tensor dinp, const Tensor& dout, const Tensor& freqs) {
-    unsupported("rope_backward");
-  }
+  // Both directions of the rotary embedding: sign +1 rotates by the angles (forward), -1 by minus
+  // the angles, which is the backward (a rotation's transpose is its inverse).
+  virtual void rope_impl(Tensor out, const Tensor& inp, const Tensor& freqs, int sign) { unsupported("rope"); }
   virtual void attention_forward_impl(Tensor out, Tensor lse, const Tensor& q, const Tensor& k,
                                       const Tensor& v) { unsupported("attention_forward"); }
   virtual void attention_backward_impl(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout,
@@ -464,12 +461,12 @@ inline void Backend::rmsnorm_backward(Tensor dinp, Tensor dweight, const Tensor&
 inline void Backend::rope_forward(Tensor out, const Tensor& inp, const Tensor& freqs) {
   backend_check::rope(out, inp, freqs, master_dtype(), "rope_forward");
   OpScope op(*this, {"rope_forward", OpFamily::kRope, backend_check::bytes_of({&out, &inp}), 0, out.shape});
-  rope_forward_impl(out, inp, freqs);
+  rope_impl(out, inp, freqs, +1);
 }
 inline void Backend::rope_backward(Tensor dinp, const Tensor& dout, const Tensor& freqs) {
   backend_check::rope(dinp, dout, freqs, master_dtype(), "rope_backward");
   OpScope op(*this, {"rope_backward", OpFamily::kRope, backend_check::bytes_of({&dinp, &dout}), 0, dinp.shape});
-  rope_backward_impl(dinp, dout, freqs);
+  rope_impl(dinp, dout, freqs, -1);
 }
 
 inline void Backend::attention_forward(Tensor out, Tensor lse, const Tensor& q, const Tensor& k,
