@@ -97,7 +97,7 @@ std::vector<float> host(Backend& be, const Tensor& t) {
   return v;
 }
 
-TEST(BenchProfilingBackend, ForwardsBitForBitAndTimesOps) {
+TEST(BenchOpProfiler, ObservesBitForBitAndTimesOps) {
   const ModelConfig cfg = tiny_config();
   const int B = 2, T = 9;
   std::mt19937_64 rng(5);
@@ -106,16 +106,14 @@ TEST(BenchProfilingBackend, ForwardsBitForBitAndTimesOps) {
 
   auto raw_a = make_cpu_backend(DType::kF32);
   auto raw_b = make_cpu_backend(DType::kF32);
-  ProfilingBackend prof(*raw_b);
+  OpProfiler prof(*raw_b);
   prof.set_enabled(true);
-  EXPECT_EQ(prof.name(), raw_b->name());
-  EXPECT_EQ(prof.compute_dtype(), raw_b->compute_dtype());
-  EXPECT_EQ(prof.master_dtype(), raw_b->master_dtype());
+  EXPECT_EQ(raw_b->observer(), &prof);
+  EXPECT_EQ(&prof.backend(), raw_b.get());
 
   LlamaModel ma(cfg, *raw_a, B, T, Recompute::kSelective);
-  LlamaModel mb(cfg, prof, B, T, Recompute::kSelective);
-  EXPECT_EQ(prof.bytes_allocated(), raw_b->bytes_allocated());
-  EXPECT_EQ(prof.bytes_allocated(), raw_a->bytes_allocated());
+  LlamaModel mb(cfg, *raw_b, B, T, Recompute::kSelective);
+  EXPECT_EQ(raw_b->bytes_allocated(), raw_a->bytes_allocated());
   ma.init_weights(3);
   mb.init_weights(3);
   OptimConfig oc;
@@ -155,7 +153,7 @@ TEST(BenchProfilingBackend, ForwardsBitForBitAndTimesOps) {
   EXPECT_GT(prof.flops(OpFamily::kAttention), 0);
   EXPECT_EQ(prof.flops(OpFamily::kRmsnorm), 0);
 
-  // Disabled, it only forwards.
+  // Disabled, it records nothing.
   prof.reset();
   prof.set_enabled(false);
   mb.zero_grads();
@@ -164,22 +162,23 @@ TEST(BenchProfilingBackend, ForwardsBitForBitAndTimesOps) {
   EXPECT_EQ(prof.calls(OpFamily::kMatmul), 0);
 }
 
-TEST(BenchProfilingBackend, CountsBytesAndFlopsPerOp) {
+TEST(BenchOpProfiler, CountsBytesAndFlopsPerOp) {
   auto raw = make_cpu_backend(DType::kF32);
-  ProfilingBackend prof(*raw);
-  Tensor a = prof.alloc({6, 8}, DType::kF32), b = prof.alloc({8, 5}, DType::kF32), c = prof.alloc({6, 5}, DType::kF32);
-  Tensor x = prof.alloc({6, 8}, DType::kF32), w = prof.alloc({8}, DType::kF32), r = prof.alloc({6}, DType::kF32);
+  OpProfiler prof(*raw);
+  Backend& be = *raw;
+  Tensor a = be.alloc({6, 8}, DType::kF32), b = be.alloc({8, 5}, DType::kF32), c = be.alloc({6, 5}, DType::kF32);
+  Tensor x = be.alloc({6, 8}, DType::kF32), w = be.alloc({8}, DType::kF32), r = be.alloc({6}, DType::kF32);
   prof.set_enabled(true);
   prof.reset();
-  prof.matmul(c, a, b, false, false, 1.0f, 0.0f);
-  prof.matmul(a, c, b, false, true, 1.0f, 0.0f);  // (6, 5) @ (8, 5)^T: K = 5
-  prof.add(x, x, a);
-  prof.rmsnorm_forward(x, r, a, w, 1e-5f);
-  prof.rmsnorm_backward(x, w, a, a, w, r);
-  prof.copy(x, a);
-  prof.copy(x, x);  // same buffer: nothing moves
-  prof.zero(x);
-  prof.to_host(std::vector<float>(48).data(), DType::kF32, x);
+  be.matmul(c, a, b, false, false, 1.0f, 0.0f);
+  be.matmul(a, c, b, false, true, 1.0f, 0.0f);  // (6, 5) @ (8, 5)^T: K = 5
+  be.add(x, x, a);
+  be.rmsnorm_forward(x, r, a, w, 1e-5f);
+  be.rmsnorm_backward(x, w, a, a, w, r);
+  be.copy(x, a);
+  be.copy(x, x);  // same buffer: nothing moves
+  be.zero(x);
+  be.to_host(std::vector<float>(48).data(), DType::kF32, x);
   prof.flush();
   EXPECT_EQ(prof.flops(OpFamily::kMatmul), 2.0 * 6 * 5 * 8 + 2.0 * 6 * 8 * 5);
   EXPECT_EQ(prof.calls(OpFamily::kMatmul), 2);
@@ -195,11 +194,11 @@ TEST(BenchProfilingBackend, CountsBytesAndFlopsPerOp) {
   EXPECT_EQ(prof.bytes(OpFamily::kAdd), 0);
   EXPECT_EQ(prof.calls(OpFamily::kHost), 0);
   prof.set_enabled(false);
-  for (Tensor* t : {&a, &b, &c, &x, &w, &r}) prof.free(*t);
+  for (Tensor* t : {&a, &b, &c, &x, &w, &r}) be.free(*t);
   EXPECT_EQ(raw->bytes_allocated(), 0u);
 }
 
-TEST(BenchProfilingBackend, CopyBandwidthIsMeasured) {
+TEST(BenchOpProfiler, CopyBandwidthIsMeasured) {
   auto raw = make_cpu_backend(DType::kF32);
   const double gbps = measure_copy_bandwidth(*raw, size_t(8) << 20, 3);
   EXPECT_TRUE(std::isfinite(gbps)) << gbps;

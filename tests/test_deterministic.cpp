@@ -11,9 +11,10 @@
 
 #include "cuda_test_util.h"
 #include "ltrain/config/config.h"
-#include "ltrain/core/backend_factory.h"
+#include "ltrain/backends/factory.h"
 #include "ltrain/core/check.h"
 #include "ltrain/cuda/cuda_backend.h"
+#include "ltrain/parallel/nccl_communicator.h"
 #include "ltrain/model/llama.h"
 #include "ltrain/optim/adamw.h"
 
@@ -96,7 +97,9 @@ TEST(DeterministicGpu, TwoRunsAreBitwiseIdentical) {
     first = train(*be, Recompute::kNone, 5);
   }
   // The NCCL algorithm and protocol are pinned for communicators created from now on, unless the
-  // user chose them.
+  // user chose them (make_nccl_communicator does this for a deterministic backend; NCCL itself is
+  // not emulated, so the test calls it directly).
+  pin_deterministic_nccl_env();
   if (algo_unset) EXPECT_STREQ(std::getenv("NCCL_ALGO"), "Ring");
   if (proto_unset) EXPECT_STREQ(std::getenv("NCCL_PROTO"), "Simple");
   for (Recompute rc : {Recompute::kNone, Recompute::kFull}) {

@@ -27,14 +27,21 @@ constexpr int64_t GiB = int64_t(1) << 30;
 
 // Counts allocations without memory behind them: tensors get distinct fake addresses (256-byte
 // aligned, as cudaMalloc's), which the model only uses to lay out views. Host transfers and copies
-// (the RoPE table upload, AdamW's master copy) do nothing; every compute op fails.
+// (the RoPE table upload, AdamW's master copy) do nothing; it implements no op, so every compute
+// op fails (Backend's default).
 class CountingBackend final : public Backend {
  public:
   CountingBackend(DType compute, DType master) : compute_(compute), master_(master) {}
   std::string name() const override { return "counting"; }
+  BackendKind kind() const override { return BackendKind::kCpu; }
   DType compute_dtype() const override { return compute_; }
   DType master_dtype() const override { return master_; }
-  Tensor alloc(Shape shape, DType dtype) override {
+  size_t bytes_allocated() const override { return allocated_; }
+  int allocations() const { return allocations_; }
+  std::unique_ptr<EventTimer> make_event_timer() override { return make_host_event_timer(); }
+
+ protected:
+  Tensor alloc_impl(Shape shape, DType dtype) override {
     Tensor t;
     t.shape = shape;
     t.dtype = dtype;
@@ -44,50 +51,19 @@ class CountingBackend final : public Backend {
     ++allocations_;
     return t;
   }
-  void free(Tensor& t) override {
+  void free_impl(Tensor& t) override {
     if (!t.data) return;
     allocated_ -= t.bytes();
     t.data = nullptr;
   }
-  void from_host(Tensor, const void*, DType) override {}
-  void to_host(void*, DType, const Tensor&) override { fail("to_host"); }
-  void copy(Tensor, const Tensor&) override {}
-  void zero(Tensor) override {}
-  size_t bytes_allocated() const override { return allocated_; }
-  int allocations() const { return allocations_; }
-  std::unique_ptr<EventTimer> make_event_timer() override { return make_host_event_timer(); }
-  void matmul(Tensor, const Tensor&, const Tensor&, bool, bool, float, float, const Tensor&) override {
-    fail("matmul");
+  void from_host_impl(Tensor, const void*, DType) override {}
+  void to_host_impl(void*, DType, const Tensor&) override {
+    LTRAIN_CHECK(false, "CountingBackend cannot run to_host");
   }
-  void embedding_forward(Tensor, const Tensor&, const Tensor&) override { fail("embedding"); }
-  void embedding_backward(Tensor, const Tensor&, const Tensor&) override { fail("embedding"); }
-  void rmsnorm_forward(Tensor, Tensor, const Tensor&, const Tensor&, float) override { fail("rmsnorm"); }
-  void rmsnorm_backward(Tensor, Tensor, const Tensor&, const Tensor&, const Tensor&, const Tensor&) override {
-    fail("rmsnorm");
-  }
-  void rope_forward(Tensor, const Tensor&, const Tensor&) override { fail("rope"); }
-  void rope_backward(Tensor, const Tensor&, const Tensor&) override { fail("rope"); }
-  void attention_forward(Tensor, Tensor, const Tensor&, const Tensor&, const Tensor&) override { fail("attention"); }
-  void attention_backward(Tensor, Tensor, Tensor, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                          const Tensor&, const Tensor&) override {
-    fail("attention");
-  }
-  void swiglu_forward(Tensor, const Tensor&, const Tensor&) override { fail("swiglu"); }
-  void swiglu_backward(Tensor, Tensor, const Tensor&, const Tensor&, const Tensor&) override { fail("swiglu"); }
-  void add(Tensor, const Tensor&, const Tensor&) override { fail("add"); }
-  void cross_entropy(Tensor, Tensor, const Tensor&, const Tensor&, float) override { fail("cross_entropy"); }
-  void logsumexp_rows(Tensor, const Tensor&) override { fail("logsumexp_rows"); }
-  void cross_entropy_with_lse(Tensor, Tensor, const Tensor&, const Tensor&, const Tensor&, int, float) override {
-    fail("cross_entropy_with_lse");
-  }
-  double sum_squares(const std::vector<Tensor>&) override {
-    fail("sum_squares");
-    return 0;
-  }
-  void adamw_update(Tensor, const Tensor&, Tensor, Tensor, const AdamWStep&) override { fail("adamw"); }
+  void copy_impl(Tensor, const Tensor&) override {}
+  void zero_impl(Tensor) override {}
 
  private:
-  static void fail(const char* op) { LTRAIN_CHECK(false, "CountingBackend cannot run " << op); }
   DType compute_, master_;
   uintptr_t next_ = 1 << 20;
   size_t allocated_ = 0;

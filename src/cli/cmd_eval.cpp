@@ -6,7 +6,7 @@
 #include "ltrain/checkpoint/checkpoint.h"
 #include "ltrain/core/args.h"
 #include "ltrain/core/check.h"
-#include "ltrain/core/backend_factory.h"
+#include "ltrain/backends/factory.h"
 #include "ltrain/data/dataset.h"
 #include "ltrain/model/llama.h"
 #include "ltrain/train/trainer.h"

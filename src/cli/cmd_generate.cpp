@@ -10,7 +10,7 @@
 #include "cli/commands.h"
 #include "ltrain/checkpoint/checkpoint.h"
 #include "ltrain/core/args.h"
-#include "ltrain/core/backend_factory.h"
+#include "ltrain/backends/factory.h"
 #include "ltrain/core/check.h"
 #include "ltrain/core/io.h"
 #include "ltrain/data/tokenizer.h"

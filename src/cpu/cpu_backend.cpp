@@ -1,10 +1,14 @@
 // The CPU backend: host memory, the templated ops of src/cpu/ops.h, BLAS for matrix products.
 // One class serves fp32 (training) and fp64 (the oracle); compute and master dtypes are equal, so
 // the optimizer updates the weights the model computes with, and no copy is needed.
+// Backend's public ops have checked the shapes; the _impl methods here check only the CPU's own
+// dtype rule (every floating tensor in T) and call the op.
 #include <cblas.h>
+#include <omp.h>
 
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <vector>
 
 #include "cpu/ops.h"
@@ -52,6 +56,22 @@ class HostEventTimer final : public EventTimer {
   std::vector<double> marks_;
 };
 
+std::string cpu_model_name() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      auto colon = line.find(':');
+      if (colon != std::string::npos) {
+        std::string s = line.substr(colon + 1);
+        s.erase(0, s.find_first_not_of(" \t"));
+        return s;
+      }
+    }
+  }
+  return "unknown CPU";
+}
+
 template <class T>
 constexpr DType dtype_of();
 template <>
@@ -63,10 +83,19 @@ template <class T>
 class CpuBackend final : public Backend {
  public:
   std::string name() const override { return dtype_of<T>() == DType::kF32 ? "cpu" : "cpu-f64"; }
+  BackendKind kind() const override { return BackendKind::kCpu; }
+  DeviceInfo device_info() const override {
+    const int threads = omp_get_max_threads();
+    return DeviceInfo{cpu_model_name() + strfmt(" (%d thread%s)", threads, threads == 1 ? "" : "s")};
+  }
   DType compute_dtype() const override { return dtype_of<T>(); }
   DType master_dtype() const override { return dtype_of<T>(); }
+  size_t bytes_allocated() const override { return allocated_; }
+  // The ops are synchronous: the host clock at a mark is when the work before it finished.
+  std::unique_ptr<EventTimer> make_event_timer() override { return make_host_event_timer(); }
 
-  Tensor alloc(Shape shape, DType dtype) override {
+ protected:
+  Tensor alloc_impl(Shape shape, DType dtype) override {
     Tensor t;
     t.dtype = dtype;
     t.shape = shape;
@@ -78,91 +107,78 @@ class CpuBackend final : public Backend {
     allocated_ += t.bytes();
     return t;
   }
-  void free(Tensor& t) override {
+  void free_impl(Tensor& t) override {
     if (!t.data) return;
     allocated_ -= t.bytes();
     std::free(t.data);
     t.data = nullptr;
   }
-  void from_host(Tensor dst, const void* src, DType src_dtype) override {
+  void from_host_impl(Tensor dst, const void* src, DType src_dtype) override {
     convert_host(dst.data, dst.dtype, src, src_dtype, dst.numel());
   }
-  void to_host(void* dst, DType dst_dtype, const Tensor& src) override {
+  void to_host_impl(void* dst, DType dst_dtype, const Tensor& src) override {
     convert_host(dst, dst_dtype, src.data, src.dtype, src.numel());
   }
-  void copy(Tensor dst, const Tensor& src) override {
-    LTRAIN_CHECK(dst.numel() == src.numel(), "copy " << dst.shape.str() << " vs " << src.shape.str());
+  void copy_impl(Tensor dst, const Tensor& src) override {
     if (dst.data != src.data) convert_host(dst.data, dst.dtype, src.data, src.dtype, dst.numel());
   }
-  void zero(Tensor t) override { std::memset(t.data, 0, t.bytes()); }
-  size_t bytes_allocated() const override { return allocated_; }
-  // The ops are synchronous: the host clock at a mark is when the work before it finished.
-  std::unique_ptr<EventTimer> make_event_timer() override { return make_host_event_timer(); }
+  void zero_impl(Tensor t) override { std::memset(t.data, 0, t.bytes()); }
 
-  void matmul(Tensor out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
-              float alpha, float beta, const Tensor& c) override {
+  void matmul_impl(Tensor out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
+                   float alpha, float beta, const Tensor& c) override {
     check_dtype({&out, &a, &b});
-    if (c.defined() && c.data != out.data) {
-      LTRAIN_CHECK(c.dtype == out.dtype && c.shape == out.shape,
-                   "matmul c " << c.shape.str() << " vs out " << out.shape.str());
-      if (beta != 0.0f) std::memcpy(out.data, c.data, out.bytes());  // then out = ab + beta out
-    }
-    LTRAIN_CHECK(out.shape.ndim == 2 && a.shape.ndim == 2 && b.shape.ndim == 2);
-    const int64_t M = trans_a ? a.shape.dims[1] : a.shape.dims[0];
+    // c's shape and dtype are out's (Backend::matmul checked them).
+    if (c.defined() && c.data != out.data && beta != 0.0f)
+      std::memcpy(out.data, c.data, out.bytes());  // then out = ab + beta out
+    const int64_t M = out.shape.dims[0], N = out.shape.dims[1];
     const int64_t K = trans_a ? a.shape.dims[0] : a.shape.dims[1];
-    const int64_t Kb = trans_b ? b.shape.dims[1] : b.shape.dims[0];
-    const int64_t N = trans_b ? b.shape.dims[0] : b.shape.dims[1];
-    LTRAIN_CHECK(K == Kb && out.shape.dims[0] == M && out.shape.dims[1] == N,
-                 "matmul shapes: out " << out.shape.str() << " a " << a.shape.str() << (trans_a ? "^T" : "")
-                                       << " b " << b.shape.str() << (trans_b ? "^T" : ""));
     cpu::gemm<T>(out.as<T>(), a.as<T>(), b.as<T>(), int(M), int(N), int(K), trans_a, trans_b, T(alpha),
                  T(beta));
   }
 
-  void embedding_forward(Tensor out, const Tensor& tokens, const Tensor& wte) override {
+  void embedding_forward_impl(Tensor out, const Tensor& tokens, const Tensor& wte) override {
     check_dtype({&out, &wte});
     cpu::embedding_forward(out.as<T>(), tokens.as<int32_t>(), wte.as<T>(), int(tokens.numel()),
                            int(wte.shape.dims[1]));
   }
-  void embedding_backward(Tensor dwte, const Tensor& dout, const Tensor& tokens) override {
+  void embedding_backward_impl(Tensor dwte, const Tensor& dout, const Tensor& tokens) override {
     check_dtype({&dwte, &dout});
     cpu::embedding_backward(dwte.as<T>(), dout.as<T>(), tokens.as<int32_t>(), int(tokens.numel()),
                             int(dwte.shape.dims[1]));
   }
 
-  void rmsnorm_forward(Tensor out, Tensor rstd, const Tensor& inp, const Tensor& weight,
-                       float eps) override {
+  void rmsnorm_forward_impl(Tensor out, Tensor rstd, const Tensor& inp, const Tensor& weight,
+                            float eps) override {
     check_dtype({&out, &rstd, &inp, &weight});
     const int C = int(weight.numel());
     cpu::rmsnorm_forward(out.as<T>(), rstd.as<T>(), inp.as<T>(), weight.as<T>(),
                          int(inp.numel() / C), C, eps);
   }
-  void rmsnorm_backward(Tensor dinp, Tensor dweight, const Tensor& dout, const Tensor& inp,
-                        const Tensor& weight, const Tensor& rstd) override {
+  void rmsnorm_backward_impl(Tensor dinp, Tensor dweight, const Tensor& dout, const Tensor& inp,
+                             const Tensor& weight, const Tensor& rstd) override {
     check_dtype({&dinp, &dweight, &dout, &inp, &weight, &rstd});
     const int C = int(weight.numel());
     cpu::rmsnorm_backward(dinp.as<T>(), dweight.as<T>(), dout.as<T>(), inp.as<T>(), weight.as<T>(),
                           rstd.as<T>(), int(inp.numel() / C), C);
   }
 
-  void rope_forward(Tensor out, const Tensor& inp, const Tensor& freqs) override {
-    rope(out, inp, freqs, +1);
-  }
-  void rope_backward(Tensor dinp, const Tensor& dout, const Tensor& freqs) override {
-    rope(dinp, dout, freqs, -1);
+  void rope_impl(Tensor out, const Tensor& inp, const Tensor& freqs, int sign) override {
+    check_dtype({&out, &inp, &freqs});
+    const auto& s = inp.shape;
+    cpu::rope_rotate(out.as<T>(), inp.as<T>(), freqs.as<T>(), int(s.dims[0]), int(s.dims[1]),
+                     int(s.dims[2]), int(s.dims[3]), sign);
   }
 
-  void attention_forward(Tensor out, Tensor lse, const Tensor& q, const Tensor& k,
-                         const Tensor& v) override {
+  void attention_forward_impl(Tensor out, Tensor lse, const Tensor& q, const Tensor& k,
+                              const Tensor& v) override {
     check_dtype({&out, &lse, &q, &k, &v});
     const auto& s = q.shape;
-    LTRAIN_CHECK(s.ndim == 4 && k.shape.ndim == 4 && s.dims[2] % k.shape.dims[2] == 0);
     cpu::attention_forward(out.as<T>(), lse.as<T>(), q.as<T>(), k.as<T>(), v.as<T>(), int(s.dims[0]),
                            int(s.dims[1]), int(s.dims[2]), int(k.shape.dims[2]), int(s.dims[3]));
   }
-  void attention_backward(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Tensor& q,
-                          const Tensor& k, const Tensor& v, const Tensor& out,
-                          const Tensor& lse) override {
+  void attention_backward_impl(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Tensor& q,
+                               const Tensor& k, const Tensor& v, const Tensor& out,
+                               const Tensor& lse) override {
     check_dtype({&dq, &dk, &dv, &dout, &q, &k, &v, &out, &lse});
     const auto& s = q.shape;
     cpu::attention_backward(dq.as<T>(), dk.as<T>(), dv.as<T>(), dout.as<T>(), q.as<T>(), k.as<T>(),
@@ -170,37 +186,36 @@ class CpuBackend final : public Backend {
                             int(s.dims[2]), int(k.shape.dims[2]), int(s.dims[3]));
   }
 
-  void swiglu_forward(Tensor out, const Tensor& gate, const Tensor& up) override {
+  void swiglu_forward_impl(Tensor out, const Tensor& gate, const Tensor& up) override {
     check_dtype({&out, &gate, &up});
     cpu::swiglu_forward(out.as<T>(), gate.as<T>(), up.as<T>(), out.numel());
   }
-  void swiglu_backward(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate,
-                       const Tensor& up) override {
+  void swiglu_backward_impl(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate,
+                            const Tensor& up) override {
     check_dtype({&dgate, &dup, &dout, &gate, &up});
     cpu::swiglu_backward(dgate.as<T>(), dup.as<T>(), dout.as<T>(), gate.as<T>(), up.as<T>(),
                          dout.numel());
   }
-  void add(Tensor out, const Tensor& a, const Tensor& b) override {
+  void add_impl(Tensor out, const Tensor& a, const Tensor& b) override {
     check_dtype({&out, &a, &b});
-    LTRAIN_CHECK(a.numel() == out.numel() && b.numel() == out.numel());
     cpu::add(out.as<T>(), a.as<T>(), b.as<T>(), out.numel());
   }
 
-  void cross_entropy(Tensor losses, Tensor dlogits, const Tensor& logits, const Tensor& targets,
-                     float dloss) override {
+  void cross_entropy_impl(Tensor losses, Tensor dlogits, const Tensor& logits, const Tensor& targets,
+                          float dloss) override {
     check_dtype({&losses, &logits});
     const int V = int(logits.shape.dims[logits.shape.ndim - 1]);
     cpu::cross_entropy(losses.as<T>(), dlogits.defined() ? dlogits.as<T>() : nullptr,
                        logits.as<T>(), targets.as<int32_t>(), int(targets.numel()), V, dloss);
   }
 
-  void logsumexp_rows(Tensor lse, const Tensor& logits) override {
+  void logsumexp_rows_impl(Tensor lse, const Tensor& logits) override {
     check_dtype({&lse, &logits});
     const int V = int(logits.shape.dims[logits.shape.ndim - 1]);
     cpu::logsumexp_rows(lse.as<T>(), logits.as<T>(), int(lse.numel()), V);
   }
-  void cross_entropy_with_lse(Tensor losses, Tensor dlogits, const Tensor& logits, const Tensor& lse,
-                              const Tensor& targets, int vocab_offset, float dloss) override {
+  void cross_entropy_with_lse_impl(Tensor losses, Tensor dlogits, const Tensor& logits, const Tensor& lse,
+                                   const Tensor& targets, int vocab_offset, float dloss) override {
     check_dtype({&losses, &logits, &lse});
     const int V = int(logits.shape.dims[logits.shape.ndim - 1]);
     cpu::cross_entropy_with_lse(losses.as<T>(), dlogits.defined() ? dlogits.as<T>() : nullptr,
@@ -208,26 +223,19 @@ class CpuBackend final : public Backend {
                                 int(targets.numel()), V, vocab_offset, dloss);
   }
 
-  double sum_squares(const std::vector<Tensor>& tensors) override {
+  double sum_squares_impl(const std::vector<Tensor>& tensors) override {
     double s = 0;
     for (const auto& t : tensors) s += cpu::sum_squares(t.as<T>(), t.numel());
     return s;
   }
-  void adamw_update(Tensor param, const Tensor& grad, Tensor m, Tensor v,
-                    const AdamWStep& s) override {
+  void adamw_update_impl(Tensor param, const Tensor& grad, Tensor m, Tensor v,
+                         const AdamWStep& s) override {
     check_dtype({&param, &grad, &m, &v});
     cpu::adamw_update(param.as<T>(), grad.as<T>(), m.as<T>(), v.as<T>(), param.numel(), s.lr,
                       s.beta1, s.beta2, s.eps, s.weight_decay, s.grad_scale, s.step);
   }
 
  private:
-  void rope(Tensor out, const Tensor& inp, const Tensor& freqs, int sign) {
-    check_dtype({&out, &inp, &freqs});
-    const auto& s = inp.shape;
-    LTRAIN_CHECK(s.ndim == 4 && freqs.shape.dims[0] >= s.dims[1]);
-    cpu::rope_rotate(out.as<T>(), inp.as<T>(), freqs.as<T>(), int(s.dims[0]), int(s.dims[1]),
-                     int(s.dims[2]), int(s.dims[3]), sign);
-  }
   static void check_dtype(std::initializer_list<const Tensor*> ts) {
     for (const Tensor* t : ts)
       LTRAIN_CHECK(t->dtype == dtype_of<T>(), "cpu backend got a " << dtype_name(t->dtype)

@@ -18,8 +18,9 @@
 // staging buffers); to_host and sum_squares, which return data to the host, synchronize.
 //
 // Determinism: every kernel reduces in a fixed order (no atomics); with `deterministic`, cuBLASLt
-// is restricted to ordered split-K reductions and NCCL to the ring algorithm with the simple
-// protocol (make_cuda_backend, kernels/matmul.cu).
+// is restricted to ordered split-K reductions (kernels/matmul.cu), and the NCCL communicators
+// built for this backend use the ring algorithm with the simple protocol
+// (src/cuda/nccl_communicator.cpp, pin_deterministic_nccl_env).
 #include "ltrain/cuda/cuda_backend.h"
 
 #include "ltrain/core/check.h"
@@ -32,7 +33,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
-#include <strings.h>
 #include <utility>
 #include <vector>
 
@@ -49,11 +49,6 @@ using cuda::bf16;
 void expect(const Tensor& t, DType want, const char* op, const char* what) {
   LTRAIN_CHECK(t.dtype == want, "cuda " << op << ": " << what << " must be " << dtype_name(want)
                                         << ", got " << dtype_name(t.dtype) << " " << t.shape.str());
-}
-
-void expect_all(std::initializer_list<const Tensor*> ts, DType want, const char* op,
-                const char* what) {
-  for (const Tensor* t : ts) expect(*t, want, op, what);
 }
 
 // Calls f(T{}) with T = bf16 or float for an activation dtype.
@@ -166,7 +161,7 @@ class CudaEventTimer final : public EventTimer {
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(int device, bool deterministic) : device_(device) {
+  CudaBackend(int device, bool deterministic) : device_(device), deterministic_(deterministic) {
     CUDA_CHECK(cudaSetDevice(device));
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     matmul_ = std::make_unique<cuda::LtMatmul>(kCudaMatmulWorkspaceBytes, deterministic);
@@ -180,13 +175,39 @@ class CudaBackend final : public Backend {
   }
 
   std::string name() const override { return "cuda"; }
-  bool is_cuda() const override { return true; }
+  BackendKind kind() const override { return BackendKind::kCuda; }
   cudaStream_t stream() const { return stream_; }
+  bool deterministic() const { return deterministic_; }
   DType compute_dtype() const override { return DType::kBF16; }
   DType master_dtype() const override { return DType::kF32; }
+  size_t bytes_allocated() const override { return allocated_; }
+  std::unique_ptr<EventTimer> make_event_timer() override {
+    return std::make_unique<CudaEventTimer>(stream_);
+  }
+  // The device's name (for the report and the peak table) and its memory as cudaMemGetInfo sees
+  // it: every process and context on the device counted, not only this backend's tensors.
+  DeviceInfo device_info() const override {
+    DeviceInfo d;
+    cudaDeviceProp prop{};
+    if (cudaGetDeviceProperties(&prop, device_) == cudaSuccess) {
+      d.name = prop.name;
+    } else {
+      cudaGetLastError();
+      d.name = "unknown CUDA device";
+    }
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) {
+      d.free_bytes = int64_t(free_b);
+      d.total_bytes = int64_t(total_b);
+    } else {
+      cudaGetLastError();
+    }
+    return d;
+  }
 
   // ---- memory ---------------------------------------------------------------------------------
-  Tensor alloc(Shape shape, DType dtype) override {
+ protected:
+  Tensor alloc_impl(Shape shape, DType dtype) override {
     Tensor t;
     t.dtype = dtype;
     t.shape = shape;
@@ -204,14 +225,14 @@ class CudaBackend final : public Backend {
     allocated_ += t.bytes();
     return t;
   }
-  void free(Tensor& t) override {
+  void free_impl(Tensor& t) override {
     if (!t.data) return;
     CUDA_CHECK(cudaStreamSynchronize(stream_));
     CUDA_CHECK(cudaFree(t.data));
     allocated_ -= t.bytes();
     t.data = nullptr;
   }
-  void from_host(Tensor dst, const void* src, DType src_dtype) override {
+  void from_host_impl(Tensor dst, const void* src, DType src_dtype) override {
     if (dst.bytes() == 0) return;
     void* stage = pinned_.acquire(dst.bytes());
     if (src_dtype != dst.dtype) convert_host(stage, dst.dtype, src, src_dtype, dst.numel());
@@ -221,7 +242,7 @@ class CudaBackend final : public Backend {
   }
   // Through a page-locked buffer: one wait for the stream (a copy into pageable memory would
   // wait as well).
-  void to_host(void* dst, DType dst_dtype, const Tensor& src) override {
+  void to_host_impl(void* dst, DType dst_dtype, const Tensor& src) override {
     if (src.bytes() == 0) return;
     void* stage = pinned_.acquire(src.bytes());
     CUDA_CHECK(cudaMemcpyAsync(stage, src.data, src.bytes(), cudaMemcpyDeviceToHost, stream_));
@@ -229,8 +250,7 @@ class CudaBackend final : public Backend {
     if (dst_dtype != src.dtype) convert_host(dst, dst_dtype, stage, src.dtype, src.numel());
     else std::memcpy(dst, stage, src.bytes());
   }
-  void copy(Tensor dst, const Tensor& src) override {
-    LTRAIN_CHECK(dst.numel() == src.numel(), "copy " << dst.shape.str() << " vs " << src.shape.str());
+  void copy_impl(Tensor dst, const Tensor& src) override {
     if (dst.dtype == src.dtype) {
       if (dst.data != src.data)
         CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, dst.bytes(), cudaMemcpyDeviceToDevice, stream_));
@@ -243,41 +263,25 @@ class CudaBackend final : public Backend {
                               << " -> " << dtype_name(dst.dtype));
     }
   }
-  void zero(Tensor t) override { CUDA_CHECK(cudaMemsetAsync(t.data, 0, t.bytes(), stream_)); }
-  void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
-  size_t bytes_allocated() const override { return allocated_; }
-  std::unique_ptr<EventTimer> make_event_timer() override {
-    return std::make_unique<CudaEventTimer>(stream_);
-  }
+  void zero_impl(Tensor t) override { CUDA_CHECK(cudaMemsetAsync(t.data, 0, t.bytes(), stream_)); }
+  void synchronize_impl() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
   // ---- matrix products ------------------------------------------------------------------------
-  void matmul(Tensor out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha,
-              float beta, const Tensor& c) override {
-    LTRAIN_CHECK(!c.defined() || (c.dtype == out.dtype && c.shape == out.shape),
-                 "cuda matmul: c " << c.shape.str() << " " << dtype_name(c.dtype) << " vs out " << out.shape.str()
-                                   << " " << dtype_name(out.dtype));
+  // Backend's public ops have checked the shapes and the shared dtype rules (activations in one
+  // dtype, statistics and parameter gradients in fp32); what is checked here is the CUDA backend's
+  // own rule: activations in bf16 or fp32 (dispatch_act), bf16 only for the tensor-core products.
+  void matmul_impl(Tensor out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha,
+                   float beta, const Tensor& c) override {
     expect(a, DType::kBF16, "matmul", "a");
-    expect(b, DType::kBF16, "matmul", "b");
-    LTRAIN_CHECK(out.dtype == DType::kBF16 || out.dtype == DType::kF32,
-                 "cuda matmul: out must be bf16 or f32, got " << dtype_name(out.dtype));
-    LTRAIN_CHECK(out.shape.ndim == 2 && a.shape.ndim == 2 && b.shape.ndim == 2);
-    const int64_t M = trans_a ? a.shape.dims[1] : a.shape.dims[0];
-    const int64_t K = trans_a ? a.shape.dims[0] : a.shape.dims[1];
-    const int64_t Kb = trans_b ? b.shape.dims[1] : b.shape.dims[0];
-    const int64_t N = trans_b ? b.shape.dims[0] : b.shape.dims[1];
-    LTRAIN_CHECK(K == Kb && out.shape.dims[0] == M && out.shape.dims[1] == N,
-                 "matmul shapes: out " << out.shape.str() << " a " << a.shape.str() << (trans_a ? "^T" : "")
-                                       << " b " << b.shape.str() << (trans_b ? "^T" : ""));
-    matmul_->run(out.data, out.dtype == DType::kF32, a.as<bf16>(), b.as<bf16>(), int(M), int(N),
-                 int(K), trans_a, trans_b, alpha, beta, stream_, c.defined() ? c.data : nullptr);
+    const int M = int(out.shape.dims[0]), N = int(out.shape.dims[1]);
+    const int K = int(trans_a ? a.shape.dims[0] : a.shape.dims[1]);
+    matmul_->run(out.data, out.dtype == DType::kF32, a.as<bf16>(), b.as<bf16>(), M, N, K, trans_a, trans_b,
+                 alpha, beta, stream_, c.defined() ? c.data : nullptr);
   }
 
   // ---- transformer ops ------------------------------------------------------------------------
-  void embedding_forward(Tensor out, const Tensor& tokens, const Tensor& wte) override {
-    expect(tokens, DType::kI32, "embedding_forward", "tokens");
-    expect(out, wte.dtype, "embedding_forward", "out");
+  void embedding_forward_impl(Tensor out, const Tensor& tokens, const Tensor& wte) override {
     const int C = int(wte.shape.dims[1]), V = int(wte.shape.dims[0]);
-    LTRAIN_CHECK(out.numel() == tokens.numel() * C, "embedding_forward out " << out.shape.str());
     dispatch_act(wte.dtype, "embedding_forward", [&](auto tag) {
       using T = decltype(tag);
       cuda::embedding_forward(out.as<T>(), tokens.as<int32_t>(), wte.as<T>(), int(tokens.numel()), C,
@@ -285,11 +289,8 @@ class CudaBackend final : public Backend {
     });
   }
 
-  void embedding_backward(Tensor dwte, const Tensor& dout, const Tensor& tokens) override {
-    expect(dwte, DType::kF32, "embedding_backward", "dwte");
-    expect(tokens, DType::kI32, "embedding_backward", "tokens");
+  void embedding_backward_impl(Tensor dwte, const Tensor& dout, const Tensor& tokens) override {
     const int N = int(tokens.numel()), V = int(dwte.shape.dims[0]), C = int(dwte.shape.dims[1]);
-    LTRAIN_CHECK(dout.numel() == int64_t(N) * C, "embedding_backward dout " << dout.shape.str());
     if (N == 0) return;
     // Rows are grouped by token on the device (a sort of (token, row) keys): no host round trip.
     // The scratch is sized by N alone, so it is allocated at the first step and then reused.
@@ -300,13 +301,9 @@ class CudaBackend final : public Backend {
     });
   }
 
-  void rmsnorm_forward(Tensor out, Tensor rstd, const Tensor& inp, const Tensor& weight,
-                       float eps) override {
-    expect(rstd, DType::kF32, "rmsnorm_forward", "rstd");
-    expect(out, inp.dtype, "rmsnorm_forward", "out");
-    expect(weight, inp.dtype, "rmsnorm_forward", "weight");
+  void rmsnorm_forward_impl(Tensor out, Tensor rstd, const Tensor& inp, const Tensor& weight,
+                            float eps) override {
     const int C = int(weight.numel()), N = int(inp.numel() / C);
-    LTRAIN_CHECK(out.numel() == inp.numel() && rstd.numel() == N, "rmsnorm_forward shapes");
     dispatch_act(inp.dtype, "rmsnorm_forward", [&](auto tag) {
       using T = decltype(tag);
       cuda::rmsnorm_forward(out.as<T>(), rstd.as<float>(), inp.as<T>(), weight.as<T>(), N, C, eps,
@@ -314,12 +311,8 @@ class CudaBackend final : public Backend {
     });
   }
 
-  void rmsnorm_backward(Tensor dinp, Tensor dweight, const Tensor& dout, const Tensor& inp,
-                        const Tensor& weight, const Tensor& rstd) override {
-    expect(dweight, DType::kF32, "rmsnorm_backward", "dweight");
-    expect(rstd, DType::kF32, "rmsnorm_backward", "rstd");
-    expect_all({&dinp, &dout, &weight}, inp.dtype, "rmsnorm_backward",
-               "dinp/dout/weight");
+  void rmsnorm_backward_impl(Tensor dinp, Tensor dweight, const Tensor& dout, const Tensor& inp,
+                             const Tensor& weight, const Tensor& rstd) override {
     const int C = int(weight.numel()), N = int(inp.numel() / C);
     auto* scratch = static_cast<float*>(
         float_scratch_.get(cuda::rmsnorm_backward_scratch_floats(N, C) * sizeof(float), allocated_));
@@ -330,33 +323,26 @@ class CudaBackend final : public Backend {
     });
   }
 
-  void rope_forward(Tensor out, const Tensor& inp, const Tensor& freqs) override {
-    rope(out, inp, freqs, +1);
-  }
-  void rope_backward(Tensor dinp, const Tensor& dout, const Tensor& freqs) override {
-    rope(dinp, dout, freqs, -1);
+  void rope_impl(Tensor out, const Tensor& inp, const Tensor& freqs, int sign) override {
+    const auto& s = inp.shape;
+    dispatch_act(inp.dtype, "rope", [&](auto tag) {
+      using T = decltype(tag);
+      cuda::rope_rotate(out.as<T>(), inp.as<T>(), freqs.as<float>(), int(s.dims[0]), int(s.dims[1]),
+                        int(s.dims[2]), int(s.dims[3]), sign, stream_);
+    });
   }
 
-  void attention_forward(Tensor out, Tensor lse, const Tensor& q, const Tensor& k,
-                         const Tensor& v) override {
-    expect_all({&out, &q, &k, &v}, DType::kBF16, "attention_forward",
-               "q/k/v/out");
-    expect(lse, DType::kF32, "attention_forward", "lse");
-    const auto [B, Tn, H, KV, HD] = attention_dims(q, k, v);
-    LTRAIN_CHECK(out.shape == q.shape && lse.numel() == int64_t(B) * H * Tn, "attention_forward shapes");
+  void attention_forward_impl(Tensor out, Tensor lse, const Tensor& q, const Tensor& k,
+                              const Tensor& v) override {
+    const auto [B, Tn, H, KV, HD] = attention_dims(q, k, "attention_forward");
     cuda::attention_forward(out.as<bf16>(), lse.as<float>(), q.as<bf16>(), k.as<bf16>(),
                             v.as<bf16>(), B, Tn, H, KV, HD, stream_);
   }
 
-  void attention_backward(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Tensor& q,
-                          const Tensor& k, const Tensor& v, const Tensor& out,
-                          const Tensor& lse) override {
-    expect_all({&dq, &dk, &dv, &dout, &q, &k, &v, &out}, DType::kBF16, "attention_backward",
-               "q/k/v/out and their gradients");
-    expect(lse, DType::kF32, "attention_backward", "lse");
-    const auto [B, Tn, H, KV, HD] = attention_dims(q, k, v);
-    LTRAIN_CHECK(dq.shape == q.shape && dk.shape == k.shape && dv.shape == v.shape &&
-                 dout.shape == q.shape && out.shape == q.shape, "attention_backward shapes");
+  void attention_backward_impl(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Tensor& q,
+                               const Tensor& k, const Tensor& v, const Tensor& out,
+                               const Tensor& lse) override {
+    const auto [B, Tn, H, KV, HD] = attention_dims(q, k, "attention_backward");
     auto* scratch = static_cast<float*>(attn_scratch_.get(
         cuda::attention_backward_scratch_floats(B, Tn, H, KV, HD) * sizeof(float), allocated_));
     cuda::attention_backward(dq.as<bf16>(), dk.as<bf16>(), dv.as<bf16>(), dout.as<bf16>(),
@@ -364,70 +350,46 @@ class CudaBackend final : public Backend {
                              lse.as<float>(), scratch, B, Tn, H, KV, HD, stream_);
   }
 
-  void swiglu_forward(Tensor out, const Tensor& gate, const Tensor& up) override {
-    expect(out, gate.dtype, "swiglu_forward", "out");
-    expect(up, gate.dtype, "swiglu_forward", "up");
-    LTRAIN_CHECK(out.numel() == gate.numel() && up.numel() == gate.numel());
+  void swiglu_forward_impl(Tensor out, const Tensor& gate, const Tensor& up) override {
     dispatch_act(gate.dtype, "swiglu_forward", [&](auto tag) {
       using T = decltype(tag);
       cuda::swiglu_forward(out.as<T>(), gate.as<T>(), up.as<T>(), out.numel(), stream_);
     });
   }
-  void swiglu_backward(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate,
-                       const Tensor& up) override {
-    expect_all({&dgate, &dup, &dout, &up}, gate.dtype, "swiglu_backward",
-               "all tensors");
-    LTRAIN_CHECK(dgate.numel() == gate.numel() && dup.numel() == gate.numel() &&
-                 dout.numel() == gate.numel() && up.numel() == gate.numel());
+  void swiglu_backward_impl(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate,
+                            const Tensor& up) override {
     dispatch_act(gate.dtype, "swiglu_backward", [&](auto tag) {
       using T = decltype(tag);
       cuda::swiglu_backward(dgate.as<T>(), dup.as<T>(), dout.as<T>(), gate.as<T>(), up.as<T>(),
                             gate.numel(), stream_);
     });
   }
-  void add(Tensor out, const Tensor& a, const Tensor& b) override {
-    expect(out, a.dtype, "add", "out");
-    expect(b, a.dtype, "add", "b");
-    LTRAIN_CHECK(a.numel() == out.numel() && b.numel() == out.numel());
+  void add_impl(Tensor out, const Tensor& a, const Tensor& b) override {
     dispatch_act(a.dtype, "add", [&](auto tag) {
       using T = decltype(tag);
       cuda::add(out.as<T>(), a.as<T>(), b.as<T>(), out.numel(), stream_);
     });
   }
 
-  void cross_entropy(Tensor losses, Tensor dlogits, const Tensor& logits, const Tensor& targets,
-                     float dloss) override {
-    expect(losses, DType::kF32, "cross_entropy", "losses");
-    expect(targets, DType::kI32, "cross_entropy", "targets");
-    if (dlogits.defined()) {
-      expect(dlogits, logits.dtype, "cross_entropy", "dlogits");
-      LTRAIN_CHECK(dlogits.numel() == logits.numel());
-    }
+  void cross_entropy_impl(Tensor losses, Tensor dlogits, const Tensor& logits, const Tensor& targets,
+                          float dloss) override {
     const int V = int(logits.shape.dims[logits.shape.ndim - 1]), N = int(targets.numel());
-    LTRAIN_CHECK(logits.numel() == int64_t(N) * V && losses.numel() == N, "cross_entropy shapes");
     dispatch_act(logits.dtype, "cross_entropy", [&](auto tag) {
       using T = decltype(tag);
       cuda::cross_entropy(losses.as<float>(), dlogits.defined() ? dlogits.as<T>() : nullptr,
                           logits.as<T>(), targets.as<int32_t>(), N, V, dloss, stream_);
     });
   }
-  void logsumexp_rows(Tensor lse, const Tensor& logits) override {
-    expect(lse, DType::kF32, "logsumexp_rows", "lse");
+  void logsumexp_rows_impl(Tensor lse, const Tensor& logits) override {
     const int V = int(logits.shape.dims[logits.shape.ndim - 1]), N = int(lse.numel());
-    LTRAIN_CHECK(logits.numel() == int64_t(N) * V, "logsumexp_rows shapes");
     dispatch_act(logits.dtype, "logsumexp_rows", [&](auto tag) {
       using T = decltype(tag);
       cuda::logsumexp_rows(lse.as<float>(), logits.as<T>(), N, V, stream_);
     });
   }
-  void cross_entropy_with_lse(Tensor losses, Tensor dlogits, const Tensor& logits, const Tensor& lse,
-                              const Tensor& targets, int vocab_offset, float dloss) override {
-    expect(losses, DType::kF32, "cross_entropy_with_lse", "losses");
-    expect(lse, DType::kF32, "cross_entropy_with_lse", "lse");
-    expect(targets, DType::kI32, "cross_entropy_with_lse", "targets");
-    if (dlogits.defined()) expect(dlogits, logits.dtype, "cross_entropy_with_lse", "dlogits");
+  void cross_entropy_with_lse_impl(Tensor losses, Tensor dlogits, const Tensor& logits, const Tensor& lse,
+                                   const Tensor& targets, int vocab_offset, float dloss) override {
     const int V = int(logits.shape.dims[logits.shape.ndim - 1]), N = int(targets.numel());
-    LTRAIN_CHECK(logits.numel() == int64_t(N) * V && losses.numel() == N, "cross_entropy_with_lse shapes");
     dispatch_act(logits.dtype, "cross_entropy_with_lse", [&](auto tag) {
       using T = decltype(tag);
       cuda::cross_entropy_with_lse(losses.as<float>(), dlogits.defined() ? dlogits.as<T>() : nullptr,
@@ -437,7 +399,7 @@ class CudaBackend final : public Backend {
   }
 
   // ---- optimizer ------------------------------------------------------------------------------
-  double sum_squares(const std::vector<Tensor>& tensors) override {
+  double sum_squares_impl(const std::vector<Tensor>& tensors) override {
     auto* partials = static_cast<double*>(
         double_scratch_.get((cuda::kSumSquaresBlocks + 1) * sizeof(double), allocated_));
     CUDA_CHECK(cudaMemsetAsync(partials, 0, cuda::kSumSquaresBlocks * sizeof(double), stream_));
@@ -453,11 +415,8 @@ class CudaBackend final : public Backend {
     return host;
   }
 
-  void adamw_update(Tensor param, const Tensor& grad, Tensor m, Tensor v,
-                    const AdamWStep& s) override {
-    expect_all({&param, &grad, &m, &v}, DType::kF32, "adamw_update",
-               "param/grad/m/v");
-    LTRAIN_CHECK(grad.numel() == param.numel() && m.numel() == param.numel() && v.numel() == param.numel());
+  void adamw_update_impl(Tensor param, const Tensor& grad, Tensor m, Tensor v,
+                         const AdamWStep& s) override {
     const double bc1 = 1.0 - std::pow(s.beta1, s.step), bc2 = 1.0 - std::pow(s.beta2, s.step);
     cuda::adamw_update(param.as<float>(), grad.as<float>(), m.as<float>(), v.as<float>(),
                        param.numel(), float(s.lr), float(s.beta1), float(s.beta2), float(s.eps),
@@ -468,34 +427,18 @@ class CudaBackend final : public Backend {
   struct AttnDims {
     int B, Tn, H, KV, HD;
   };
-  static AttnDims attention_dims(const Tensor& q, const Tensor& k, const Tensor& v) {
-    LTRAIN_CHECK(q.shape.ndim == 4 && k.shape.ndim == 4 && k.shape == v.shape,
-                 "attention: q (B, T, H, HD), k and v (B, T, KV, HD), got q " << q.shape.str() << " k "
-                                                                              << k.shape.str() << " v " << v.shape.str());
+  // Backend checked that q, k and v match; the kernels add limits of their own (bf16, head dims).
+  static AttnDims attention_dims(const Tensor& q, const Tensor& k, const char* op) {
+    expect(q, DType::kBF16, op, "q/k/v/out and their gradients");
     const AttnDims d{int(q.shape.dims[0]), int(q.shape.dims[1]), int(q.shape.dims[2]),
                      int(k.shape.dims[2]), int(q.shape.dims[3])};
-    LTRAIN_CHECK(k.shape.dims[0] == d.B && k.shape.dims[1] == d.Tn && k.shape.dims[3] == d.HD &&
-                 d.H % d.KV == 0, "attention: q " << q.shape.str() << " does not match k " << k.shape.str());
     LTRAIN_CHECK(cuda::attention_supports_head_dim(d.HD),
                  "the CUDA attention kernels support head dims 64 and 128, got " << d.HD);
     return d;
   }
 
-  void rope(Tensor out, const Tensor& inp, const Tensor& freqs, int sign) {
-    expect(out, inp.dtype, "rope", "out");
-    expect(freqs, DType::kF32, "rope", "freqs");
-    const auto& s = inp.shape;
-    LTRAIN_CHECK(s.ndim == 4 && out.numel() == inp.numel() && freqs.shape.dims[0] >= s.dims[1] &&
-                 freqs.numel() / freqs.shape.dims[0] == s.dims[3], "rope: inp " << s.str() << " freqs "
-                                                                                << freqs.shape.str());
-    dispatch_act(inp.dtype, "rope", [&](auto tag) {
-      using T = decltype(tag);
-      cuda::rope_rotate(out.as<T>(), inp.as<T>(), freqs.as<float>(), int(s.dims[0]), int(s.dims[1]),
-                        int(s.dims[2]), int(s.dims[3]), sign, stream_);
-    });
-  }
-
   int device_;
+  bool deterministic_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::LtMatmul> matmul_;
   size_t allocated_ = 0;
@@ -514,39 +457,23 @@ int cuda_device_count() {
   return n;
 }
 
-namespace {
-
-// NCCL reads its environment when the first communicator is created, which is after the backend
-// (src/train/trainer.cpp, src/bench/bench.cpp). Ring all-reduce with the simple protocol adds
-// the ranks' contributions in an order fixed by the ring; tree, NVLS and CollNet algorithms (which
-// NCCL picks by message size and topology, or a site's /etc/nccl.conf) use other orders.
-void set_deterministic_nccl_env() {
-  for (auto [key, want] : {std::pair<const char*, const char*>{"NCCL_ALGO", "Ring"}, {"NCCL_PROTO", "Simple"}}) {
-    const char* have = std::getenv(key);
-    if (!have) {
-      setenv(key, want, 0);
-    } else if (strcasecmp(have, want) != 0) {  // NCCL reads the names case-insensitively
-      std::fprintf(stderr, "ltrain: warning: deterministic: true, but %s=%s is set; %s=%s gives a fixed reduction "
-                   "order across runs\n", key, have, key, want);
-    }
-  }
-}
-
-}  // namespace
-
 std::unique_ptr<Backend> make_cuda_backend(int device, bool deterministic) {
   const int n = cuda_device_count();
   if (n == 0)
     user_error("device: cuda was requested, but no CUDA GPU is visible (check nvidia-smi and ",
                "CUDA_VISIBLE_DEVICES), or use device=cpu");
   if (device < 0 || device >= n) user_error("CUDA device ", device, " does not exist; this machine has ", n);
-  if (deterministic) set_deterministic_nccl_env();
   return std::make_unique<CudaBackend>(device, deterministic);
 }
 
 void* cuda_backend_stream(Backend& backend) {
   auto* cuda = dynamic_cast<CudaBackend*>(&backend);
   return cuda ? static_cast<void*>(cuda->stream()) : nullptr;
+}
+
+bool cuda_backend_deterministic(const Backend& backend) {
+  auto* cuda = dynamic_cast<const CudaBackend*>(&backend);
+  return cuda && cuda->deterministic();
 }
 
 bool cuda_memory_info(size_t* free_bytes, size_t* total_bytes) {
@@ -571,6 +498,7 @@ std::unique_ptr<Backend> make_cuda_backend(int, bool) {
 }
 
 void* cuda_backend_stream(Backend&) { return nullptr; }
+bool cuda_backend_deterministic(const Backend&) { return false; }
 bool cuda_memory_info(size_t*, size_t*) { return false; }
 
 }  // namespace ltrain

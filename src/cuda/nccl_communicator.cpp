@@ -1,6 +1,35 @@
+// The NCCL communicator, and the NCCL environment that deterministic runs pin.
 #include "ltrain/parallel/nccl_communicator.h"
 
+#include <strings.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <utility>
+
 #include "ltrain/core/check.h"
+#include "ltrain/cuda/cuda_backend.h"
+
+namespace ltrain {
+
+// NCCL reads its environment when a communicator is created, so the variables are set here,
+// right before the first one, for the rest of the process. Ring all-reduce with the simple
+// protocol adds the ranks' contributions in an order fixed by the ring; tree, NVLS and CollNet
+// algorithms (which NCCL picks by message size and topology, or a site's /etc/nccl.conf) use
+// other orders. A variable the user set is left alone, with a warning when it differs.
+void pin_deterministic_nccl_env() {
+  for (auto [key, want] : {std::pair<const char*, const char*>{"NCCL_ALGO", "Ring"}, {"NCCL_PROTO", "Simple"}}) {
+    const char* have = std::getenv(key);
+    if (!have) {
+      setenv(key, want, 0);
+    } else if (strcasecmp(have, want) != 0) {  // NCCL reads the names case-insensitively
+      std::fprintf(stderr, "ltrain: warning: deterministic: true, but %s=%s is set; %s=%s gives a fixed reduction "
+                   "order across runs\n", key, have, key, want);
+    }
+  }
+}
+
+}  // namespace ltrain
 
 #ifdef LTRAIN_WITH_NCCL
 
@@ -11,14 +40,6 @@
 #include <vector>
 
 #include "common/cuda_check.cuh"
-#include "ltrain/cuda/cuda_backend.h"
-
-#define NCCL_CHECK(call)                                                                   \
-  do {                                                                                     \
-    ncclResult_t nccl_rc_ = (call);                                                        \
-    if (nccl_rc_ != ncclSuccess)                                                           \
-      ::ltrain::fatal_error(__FILE__, __LINE__, __func__, #call, ncclGetErrorString(nccl_rc_)); \
-  } while (0)
 
 namespace ltrain {
 
@@ -146,6 +167,8 @@ class NcclCommunicator final : public Communicator {
 std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, int device, Backend* producer) {
   cudaStream_t stream = producer ? static_cast<cudaStream_t>(cuda_backend_stream(*producer)) : nullptr;
   LTRAIN_CHECK(!producer || stream, "make_nccl_communicator: the producer must be a CUDA backend");
+  // A deterministic backend's gradients are reduced in a fixed order too.
+  if (producer && cuda_backend_deterministic(*producer)) pin_deterministic_nccl_env();
   return std::make_unique<NcclCommunicator>(bootstrap, device, stream);
 }
 

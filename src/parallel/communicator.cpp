@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "ltrain/core/check.h"
+#include "ltrain/core/check_lib.h"
 
 namespace ltrain {
 
@@ -36,17 +37,6 @@ class SingleCommunicator final : public Communicator {
     if (out.data != in.data) std::memcpy(out.data, in.data, in.bytes());
   }
 };
-
-#define MPI_CHECK(call)                                                              \
-  do {                                                                               \
-    int mpi_rc_ = (call);                                                            \
-    if (mpi_rc_ != MPI_SUCCESS) {                                                    \
-      char mpi_msg_[MPI_MAX_ERROR_STRING];                                           \
-      int mpi_len_ = 0;                                                              \
-      MPI_Error_string(mpi_rc_, mpi_msg_, &mpi_len_);                                \
-      ::ltrain::fatal_error(__FILE__, __LINE__, __func__, #call, mpi_msg_);          \
-    }                                                                                \
-  } while (0)
 
 MPI_Datatype mpi_type(DType t) {
   switch (t) {

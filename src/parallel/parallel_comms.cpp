@@ -1,7 +1,7 @@
 #include "ltrain/parallel/parallel_comms.h"
 
 #include "ltrain/core/backend.h"
-#include "ltrain/core/backend_factory.h"
+#include "ltrain/cuda/cuda_backend.h"
 #include "ltrain/parallel/nccl_communicator.h"
 #include "ltrain/parallel/watchdog.h"
 

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "ltrain/checkpoint/checkpoint.h"
-#include "ltrain/core/backend_factory.h"
+#include "ltrain/backends/factory.h"
 #include "ltrain/core/check.h"
 #include "ltrain/core/io.h"
 #include "ltrain/metrics/logger.h"

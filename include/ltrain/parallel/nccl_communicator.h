@@ -15,7 +15,13 @@ class Backend;
 // With `producer` (a CUDA backend), every collective first makes the communicator's stream wait
 // for an event recorded on the backend's stream, so it starts after the work that fills its
 // buffers without the host waiting (orders_after_device_work() is true).
+// A producer made with deterministic = true also pins NCCL's algorithm (below) first.
 std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, int device,
                                                      Backend* producer = nullptr);
+
+// Sets NCCL_ALGO=Ring and NCCL_PROTO=Simple in this process's environment, for the communicators
+// created afterwards (a fixed reduction order), unless the user set them: then a warning on stderr
+// if they differ. Available in every build (it only touches the environment).
+void pin_deterministic_nccl_env();
 
 }  // namespace ltrain

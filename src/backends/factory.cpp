@@ -1,6 +1,6 @@
 // Picks the backend for `device: auto|cpu|cuda`: auto is CUDA when this build has the CUDA
 // backend and a GPU is visible, the CPU otherwise.
-#include "ltrain/core/backend_factory.h"
+#include "ltrain/backends/factory.h"
 
 #include "ltrain/core/check.h"
 #include "ltrain/cuda/cuda_backend.h"
@@ -13,11 +13,6 @@ bool cuda_backend_available() {
 #else
   return false;
 #endif
-}
-
-int cuda_device_for_rank(int local_rank) {
-  const int n = cuda_device_count();
-  return n > 0 ? local_rank % n : 0;
 }
 
 std::unique_ptr<Backend> make_backend(const std::string& device, int local_rank, bool deterministic) {

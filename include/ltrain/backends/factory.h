@@ -1,3 +1,5 @@
+// The backend factory: the one place that knows every backend (the CPU backend of core and the
+// CUDA backend of src/cuda/). It lives above core so that core does not depend on the CUDA backend.
 #pragma once
 #include <memory>
 #include <string>
@@ -11,6 +13,5 @@ bool cuda_backend_available();
 // rank within the node) selects the GPU. deterministic (config key `deterministic`): see
 // make_cuda_backend; the CPU backend is deterministic either way.
 std::unique_ptr<Backend> make_backend(const std::string& device, int local_rank = 0, bool deterministic = false);
-int cuda_device_for_rank(int local_rank);
 
 }  // namespace ltrain
