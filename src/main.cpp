@@ -37,7 +37,8 @@ int main(int argc, char** argv) {
   }
   const std::string cmd = argv[1];
   // Under mpirun/srun every rank runs this; MPI is initialized only when a launcher started us.
-  ltrain::ParallelContext& par = ltrain::ParallelContext::init(&argc, &argv);
+  std::unique_ptr<ltrain::ParallelContext> context = ltrain::ParallelContext::init(&argc, &argv);
+  ltrain::ParallelContext& par = *context;
   int sub_argc = argc - 2;
   char** sub_argv = argv + 2;
   // A failure on any rank ends every rank (MPI_Abort), so none is left waiting in a collective.
@@ -59,7 +60,7 @@ int main(int argc, char** argv) {
     else if (cmd == "eval") rc = ltrain::cmd_eval(sub_argc, sub_argv);
     else if (cmd == "generate") rc = ltrain::cmd_generate(sub_argc, sub_argv);
     else if (cmd == "config") rc = ltrain::cmd_config(sub_argc, sub_argv);
-    else if (cmd == "bench") rc = ltrain::cmd_bench(sub_argc, sub_argv);
+    else if (cmd == "bench") rc = ltrain::cmd_bench(sub_argc, sub_argv, par);
     else if (cmd == "ckpt") rc = ltrain::cmd_ckpt(sub_argc, sub_argv);
     else if (cmd == "export-hf") rc = ltrain::cmd_export_hf(sub_argc, sub_argv);
     else if (cmd == "import-hf") rc = ltrain::cmd_import_hf(sub_argc, sub_argv);

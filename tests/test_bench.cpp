@@ -19,6 +19,9 @@
 namespace ltrain {
 namespace {
 
+// bench runs on a process grid; the tests' is one process without MPI.
+std::unique_ptr<ParallelContext> single_process() { return ParallelContext::single_process(); }
+
 ModelConfig llama2_7b() {
   ModelConfig m;
   m.hidden_size = 4096;
@@ -242,7 +245,7 @@ TEST(BenchRun, FiguresAreConsistent) {
   o.warmup = 1;
   o.steps = 3;
   o.profile = true;
-  const auto r = run_bench(tiny_bench_config(), o);
+  const auto r = run_bench(tiny_bench_config(), o, *single_process());
   EXPECT_EQ(r["backend"], "cpu");
   EXPECT_EQ(r["world_size"], 1);
   EXPECT_EQ(r["grad_accum_steps"], 2);
@@ -299,7 +302,7 @@ TEST(BenchRun, FiguresAreConsistent) {
   o.profile = false;
   o.peak_tflops = 0.001;
   o.baseline_tokens_per_sec_per_rank = 1000.0;
-  const auto r2 = run_bench(tiny_bench_config(), o);
+  const auto r2 = run_bench(tiny_bench_config(), o, *single_process());
   EXPECT_NEAR(r2["mfu"].get<double>(), r2["tflops_per_rank"].get<double>() / 0.001, 1e-9);
   EXPECT_NEAR(r2["mfu_palm"].get<double>(), r2["tflops_per_rank_palm"].get<double>() / 0.001, 1e-9);
   EXPECT_GT(r2["mfu_palm"].get<double>(), r2["mfu"].get<double>());
@@ -315,7 +318,7 @@ void check_attention_bench(Config c, const std::string& backend_name) {
   BenchOptions o;
   o.warmup = 1;
   o.steps = 3;
-  const auto r = run_attention_bench(c, o);
+  const auto r = run_attention_bench(c, o, *single_process());
   const int B = c.train.micro_batch_size, T = c.train.seq_len, H = c.model.num_attention_heads;
   const int HD = c.model.head_dim();
   EXPECT_EQ(r["shape"]["batch"], B);
@@ -340,7 +343,7 @@ TEST(BenchAttention, FiguresFollowFromTheTimes) {
   Config c = tiny_bench_config();
   check_attention_bench(c, "cpu");
   c.parallel.tensor = 3;  // 2 KV heads cannot be split 3 ways
-  EXPECT_THROW(run_attention_bench(c, BenchOptions{}), UserError);
+  EXPECT_THROW(run_attention_bench(c, BenchOptions{}, *single_process()), UserError);
 }
 
 TEST(BenchAttentionGpu, FiguresFollowFromTheTimes) {
@@ -375,7 +378,7 @@ TEST(BenchRunGpu, ProfileUsesCudaEventsAndThePlanMatches) {
   o.warmup = 2;
   o.steps = 3;
   o.profile = true;
-  const auto r = run_bench(c, o);
+  const auto r = run_bench(c, o, *single_process());
   std::cout << format_bench_report(r);
   EXPECT_EQ(r["backend"], "cuda");
   const auto& prof = r["profile"];
@@ -401,11 +404,11 @@ TEST(BenchRunGpu, ProfileUsesCudaEventsAndThePlanMatches) {
 TEST(BenchRun, RefusesBadInput) {
   BenchOptions o;
   o.steps = 0;
-  EXPECT_THROW(run_bench(tiny_bench_config(), o), UserError);
+  EXPECT_THROW(run_bench(tiny_bench_config(), o, *single_process()), UserError);
   Config c = tiny_bench_config();
   c.train.global_batch_tokens = 40;  // not a multiple of 2 x 16
   o.steps = 1;
-  EXPECT_THROW(run_bench(c, o), UserError);
+  EXPECT_THROW(run_bench(c, o, *single_process()), UserError);
   Config tp = tiny_bench_config();
   tp.parallel.tensor = 2;
   EXPECT_THROW(check_bench_layout(tp, 1), UserError);  // one rank cannot hold a tensor-parallel pair

@@ -399,7 +399,7 @@ TEST(MemoryCheck, RunCheckRefusesAModelTheHostCannotHold) {
   BenchOptions o;
   o.steps = 1;
   o.warmup = 0;
-  EXPECT_THROW(run_bench(huge, o), UserError);
+  EXPECT_THROW(run_bench(huge, o, *ParallelContext::single_process()), UserError);
 }
 
 // ---- on a GPU ------------------------------------------------------------------------------------

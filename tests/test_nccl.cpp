@@ -22,6 +22,12 @@ namespace {
 
 using test::gpu;
 
+// The tests' process grid: one process without MPI, for the whole binary.
+ParallelContext& single_process() {
+  static std::unique_ptr<ParallelContext> ctx = ParallelContext::single_process();
+  return *ctx;
+}
+
 Tensor upload(const std::vector<double>& v, DType dt) {
   Tensor t = gpu().alloc(Shape{int64_t(v.size())}, dt);
   gpu().from_host(t, v.data(), DType::kF64);
@@ -38,7 +44,7 @@ Tensor poisoned(int64_t n, DType dt) {
 
 TEST(NcclSingleGpu, CollectivesAgainstClosedForms) {
   LTRAIN_SKIP_WITHOUT_GPU();
-  Communicator& boot = ParallelContext::get().data();
+  Communicator& boot = single_process().data();
   std::unique_ptr<Communicator> nccl = make_nccl_communicator(boot, 0);
   const int r = nccl->rank(), P = nccl->size();
   ASSERT_EQ(P, boot.size());
@@ -112,7 +118,7 @@ TrainRun train(Communicator* dp, bool zero) {
   o.lr = 1e-3;
   o.warmup_steps = 2;
   AdamW opt(o, model.parameters(), dp, zero);
-  Communicator& group = dp ? *dp : ParallelContext::get().data();
+  Communicator& group = dp ? *dp : single_process().data();
   std::unique_ptr<GradReducer> reducer;
   if (dp && !zero) reducer = std::make_unique<GradReducer>(model.parameters(), *dp, /*bucket_mb=*/0.05);  // several buckets
   TrainRun run;
@@ -134,7 +140,7 @@ TrainRun train(Communicator* dp, bool zero) {
 
 TEST(NcclSingleGpu, TrainingThroughBucketsAndZeroMatchesNoCommunicator) {
   LTRAIN_SKIP_WITHOUT_GPU();
-  std::unique_ptr<Communicator> nccl = make_nccl_communicator(ParallelContext::get().data(), 0);
+  std::unique_ptr<Communicator> nccl = make_nccl_communicator(single_process().data(), 0);
   if (nccl->size() != 1) GTEST_SKIP() << "the bitwise comparison holds for one rank";
   const TrainRun plain = train(nullptr, false), buckets = train(nccl.get(), false), zero = train(nccl.get(), true);
   for (const TrainRun* r : {&buckets, &zero}) {

@@ -13,7 +13,7 @@
 
 namespace ltrain {
 
-nlohmann::json run_attention_bench(const Config& cfg, const BenchOptions& opt) {
+nlohmann::json run_attention_bench(const Config& cfg, const BenchOptions& opt, ParallelContext& par) {
   if (opt.steps < 1) user_error("ltrain bench: --steps must be >= 1, got ", opt.steps);
   if (opt.warmup < 0) user_error("ltrain bench: --warmup must be >= 0, got ", opt.warmup);
   const ModelConfig& m = cfg.model;
@@ -23,7 +23,7 @@ nlohmann::json run_attention_bench(const Config& cfg, const BenchOptions& opt) {
                " heads and ", m.kv_heads(), " KV heads");
   const int B = cfg.train.micro_batch_size, T = cfg.train.seq_len, H = m.num_attention_heads / tp,
             KV = m.kv_heads() / tp, HD = m.head_dim();
-  auto be = make_backend(cfg.device, ParallelContext::get().local_rank(), cfg.deterministic);
+  auto be = make_backend(cfg.device, par.local_rank(), cfg.deterministic);
   const DType dt = be->compute_dtype();
   std::vector<Tensor> owned;
   auto make = [&](Shape s, DType d, uint64_t seed) {

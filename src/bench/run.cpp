@@ -46,11 +46,10 @@ int check_bench_layout(const Config& cfg, int world_size) {
   return dp_size;
 }
 
-nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt) {
+nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt, ParallelContext& par) {
   if (opt.steps < 1) user_error("ltrain bench: --steps must be >= 1, got ", opt.steps);
   if (opt.warmup < 0) user_error("ltrain bench: --warmup must be >= 0, got ", opt.warmup);
   const auto& tc = cfg.train;
-  ParallelContext& par = ParallelContext::get();
   const int world = par.world_size();
   const int dp_size = check_bench_layout(cfg, world);
   par.setup_grid(dp_size, cfg.parallel.tensor);

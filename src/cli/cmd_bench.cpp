@@ -14,7 +14,7 @@
 
 namespace ltrain {
 
-int cmd_bench(int argc, char** argv) {
+int cmd_bench(int argc, char** argv, ParallelContext& par) {
   ArgParser args("bench");
   args.add_flag("config", "YAML or JSON config (configs/bench/ has benchmark shapes); data.path is not needed");
   args.add_flag("warmup", "untimed warm-up steps (default 3)");
@@ -49,11 +49,10 @@ int cmd_bench(int argc, char** argv) {
   }
 
   Config cfg = load_config(o.config_path, o.overrides);
-  ParallelContext& par = ParallelContext::get();
   if (args.get_bool("attention")) {
     if (args.has("baseline") || o.profile)
       user_error("ltrain bench --attention: --baseline and --profile are for whole training steps");
-    const nlohmann::json r = run_attention_bench(cfg, o);
+    const nlohmann::json r = run_attention_bench(cfg, o, par);
     if (par.is_main()) {
       std::fputs(format_attention_report(r).c_str(), stdout);
       if (!json_path.empty()) {
@@ -80,7 +79,7 @@ int cmd_bench(int argc, char** argv) {
     std::fflush(stdout);
   }
 
-  const nlohmann::json r = run_bench(cfg, o);
+  const nlohmann::json r = run_bench(cfg, o, par);
   if (par.is_main()) {
     std::fputs(format_bench_report(r).c_str(), stdout);
     if (!json_path.empty()) {

@@ -17,6 +17,7 @@
 #include "ltrain/config/config.h"
 #include "ltrain/core/backend.h"
 #include "ltrain/model/flops.h"
+#include "ltrain/parallel/communicator.h"
 
 namespace ltrain {
 
@@ -47,10 +48,10 @@ std::string describe_device(const Backend& backend);
 // run_bench does first); returns the data-parallel size. UserError for layouts bench cannot run.
 int check_bench_layout(const Config& cfg, int world_size);
 
-// Runs the benchmark on the current ParallelContext (every rank must call it; the layout is
+// Runs the benchmark on the process grid `par` (every rank must call it; the layout is
 // resolved and the config validated first). Returns the figures (docs/benchmarking.md lists the
 // fields) on every rank; the per-rank lists and the baseline efficiency are complete on rank 0.
-nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt);
+nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt, ParallelContext& par);
 
 // The human-readable report of a run_bench() result.
 std::string format_bench_report(const nlohmann::json& r);
@@ -61,7 +62,7 @@ std::string format_bench_report(const nlohmann::json& r);
 // calls after `warmup`, on seeded random inputs. FLOPs as FlashAttention-2 counts them: forward
 // 4 B H HD T(T+1)/2, backward 2.5 x that. Fields: device, shape, forward_ms, backward_ms (medians),
 // forward_tflops, backward_tflops, total_tflops.
-nlohmann::json run_attention_bench(const Config& cfg, const BenchOptions& opt);
+nlohmann::json run_attention_bench(const Config& cfg, const BenchOptions& opt, ParallelContext& par);
 std::string format_attention_report(const nlohmann::json& r);
 
 }  // namespace ltrain

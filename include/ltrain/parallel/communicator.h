@@ -47,13 +47,15 @@ class Communicator {
 std::unique_ptr<Communicator> make_single_communicator();
 
 // The process grid: world = data x tensor, tensor-parallel groups are consecutive ranks (so they
-// stay inside a node), local rank selects the GPU. Created once in main().
+// stay inside a node), local rank selects the GPU. Created once in main() and passed down to what
+// needs it; there is no global to reach it through.
 class ParallelContext {
  public:
-  // Initializes MPI when the process was started by a launcher (mpirun, srun); otherwise a single
-  // process without MPI.
-  static ParallelContext& init(int* argc, char*** argv);
-  static ParallelContext& get();
+  // The process's context. Initializes MPI when the process was started by a launcher (mpirun,
+  // srun); otherwise a single process without MPI. Once per process (MPI_Init is).
+  static std::unique_ptr<ParallelContext> init(int* argc, char*** argv);
+  // A context of one process that never touches MPI: for tests and tools without a launcher.
+  static std::unique_ptr<ParallelContext> single_process();
 
   int world_rank() const { return world_rank_; }
   int world_size() const { return world_size_; }
