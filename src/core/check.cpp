@@ -6,8 +6,10 @@
 namespace ltrain {
 
 static int g_error_rank = 0;
+static void (*g_fatal_exit)() = nullptr;
 
 void set_error_rank(int rank) { g_error_rank = rank; }
+void set_fatal_exit(void (*handler)()) { g_fatal_exit = handler; }
 
 std::string one_line(const std::string& s) {
   std::string out;
@@ -32,8 +34,12 @@ void fatal_error(const char* file, int line, const char* func, const char* expr,
   std::fprintf(stderr, "[rank %d] ltrain internal error at %s:%d in %s: check '%s' failed%s%s\n",
                g_error_rank, file, line, func, expr, msg.empty() ? "" : ": ", msg.c_str());
   std::fflush(stderr);
-  // abort() rather than exit(): under mpirun it brings every rank down instead of leaving the
-  // others waiting in a collective.
+  // Under a launcher: MPI_Abort, every rank of the job at once (set_fatal_exit). Otherwise
+  // abort(), for a core dump and a non-zero exit.
+  if (void (*handler)() = g_fatal_exit) {
+    g_fatal_exit = nullptr;  // an error inside the handler itself must not loop back here
+    handler();
+  }
   std::abort();
 }
 

@@ -127,16 +127,17 @@ int env_int(const char* name, int fallback) {
   return v ? std::atoi(v) : fallback;
 }
 
-ParallelContext* g_context = nullptr;
+bool g_initialized = false;  // MPI_Init may run once per process
 
 }  // namespace
 
 std::unique_ptr<Communicator> make_single_communicator() { return std::make_unique<SingleCommunicator>(); }
 
-ParallelContext& ParallelContext::init(int* argc, char*** argv) {
-  LTRAIN_CHECK(!g_context, "ParallelContext::init called twice");
-  g_context = new ParallelContext();
-  ParallelContext& c = *g_context;
+std::unique_ptr<ParallelContext> ParallelContext::init(int* argc, char*** argv) {
+  LTRAIN_CHECK(!g_initialized, "ParallelContext::init called twice");
+  g_initialized = true;
+  std::unique_ptr<ParallelContext> ctx(new ParallelContext());
+  ParallelContext& c = *ctx;
   if (launched_by_mpi()) {
     MPI_CHECK(MPI_Init(argc, argv));
     c.mpi_ = true;
@@ -148,18 +149,17 @@ ParallelContext& ParallelContext::init(int* argc, char*** argv) {
     c.world_ = make_single_communicator();
   }
   set_error_rank(c.world_rank_);
+  // An internal error (LTRAIN_CHECK, CUDA_CHECK, ...) on one rank ends the whole job at once.
+  if (c.mpi_ && c.world_size_ > 1) set_fatal_exit([] { MPI_Abort(MPI_COMM_WORLD, 134); });
   c.setup_grid(c.world_size_, 1);
-  return c;
+  return ctx;
 }
 
-ParallelContext& ParallelContext::get() {
-  if (!g_context) {  // tests and tools that never called init(): one process
-    g_context = new ParallelContext();
-    g_context->world_ = make_single_communicator();
-    g_context->data_ = make_single_communicator();
-    g_context->tensor_ = make_single_communicator();
-  }
-  return *g_context;
+std::unique_ptr<ParallelContext> ParallelContext::single_process() {
+  std::unique_ptr<ParallelContext> ctx(new ParallelContext());
+  ctx->world_ = make_single_communicator();
+  ctx->setup_grid(1, 1);
+  return ctx;
 }
 
 void ParallelContext::setup_grid(int data, int tensor) {

@@ -1,11 +1,14 @@
 // Collectives of the MPI communicator against closed forms, with rank-valued inputs.
 // Run under mpirun with any number of ranks; prints "N passed, M failed" and exits non-zero on a
 // failure. Also checks the data x tensor grid: tensor groups are consecutive ranks.
+// With --fatal, the last rank fails an internal check while the others wait in a barrier that
+// can never complete: the job must end at once (every rank, non-zero), not hang.
 #include <cmath>
 #include <cstdio>
 #include <string>
 #include <vector>
 
+#include "ltrain/core/check.h"
 #include "ltrain/core/tensor.h"
 #include "ltrain/parallel/communicator.h"
 
@@ -30,10 +33,17 @@ static Tensor view(std::vector<float>& v) {
 }
 
 int main(int argc, char** argv) {
-  ParallelContext& par = ParallelContext::init(&argc, &argv);
+  std::unique_ptr<ParallelContext> context = ParallelContext::init(&argc, &argv);
+  ParallelContext& par = *context;
   Communicator& w = par.world();
   const int r = w.rank(), P = w.size();
   const int n = 5;
+  if (argc > 1 && std::string(argv[1]) == "--fatal") {
+    if (r == P - 1) LTRAIN_CHECK(r < 0, "deliberate internal error on the last rank");
+    w.barrier();  // never completes: the last rank does not arrive
+    std::fprintf(stderr, "[rank %d] FAIL: passed a barrier the last rank never reached\n", r);
+    return 0;
+  }
 
   // all-reduce: element i of rank r holds (r + 1) * (i + 1); the sum is (i + 1) * P (P + 1) / 2.
   std::vector<float> a(n);

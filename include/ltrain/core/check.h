@@ -42,6 +42,10 @@ template <class... Args>
 
 // Rank shown in error reports; set once by the communicator bootstrap.
 void set_error_rank(int rank);
+// How an internal error ends the process after its report: abort() by default; under a launcher
+// the communicator bootstrap installs MPI_Abort, which ends every rank of the job at once instead
+// of leaving the others waiting in a collective until mpirun notices. The handler must not return.
+void set_fatal_exit(void (*handler)());
 
 }  // namespace ltrain
 
