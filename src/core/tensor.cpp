@@ -50,17 +50,29 @@ bool Shape::operator==(const Shape& o) const {
   return true;
 }
 
+uint16_t float_to_bf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40u);  // NaN: keep it a (quiet) NaN
+  // Round to nearest, ties to even: add just under half an ulp of bf16, plus one when the kept
+  // part is odd. Overflow carries into the exponent (and to inf), as rounding should.
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+
+float bf16_to_float(uint16_t b) {
+  const uint32_t u = uint32_t(b) << 16;
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
 static double host_load(const void* p, DType t, int64_t i) {
   switch (t) {
     case DType::kF32: return static_cast<const float*>(p)[i];
     case DType::kF64: return static_cast<const double*>(p)[i];
     case DType::kI32: return static_cast<const int32_t*>(p)[i];
-    case DType::kBF16: {
-      uint32_t bits = uint32_t(static_cast<const uint16_t*>(p)[i]) << 16;
-      float f;
-      std::memcpy(&f, &bits, 4);
-      return f;
-    }
+    case DType::kBF16: return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
   }
   return 0;
 }
@@ -70,18 +82,7 @@ static void host_store(void* p, DType t, int64_t i, double x) {
     case DType::kF32: static_cast<float*>(p)[i] = float(x); return;
     case DType::kF64: static_cast<double*>(p)[i] = x; return;
     case DType::kI32: static_cast<int32_t*>(p)[i] = int32_t(x); return;
-    case DType::kBF16: {
-      const float f = float(x);
-      uint32_t bits;
-      std::memcpy(&bits, &f, 4);
-      if ((bits & 0x7F800000u) == 0x7F800000u && (bits & 0x007FFFFFu)) {
-        static_cast<uint16_t*>(p)[i] = uint16_t((bits >> 16) | 0x40);  // keep NaN a NaN
-        return;
-      }
-      bits += 0x7FFF + ((bits >> 16) & 1);  // round to nearest even
-      static_cast<uint16_t*>(p)[i] = uint16_t(bits >> 16);
-      return;
-    }
+    case DType::kBF16: static_cast<uint16_t*>(p)[i] = float_to_bf16(float(x)); return;
   }
 }
 

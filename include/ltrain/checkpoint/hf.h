@@ -31,8 +31,7 @@
 namespace ltrain {
 
 // ---- bf16 / f16 -----------------------------------------------------------------------------
-uint16_t float_to_bf16(float x);  // round to nearest even; NaN stays NaN
-float bf16_to_float(uint16_t b);
+// float_to_bf16 and bf16_to_float: core/tensor.h
 float f16_to_float(uint16_t h);   // IEEE half, subnormals, inf and NaN included
 float bf16_round(float x);        // bf16_to_float(float_to_bf16(x))
 

@@ -16,6 +16,9 @@ const char* dtype_name(DType t);
 // Converts n elements between host buffers of any two dtypes (bf16 rounds to nearest even and
 // keeps NaN a NaN).
 void convert_host(void* dst, DType dst_t, const void* src, DType src_t, int64_t n);
+// One bf16 value: round to nearest even (NaN stays a NaN), and back (exact).
+uint16_t float_to_bf16(float x);
+float bf16_to_float(uint16_t b);
 
 struct Shape {
   static constexpr int kMaxDims = 4;
