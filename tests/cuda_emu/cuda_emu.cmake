@@ -49,9 +49,9 @@ add_library(ltrain_cuda STATIC ${LTRAIN_KERNELS})
 target_include_directories(ltrain_cuda PUBLIC ${CMAKE_SOURCE_DIR}/include ${CMAKE_SOURCE_DIR}/kernels)
 target_compile_options(ltrain_cuda PRIVATE ${LTRAIN_EMU_KERNEL_FLAGS})
 target_link_libraries(ltrain_cuda PUBLIC ltrain_cuda_emu)
-# The kernels report errors through ltrain::fatal_error (ltrain_core): for the link line only, so
-# that none of ltrain_core's compile options (-fsanitize=address) reach the kernel sources.
-set_property(TARGET ltrain_cuda APPEND PROPERTY INTERFACE_LINK_LIBRARIES ltrain_core)
+# The kernels report errors through ltrain::fatal_error (ltrain_base): for the link line only, so
+# that no compile option of the library's (-fsanitize=address) reaches the kernel sources.
+set_property(TARGET ltrain_cuda APPEND PROPERTY INTERFACE_LINK_LIBRARIES ltrain_base)
 target_link_libraries(ltrain_core PUBLIC ltrain_cuda)
 target_compile_definitions(ltrain_core PUBLIC LTRAIN_WITH_CUDA=1)
 set(LTRAIN_HAVE_CUDA ON)
