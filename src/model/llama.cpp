@@ -267,16 +267,6 @@ void LlamaModel::import_full(Tensor flat,
   }
 }
 
-void LlamaModel::import_local(Tensor flat,
-                              const std::function<const std::vector<float>&(const std::string&)>& get) {
-  for (const auto& p : pset_.params()) {
-    const Tensor t = pset_.view(flat, p);
-    const std::vector<float>& part = get(p.name);
-    LTRAIN_CHECK(int64_t(part.size()) == t.numel(), "import_local " << p.name);
-    backend_.from_host(t, part.data(), DType::kF32);
-  }
-}
-
 int64_t LlamaModel::local_rows(int64_t N) const {
   LTRAIN_CHECK(N % P_ == 0, "B*T = " << N << " must divide by the tensor-parallel size " << P_);
   return N / P_;

@@ -1,6 +1,11 @@
 // Tensor: a typed view of memory owned by a Backend (host memory for the CPU backend, device
 // memory for CUDA). It carries its shape for checks and messages; it does not own its data.
 // Shapes are row-major; by convention the letters are B, T, C (hidden), H, KV, HD, FF, V, L.
+// Two letters stand in for them where the usual one cannot: `Tn` is the sequence length in
+// templates whose element type is `T` (src/cpu/ops.h, kernels/), and `NH` is the head count of a
+// tensor that is either the queries (H) or the keys (KV), as RoPE's. A rank's share under tensor
+// parallelism adds `l` (Hl, KVl, FFl, Vl), and `Ns` is the rows a rank holds in the
+// sequence-parallel regions.
 #pragma once
 #include <cstddef>
 #include <cstdint>

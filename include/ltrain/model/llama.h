@@ -76,9 +76,6 @@ class LlamaModel {
   std::vector<HostTensor> export_full(const Tensor& flat);
   // The reverse: `get(name)` returns the whole tensor; this rank keeps its part.
   void import_full(Tensor flat, const std::function<const std::vector<float>&(const std::string&)>& get);
-  // Fills this rank's part of every parameter in `flat`: `get(name)` returns the local slice
-  // (p.tensor.numel() fp32 values, row-major in the local shape). No collectives.
-  void import_local(Tensor flat, const std::function<const std::vector<float>&(const std::string&)>& get);
 
   // Gradient units (parameters().grad_unit_range), in the order backward finishes them: the head
   // (final norm and lm_head), layers L-1 .. 0, then the embedding. Each unit's gradients are one
