@@ -90,8 +90,7 @@ template <>
 struct BackwardTile<128> {
   static constexpr int kQueries = 64, kKeys = 128, kPass = 32;
 };
-constexpr int kBackwardKeys = 128;  // BK of every head dim (the split count depends on it)
-constexpr int kTargetBlocks = 2 * 132;
+constexpr int kBackwardKeys = kAttentionBackwardKeys;  // BK of every head dim (the split count depends on it)
 
 template <int HD>
 constexpr int backward_threads() {
@@ -100,12 +99,6 @@ constexpr int backward_threads() {
 
 __host__ __device__ inline int64_t key_tiles(int Tn) { return (int64_t(Tn) + kBackwardKeys - 1) / kBackwardKeys; }
 
-// The number of key-tile splits per (b, query head): from the shape only.
-int backward_splits(int B, int Tn, int H) {
-  const int64_t bh = int64_t(B) * H;
-  const int64_t want = (kTargetBlocks + bh - 1) / bh;
-  return int(std::max<int64_t>(1, std::min(key_tiles(Tn), want)));
-}
 
 // The first query row that split s's partial dq holds (the first query tile of its first key
 // tile, s); rows before it are neither written nor summed.
@@ -397,30 +390,16 @@ __global__ void attention_backward_dkv_sum(bf16* dk, bf16* dv, const float* dk_p
 
 // ---- launch ------------------------------------------------------------------------------------
 
-// Scratch layout (floats): dq_accum (splits, B, T, H, HD), then under GQA dk_part and dv_part
-// (B, T, H, HD) each, then D (B, H, T) last (its size need not be a multiple of 4).
-struct ScratchLayout {
-  int64_t dq_accum, dk_part, dv_part, D, total;
-};
-ScratchLayout scratch_layout(int B, int Tn, int H, int KV, int HD) {
-  const int64_t per_head = int64_t(B) * Tn * H * HD;
-  ScratchLayout l;
-  l.dq_accum = 0;
-  l.dk_part = per_head * backward_splits(B, Tn, H);
-  const int64_t part = H > KV ? per_head : 0;
-  l.dv_part = l.dk_part + part;
-  l.D = l.dv_part + part;
-  l.total = l.D + int64_t(B) * H * Tn;
-  return l;
-}
+// The scratch layout and the split count are include/ltrain/kernels/scratch.h's (the memory plan
+// counts with the same functions); D comes last, as its size need not be a multiple of 4.
 
 template <int HD>
 void backward_hd(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k,
                  const bf16* v, const bf16* out, const float* lse, float* scratch, int B, int Tn,
                  int H, int KV, cudaStream_t stream) {
-  static_assert(BackwardTile<HD>::kKeys == kBackwardKeys, "backward_splits assumes BK");
+  static_assert(BackwardTile<HD>::kKeys == kBackwardKeys, "attention_backward_splits assumes BK");
   const float scale = 1.f / sqrtf(float(HD)), scale_log2 = kLog2e * scale;
-  const ScratchLayout l = scratch_layout(B, Tn, H, KV, HD);
+  const AttentionBackwardScratch l = attention_backward_scratch(B, Tn, H, KV, HD);
   float* dq_accum = scratch + l.dq_accum;
   float* dk_part = scratch + l.dk_part;
   float* dv_part = scratch + l.dv_part;
@@ -429,7 +408,7 @@ void backward_hd(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q, 
   launch_kernel(attention_backward_dot_do_o<HD>, ceil_div(rows * 32, 256), 256, 0, stream, D, dout, out, Tn, H, rows);
   CUDA_CHECK_LAUNCH();
 
-  const int splits = backward_splits(B, Tn, H);
+  const int splits = attention_backward_splits(B, Tn, H);
   constexpr size_t smem = backward_smem_bytes<HD>();
   launch_with_smem_threads(attention_backward_main<HD>, dim3(B * H, splits), backward_threads<HD>(), smem,
                   stream, dq_accum, dk_part, dv_part, dk, dv, dout, q, k, v, lse, (const float*)D, B,
@@ -448,12 +427,6 @@ void backward_hd(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q, 
 }
 
 }  // namespace
-
-size_t attention_backward_scratch_floats(int B, int Tn, int H, int KV, int HD) {
-  return size_t(scratch_layout(B, Tn, H, KV, HD).total);
-}
-
-int attention_backward_splits(int B, int Tn, int H) { return backward_splits(B, Tn, H); }
 
 AttentionBackwardTile attention_backward_tile(int HD) {
   if (HD == 64) return {BackwardTile<64>::kQueries, BackwardTile<64>::kKeys};

@@ -172,7 +172,6 @@ void embedding_forward(T* out, const int32_t* tokens, const T* wte, int N, int C
   CUDA_CHECK_LAUNCH();
 }
 
-size_t embedding_backward_scratch_bytes(int N) { return size_t(N) * sizeof(uint64_t); }
 
 template <class T>
 void embedding_backward(float* dwte, const T* dout, const int32_t* tokens, void* scratch, int N,

@@ -17,6 +17,8 @@
 #include <cstdint>
 #include <memory>
 
+#include "ltrain/kernels/scratch.h"  // the scratch sizes and grid constants, shared with the memory plan
+
 namespace ltrain::cuda {
 
 using bf16 = __nv_bfloat16;
@@ -30,7 +32,6 @@ void embedding_forward(T* out,                 // (N, C)
 // dwte (V, C) += rows of dout summed per token; tokens < 0 (another vocabulary shard's) add
 // nothing, tokens >= V trap. Deterministic and asynchronous: the rows are grouped by token with
 // a sort on the device (in `scratch`), then each token's rows are added in increasing row order.
-size_t embedding_backward_scratch_bytes(int N);
 template <class T>
 void embedding_backward(float* dwte,            // (V, C) +=
                         const T* dout,          // (N, C)
@@ -58,8 +59,7 @@ void rmsnorm_forward(T* out,           // (N, C)
                      const T* inp,     // (N, C)
                      const T* weight,  // (C)
                      int N, int C, float eps, cudaStream_t stream);
-// Floats of scratch rmsnorm_backward needs (per-chunk partial sums of dweight).
-size_t rmsnorm_backward_scratch_floats(int N, int C);
+// Its scratch: rmsnorm_backward_scratch_floats(N, C) (ltrain/kernels/scratch.h).
 template <class T>
 void rmsnorm_backward(T* dinp,           // (N, C) +=
                       float* dweight,    // (C) +=
@@ -115,7 +115,6 @@ void cross_entropy_with_lse(float* losses, T* dlogits, const T* logits, const fl
 // (fp32 within a thread, double across threads) into partials[block] (zero them first); after
 // all tensors, sum_partials adds the kSumSquaresBlocks partials in order into *out. The grid
 // (sum_squares_grid) depends on n only: the same result on every device.
-constexpr int kSumSquaresBlocks = 1024;
 template <class T>
 KernelGrid sum_squares_grid(int64_t n);
 template <class T>
@@ -174,19 +173,14 @@ struct AttentionForwardTile {
   int queries, keys, warp_rows;
 };
 AttentionForwardTile attention_forward_tile(int HD);
-// Floats of scratch attention_backward needs: D = rowsum(dout * out) (B, H, T), the fp32 dQ
-// partials of the key-tile splits (splits, B, T, H, HD) and, under GQA (H > KV), the fp32 dK
-// and dV of every query head (B, T, H, HD) each.
-size_t attention_backward_scratch_floats(int B, int Tn, int H, int KV, int HD);
 // The backward's unit of work: one tile of `queries` queries against one of `keys` keys (at or
 // below the diagonal), five products of queries x keys x HD (tests/cuda_emu/work_attention_backward.cpp).
 struct AttentionBackwardTile {
   int queries, keys;
 };
 AttentionBackwardTile attention_backward_tile(int HD);
-// Blocks per (b, query head) of the backward's main kernel: min(key tiles, ceil(264 / (B H))),
-// from the shape only (the same grid and sums on every GPU).
-int attention_backward_splits(int B, int Tn, int H);
+// Its scratch (attention_backward_scratch_floats) and its blocks per (b, query head)
+// (attention_backward_splits): ltrain/kernels/scratch.h, from the shape only.
 // dq, dk, dv written (=). One pass over the (query tile, key tile) pairs; dQ is summed over key
 // tiles and dK, dV over each group's query heads in a fixed order: no atomics, deterministic.
 void attention_backward(bf16* dq,          // (B, T, H, HD)

@@ -33,7 +33,7 @@ namespace ltrain::cuda {
 namespace {
 
 constexpr int kMaxThreads = 512;
-constexpr int kForwardMinRows = 8, kBackwardMinRows = 16;
+constexpr int kForwardMinRows = 8, kBackwardMinRows = kRmsnormBackwardMinRows;
 
 // How a call is laid out: the register tile (vpt vectors of vec elements per thread, 0 when the
 // row does not fit it), threads per block, blocks. Block b takes rows [b N / blocks, (b + 1) N /
@@ -293,11 +293,6 @@ void rmsnorm_forward(T* out, float* rstd, const T* inp, const T* weight, int N, 
   CUDA_CHECK_LAUNCH();
 }
 
-size_t rmsnorm_backward_scratch_floats(int N, int C) {
-  if (N == 0) return 0;
-  // The chunking does not depend on the type or the path.
-  return size_t(backward_plan<float>(N, C, false).blocks) * size_t(C);
-}
 
 template <class T>
 void rmsnorm_backward(T* dinp, float* dweight, const T* dout, const T* inp, const T* weight,

@@ -133,10 +133,6 @@ __device__ __forceinline__ void load_floats(float (&x)[N], const float* p) {
 
 inline unsigned ceil_div(int64_t a, int64_t b) { return unsigned((a + b - 1) / b); }
 
-// Design sizes of the memory-bound kernels. Grids are fixed by the shape (never by the device
-// they run on), so that every reduction order, and so every result, is the same on every GPU;
-// they are sized for an H100 (132 SMs), where kFillBlocks blocks are two per SM.
-constexpr int kDesignSMs = 132;
-constexpr int kFillBlocks = 2 * kDesignSMs;
+// Design sizes of the memory-bound kernels (kDesignSMs, kFillBlocks): include/ltrain/kernels/scratch.h.
 
 }  // namespace ltrain::cuda

@@ -401,7 +401,7 @@ class CudaBackend final : public Backend {
   // ---- optimizer ------------------------------------------------------------------------------
   double sum_squares_impl(const std::vector<Tensor>& tensors) override {
     auto* partials = static_cast<double*>(
-        double_scratch_.get((cuda::kSumSquaresBlocks + 1) * sizeof(double), allocated_));
+        double_scratch_.get(cuda::kSumSquaresScratchBytes, allocated_));
     CUDA_CHECK(cudaMemsetAsync(partials, 0, cuda::kSumSquaresBlocks * sizeof(double), stream_));
     for (const Tensor& t : tensors)
       dispatch_act(t.dtype, "sum_squares", [&](auto tag) {

@@ -14,6 +14,7 @@
 #include "ltrain/core/check.h"
 #include "ltrain/core/io.h"
 #include "ltrain/cuda/cuda_backend.h"
+#include "ltrain/kernels/scratch.h"
 #include "ltrain/model/layout.h"
 
 namespace ltrain {
@@ -195,17 +196,14 @@ MemoryPlan memory_plan(const Config& cfg, int dp, int tp, const MemoryPlanOption
   if (o.cuda) {
     // src/cuda/cuda_backend.cpp: the cuBLASLt workspace, then the kernel scratch of the first step.
     p.matmul_workspace_bytes = int64_t(kCudaMatmulWorkspaceBytes);
+    // The kernels' own scratch sizes (ltrain/kernels/scratch.h), at this rank's shapes: the norms
+    // run on the sequence-parallel rows, attention on this rank's heads.
     const int64_t N = int64_t(B) * T, Ns = ceil_div(N, tp);
-    const int64_t chunks = std::min<int64_t>(264, ceil_div(Ns, 16));  // kernels/rmsnorm.cu: backward_plan
-    p.scratch_bytes += chunks * m.hidden_size * 4;               // rmsnorm dweight partials (fp32)
-    // kernels/attention_backward.cu (scratch_layout), fp32: D (B, H, T), the dQ partials of the
-    // key-tile splits (splits = min(key tiles of 128, ceil(264 / (B H)))) and, under GQA, dK and
-    // dV per query head, each (B, T, H, HD); H and KV per tensor-parallel rank.
-    const int64_t Hl = m.num_attention_heads / tp, KVl = m.kv_heads() / tp, BTHD = int64_t(B) * T * Hl * m.head_dim();
-    const int64_t splits = std::clamp<int64_t>(ceil_div(264, int64_t(B) * Hl), 1, ceil_div(T, 128));
-    p.scratch_bytes += (int64_t(B) * Hl * T + (splits + (Hl > KVl ? 2 : 0)) * BTHD) * 4;
-    p.scratch_bytes += N * 8;                                    // embedding's sorted (token, row) keys
-    p.scratch_bytes += (1024 + 1) * 8;                           // sum-of-squares partials (f64)
+    const int Hl = m.num_attention_heads / tp, KVl = m.kv_heads() / tp;
+    p.scratch_bytes += int64_t(cuda::rmsnorm_backward_scratch_floats(Ns, m.hidden_size)) * 4;  // dweight partials
+    p.scratch_bytes += int64_t(cuda::attention_backward_scratch_floats(B, T, Hl, KVl, m.head_dim())) * 4;
+    p.scratch_bytes += int64_t(cuda::embedding_backward_scratch_bytes(N));  // sorted (token, row) keys
+    p.scratch_bytes += int64_t(cuda::kSumSquaresScratchBytes);               // sum-of-squares partials
     p.workspace += p.matmul_workspace_bytes + p.scratch_bytes;
     p.allocations += 5;
   }
