@@ -237,9 +237,9 @@ MemoryPlan check_run_memory(const Config& cfg, int dp, int tp, Backend& backend)
   // What the backend already holds (the cuBLASLt workspace) is part of the plan.
   const int64_t held = int64_t(backend.bytes_allocated());
   if (plan.options.cuda) {
-    size_t free_b = 0, total_b = 0;
-    if (!cuda_memory_info(&free_b, &total_b)) return plan;
-    check_memory_fits(plan, int64_t(free_b) + held, int64_t(total_b), "this GPU (cudaMemGetInfo)");
+    const DeviceInfo gpu = backend.device_info();  // cudaMemGetInfo on the backend's device
+    if (gpu.free_bytes < 0 || gpu.total_bytes < 0) return plan;
+    check_memory_fits(plan, gpu.free_bytes + held, gpu.total_bytes, "this GPU (cudaMemGetInfo)");
   } else {
     const int64_t avail = meminfo_bytes("MemAvailable"), total = meminfo_bytes("MemTotal");
     if (avail < 0 || total < 0) return plan;
