@@ -52,7 +52,7 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt, ParallelCon
   const auto& tc = cfg.train;
   const int world = par.world_size();
   const int dp_size = check_bench_layout(cfg, world);
-  par.setup_grid(dp_size, cfg.parallel.tensor);
+  par.setup_grid(dp_size, 1, cfg.parallel.tensor);
   const int dp_rank = par.data_rank();
   const int B = tc.micro_batch_size, T = tc.seq_len;
   const int accum = cfg.grad_accum_steps(dp_size);

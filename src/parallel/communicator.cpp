@@ -25,6 +25,11 @@ class SingleCommunicator final : public Communicator {
   void reduce_scatter_sum(Tensor out, const Tensor& in) override { copy(out, in); }
   void all_gather(Tensor out, const Tensor& in) override { copy(out, in); }
   void broadcast(Tensor, int) override {}
+  void send_recv(const Tensor& send, int send_to, Tensor recv, int recv_from) override {
+    LTRAIN_CHECK(send_to == -1 || send_to == 0, "send to rank " << send_to << " of 1");
+    LTRAIN_CHECK(recv_from == -1 || recv_from == 0, "receive from rank " << recv_from << " of 1");
+    if (send_to == 0 && recv_from == 0) copy(recv, send);
+  }
   int all_reduce_sum_start(Tensor) override { return 0; }
   void wait(int) override {}
   double sum(double x) override { return x; }
@@ -48,6 +53,8 @@ MPI_Datatype mpi_type(DType t) {
   LTRAIN_CHECK(false, "MPI collectives run on host fp32/fp64/i32 buffers, got " << dtype_name(t));
   return MPI_DATATYPE_NULL;
 }
+
+constexpr int kP2pTag = 17;  // point-to-point messages; MPI matches them in order per pair
 
 // MPI on host buffers, for the CPU backend.
 class MpiCommunicator final : public Communicator {
@@ -82,6 +89,14 @@ class MpiCommunicator final : public Communicator {
   }
   void broadcast(Tensor buf, int root) override {
     MPI_CHECK(MPI_Bcast(buf.data, int(buf.numel()), mpi_type(buf.dtype), root, comm_));
+  }
+  void send_recv(const Tensor& send, int send_to, Tensor recv, int recv_from) override {
+    MPI_Request reqs[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+    if (recv_from >= 0 && recv.defined())
+      MPI_CHECK(MPI_Irecv(recv.data, int(recv.numel()), mpi_type(recv.dtype), recv_from, kP2pTag, comm_, &reqs[0]));
+    if (send_to >= 0 && send.defined())
+      MPI_CHECK(MPI_Isend(send.data, int(send.numel()), mpi_type(send.dtype), send_to, kP2pTag, comm_, &reqs[1]));
+    MPI_CHECK(MPI_Waitall(2, reqs, MPI_STATUSES_IGNORE));
   }
   int all_reduce_sum_start(Tensor buf) override {
     MPI_Request req = MPI_REQUEST_NULL;
@@ -151,33 +166,39 @@ std::unique_ptr<ParallelContext> ParallelContext::init(int* argc, char*** argv) 
   set_error_rank(c.world_rank_);
   // An internal error (LTRAIN_CHECK, CUDA_CHECK, ...) on one rank ends the whole job at once.
   if (c.mpi_ && c.world_size_ > 1) set_fatal_exit([] { MPI_Abort(MPI_COMM_WORLD, 134); });
-  c.setup_grid(c.world_size_, 1);
+  c.setup_grid(c.world_size_, 1, 1);
   return ctx;
 }
 
 std::unique_ptr<ParallelContext> ParallelContext::single_process() {
   std::unique_ptr<ParallelContext> ctx(new ParallelContext());
   ctx->world_ = make_single_communicator();
-  ctx->setup_grid(1, 1);
+  ctx->setup_grid(1, 1, 1);
   return ctx;
 }
 
-void ParallelContext::setup_grid(int data, int tensor) {
-  if (data < 1 || tensor < 1 || data * tensor != world_size_)
+void ParallelContext::setup_grid(int data, int pipeline, int tensor) {
+  if (data < 1 || pipeline < 1 || tensor < 1 || int64_t(data) * pipeline * tensor != world_size_)
     user_error("the world of ", world_size_, " ranks does not factor as parallel.data (", data,
-               ") x parallel.tensor (", tensor, "); launch data x tensor ranks");
+               ") x parallel.pipeline (", pipeline, ") x parallel.tensor (", tensor,
+               "); launch data x pipeline x tensor ranks");
   data_size_ = data;
+  pipeline_size_ = pipeline;
   tensor_size_ = tensor;
   if (!mpi_) {
     data_ = make_single_communicator();
+    pipeline_ = make_single_communicator();
     tensor_ = make_single_communicator();
     return;
   }
-  // Tensor groups: consecutive ranks (color = data rank); data groups: same tensor rank.
-  MPI_Comm data_comm, tensor_comm;
-  MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, world_rank_ % tensor, world_rank_, &data_comm));
-  MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, world_rank_ / tensor, world_rank_, &tensor_comm));
+  // Each group is the ranks that share the other two coordinates, ranked by world rank.
+  const int d = data_rank(), p = pipeline_rank(), t = tensor_rank();
+  MPI_Comm data_comm, pipeline_comm, tensor_comm;
+  MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, p * tensor + t, world_rank_, &data_comm));
+  MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, d * tensor + t, world_rank_, &pipeline_comm));
+  MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, d * pipeline + p, world_rank_, &tensor_comm));
   data_ = std::make_unique<MpiCommunicator>(data_comm);
+  pipeline_ = std::make_unique<MpiCommunicator>(pipeline_comm);
   tensor_ = std::make_unique<MpiCommunicator>(tensor_comm);
 }
 
@@ -191,6 +212,7 @@ void ParallelContext::abort(int code) {
 void ParallelContext::finalize() {
   if (mpi_) {
     data_.reset();
+    pipeline_.reset();
     tensor_.reset();
     MPI_Finalize();
     mpi_ = false;

@@ -101,7 +101,7 @@ Training::Training(const Config& cfg, ParallelContext& par, const std::string& r
       T_(cfg.train.seq_len), guard_(cfg.guard), faults_(FaultInjection::from_env(par.world_rank())) {
   dp_size_ = resolve_parallel_layout(cfg, par.world_size());
   validate_config(cfg, dp_size_);
-  par.setup_grid(dp_size_, cfg.parallel.tensor);
+  par.setup_grid(dp_size_, 1, cfg.parallel.tensor);
   tp_size_ = cfg.parallel.tensor;
   main_rank_ = par.is_main();
   zero_ = cfg.parallel.zero == 1 && dp_size_ > 1;

@@ -1,6 +1,6 @@
 // Collectives of the MPI communicator against closed forms, with rank-valued inputs.
 // Run under mpirun with any number of ranks; prints "N passed, M failed" and exits non-zero on a
-// failure. Also checks the data x tensor grid: tensor groups are consecutive ranks.
+// failure. Also checks send_recv and the data x pipeline x tensor grid: tensor groups are consecutive ranks.
 // With --fatal, the last rank fails an internal check while the others wait in a barrier that
 // can never complete: the job must end at once (every rank, non-zero), not hang.
 #include <cmath>
@@ -97,9 +97,38 @@ int main(int argc, char** argv) {
   expect(w.sum(r) == P * (P - 1) / 2.0, "scalar sum", r);
   expect(w.max(-r) == 0.0, "scalar max", r);
 
+  // send_recv around the ring: each rank sends r to r+1 and receives r-1's at once (every rank
+  // sends before it receives, which deadlocks unless the pair is one operation).
+  {
+    std::vector<float> out(1000, float(r)), in(1000, -1.0f);
+    w.send_recv(view(out), (r + 1) % P, view(in), (r + P - 1) % P);
+    bool ok = true;
+    for (float x : in) ok = ok && x == float((r + P - 1) % P);
+    expect(ok, "send_recv around the ring", r);
+    // one-sided: rank 0 sends to the last rank only
+    std::vector<float> one(7, r == 0 ? 42.0f : 0.0f);
+    if (r == 0 && P > 1) w.send_recv(view(one), P - 1, Tensor{}, -1);
+    if (r == P - 1 && P > 1) w.send_recv(Tensor{}, -1, view(one), 0);
+    expect(one[6] == (r == 0 || r == P - 1 ? 42.0f : 0.0f), "one-sided send / recv", r);
+  }
+
+  // grid: with P divisible by 4, data = P/4 x pipeline = 2 x tensor = 2: tensor groups are
+  // consecutive ranks, pipeline stages the next coordinate.
+  if (P % 4 == 0) {
+    par.setup_grid(P / 4, 2, 2);
+    expect(par.tensor_rank() == r % 2 && par.pipeline_rank() == (r / 2) % 2 && par.data_rank() == r / 4,
+           "3-d grid coordinates", r);
+    expect(par.pipeline().size() == 2 && par.pipeline().rank() == par.pipeline_rank(), "pipeline group", r);
+    // the pipeline group of rank r is {r with stage 0, r with stage 1}: their sum
+    const int base = (r / 4) * 4 + r % 2;
+    expect(par.pipeline().sum(r) == double(base + base + 2), "pipeline group = same data and tensor rank", r);
+    expect(par.tensor().sum(r) == double((r / 2) * 2 * 2 + 1), "tensor group in the 3-d grid", r);
+    expect(par.data().size() == P / 4, "data group in the 3-d grid", r);
+  }
+
   // grid: with P even, data = P/2 x tensor = 2; tensor groups are consecutive ranks.
   if (P % 2 == 0) {
-    par.setup_grid(P / 2, 2);
+    par.setup_grid(P / 2, 1, 2);
     expect(par.tensor().size() == 2 && par.data().size() == P / 2, "grid sizes", r);
     expect(par.tensor().sum(r) == double((r / 2) * 2 * 2 + 1), "tensor group = consecutive ranks", r);
     expect(par.data().sum(1.0) == P / 2, "data group size", r);

@@ -27,6 +27,11 @@ class Communicator {
   // rank's own chunk of `out` (an in-place gather).
   virtual void all_gather(Tensor out, const Tensor& in) = 0;
   virtual void broadcast(Tensor buf, int root) = 0;
+  // Point to point (pipeline stages): sends `send` to rank send_to and receives `recv` from rank
+  // recv_from, as one operation, so two neighbours that each send to the other cannot deadlock.
+  // Either side may be absent (an undefined tensor, or a peer of -1). Returns when both are
+  // complete, like the blocking collectives; NCCL orders them after the producer's queued work.
+  virtual void send_recv(const Tensor& send, int send_to, Tensor recv, int recv_from) = 0;
   // Starts an in-place all-reduce and returns at once; wait() completes it. The caller must not
   // touch buf in between. Used to overlap gradient reduction with the rest of backward.
   virtual int all_reduce_sum_start(Tensor buf) = 0;
@@ -46,8 +51,10 @@ class Communicator {
 // A communicator of one rank: collectives are identities.
 std::unique_ptr<Communicator> make_single_communicator();
 
-// The process grid: world = data x tensor, tensor-parallel groups are consecutive ranks (so they
-// stay inside a node), local rank selects the GPU. Created once in main() and passed down to what
+// The process grid: world = data x pipeline x tensor. Tensor-parallel groups are consecutive
+// ranks (so they stay inside a node), pipeline stages come next, data replicas outermost:
+//   world rank = (data_rank * pipeline + pipeline_rank) * tensor + tensor_rank.
+// The local rank selects the GPU. Created once in main() and passed down to what
 // needs it; there is no global to reach it through.
 class ParallelContext {
  public:
@@ -63,14 +70,19 @@ class ParallelContext {
   bool is_main() const { return world_rank_ == 0; }
   bool uses_mpi() const { return mpi_; }
 
-  // Splits the world into data x tensor groups. UserError when the world does not factor.
-  void setup_grid(int data, int tensor);
+  // Splits the world into data x pipeline x tensor groups. UserError when the world does not
+  // factor.
+  void setup_grid(int data, int pipeline, int tensor);
   int data_size() const { return data_size_; }
+  int pipeline_size() const { return pipeline_size_; }
   int tensor_size() const { return tensor_size_; }
-  int data_rank() const { return world_rank_ / tensor_size_; }
+  int data_rank() const { return world_rank_ / (tensor_size_ * pipeline_size_); }
+  int pipeline_rank() const { return world_rank_ / tensor_size_ % pipeline_size_; }
   int tensor_rank() const { return world_rank_ % tensor_size_; }
   Communicator& world() { return *world_; }
   Communicator& data() { return *data_; }
+  // The ranks of this rank's pipeline (same data and tensor coordinates), ranked by stage.
+  Communicator& pipeline() { return *pipeline_; }
   Communicator& tensor() { return *tensor_; }
 
   // Ends every rank: MPI_Abort under a launcher, exit otherwise.
@@ -80,9 +92,9 @@ class ParallelContext {
  private:
   ParallelContext() = default;
   int world_rank_ = 0, world_size_ = 1, local_rank_ = 0;
-  int data_size_ = 1, tensor_size_ = 1;
+  int data_size_ = 1, pipeline_size_ = 1, tensor_size_ = 1;
   bool mpi_ = false;
-  std::unique_ptr<Communicator> world_, data_, tensor_;
+  std::unique_ptr<Communicator> world_, data_, pipeline_, tensor_;
 };
 
 }  // namespace ltrain
