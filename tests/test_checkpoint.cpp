@@ -109,7 +109,7 @@ class ThreadComm final : public Communicator {
     g_.exchange(rank_, buf.data, [&](const std::vector<const void*>& all) { std::memcpy(tmp.data(), all[size_t(root)], tmp.size()); });
     std::memcpy(buf.data, tmp.data(), tmp.size());
   }
-  void send_recv(const Tensor&, int, Tensor, int) override {
+  void send_recv(const std::vector<P2p>&) override {
     LTRAIN_CHECK(false, "ThreadComm has no point-to-point messages");
   }
   int all_reduce_sum_start(Tensor buf) override {

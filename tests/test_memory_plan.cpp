@@ -83,7 +83,7 @@ class SizeOnlyCommunicator final : public Communicator {
   void reduce_scatter_sum(Tensor, const Tensor&) override { fail(); }
   void all_gather(Tensor, const Tensor&) override { fail(); }
   void broadcast(Tensor, int) override { fail(); }
-  void send_recv(const Tensor&, int, Tensor, int) override { fail(); }
+  void send_recv(const std::vector<P2p>&) override { fail(); }
   int all_reduce_sum_start(Tensor) override {
     fail();
     return 0;

@@ -124,9 +124,7 @@ void TimingCommunicator::reduce_scatter_sum(Tensor out, const Tensor& in) {
 }
 void TimingCommunicator::all_gather(Tensor out, const Tensor& in) { timed([&] { inner_.all_gather(out, in); }); }
 void TimingCommunicator::broadcast(Tensor buf, int root) { timed([&] { inner_.broadcast(buf, root); }); }
-void TimingCommunicator::send_recv(const Tensor& send, int send_to, Tensor recv, int recv_from) {
-  timed([&] { inner_.send_recv(send, send_to, recv, recv_from); });
-}
+void TimingCommunicator::send_recv(const std::vector<P2p>& ops) { timed([&] { inner_.send_recv(ops); }); }
 int TimingCommunicator::all_reduce_sum_start(Tensor buf) {
   return timed([&] { return inner_.all_reduce_sum_start(buf); });
 }

@@ -172,10 +172,12 @@ std::string save_checkpoint(const std::string& run_dir, const TrainState& state,
                             const SaveFaultHook& between_files) {
   const ParameterSet& params = sharded.parameters();
   const int P = params.tensor_parallel_size(), t_rank = params.tensor_parallel_rank();
+  const int PP = std::max(1, cfg.parallel.pipeline);
   const int rank = world.rank();
-  LTRAIN_CHECK(world.size() % P == 0 && rank % P == t_rank,
-               "world rank " << rank << " is not data rank x " << P << " + tensor rank " << t_rank);
-  const int d_rank = rank / P;
+  // The grid's order: world rank = (data rank x PP + stage) x P + tensor rank.
+  LTRAIN_CHECK(world.size() % (P * PP) == 0 && rank % P == t_rank,
+               "world rank " << rank << " is not (data rank x " << PP << " + stage) x " << P << " + tensor rank " << t_rank);
+  const int d_rank = rank / (P * PP), stage = rank / P % PP;
   const bool zero = sharded.zero();
   const int64_t lo = sharded.shard_begin(), n = sharded.shard_size();
   LTRAIN_CHECK(!zero || lo == int64_t(d_rank) * n, "the ZeRO shard does not belong to data rank " << d_rank);
@@ -183,6 +185,7 @@ std::string save_checkpoint(const std::string& run_dir, const TrainState& state,
   // Without ZeRO the data-parallel replicas are identical: data rank 0 of each tensor group writes.
   mine.writes = zero || d_rank == 0;
   mine.who = {{"rank", rank}, {"data_rank", d_rank}, {"tensor_rank", t_rank}};
+  if (PP > 1) mine.who["pipeline_rank"] = stage;
   std::vector<float> w, m, v;
   if (mine.writes) {
     w.resize(size_t(n));
@@ -194,6 +197,7 @@ std::string save_checkpoint(const std::string& run_dir, const TrainState& state,
     for (int which = 0; which < 3; ++which)
       for (const auto& p : params.params()) {
         if (p.shard_dim < 0 && t_rank != 0) continue;
+        if (p.tied_copy) continue;  // the first stage writes the embedding
         const int64_t off = params.offset(p), b = std::max(lo, off), e = std::min(lo + n, off + p.tensor.numel());
         if (b >= e) continue;
         const float* src = (which == 0 ? w : which == 1 ? m : v).data() + (b - lo);
@@ -202,13 +206,32 @@ std::string save_checkpoint(const std::string& run_dir, const TrainState& state,
       }
   }
   std::vector<ManifestTensor> tensors;
-  for (const auto& p : params.params()) tensors.push_back({p.name, p.global_shape, p.shard_dim});
-  const nlohmann::json layout = {
-      {"data", world.size() / P},
+  for (size_t i = 0; i < params.params().size(); ++i) {
+    const NamedTensor& p = params.params()[i];
+    if (!p.tied_copy) tensors.push_back({p.name, p.global_shape, p.shard_dim, p.order >= 0 ? p.order : int(i)});
+  }
+  if (PP > 1) {
+    // Each stage holds some of the tensors: the manifest lists all of them, in the model's order.
+    nlohmann::json mine_list = nlohmann::json::array();
+    for (const auto& t : tensors) mine_list.push_back({t.name, shape_json(t.shape), t.split_dim, t.order});
+    std::map<int, ManifestTensor> all;
+    for (const auto& s : all_gather_strings(world, mine_list.dump()))
+      for (const auto& e : nlohmann::json::parse(s)) {
+        Shape shape;
+        shape.ndim = int(e[1].size());
+        for (int k = 0; k < shape.ndim; ++k) shape.dims[k] = e[1][size_t(k)].get<int64_t>();
+        all[e[3].get<int>()] = {e[0].get<std::string>(), shape, e[2].get<int>(), e[3].get<int>()};
+      }
+    tensors.clear();
+    for (auto& [order, t] : all) tensors.push_back(t);
+  }
+  nlohmann::json layout = {
+      {"data", world.size() / (P * PP)},
       {"tensor", P},
       {"zero", zero ? 1 : 0},
       {"writer_rule", zero ? "every rank: ZeRO-1 shards the master weights and moments over the data ranks"
                            : "data rank 0 of each tensor-parallel group: the data-parallel replicas hold identical copies"}};
+  if (PP > 1) layout["pipeline"] = PP;  // (absent: 1, as checkpoints before pipeline parallelism)
   return write_checkpoint(run_dir, state, cfg, world, mine, /*with_moments=*/true, tensors, layout, tokenizer_path,
                           between_files);
 }

@@ -80,6 +80,7 @@ struct ManifestTensor {
   std::string name;
   Shape shape;
   int split_dim = -1;
+  int order = 0;  // place in the whole model's order
 };
 nlohmann::json manifest_head(const TrainState& state, const Config& cfg);
 nlohmann::json tensor_list(const std::vector<ManifestTensor>& tensors, const std::string& suffix);

@@ -40,7 +40,8 @@ bool is_list_key(const std::string& key) {
   bool list = false;
   Config c;
   visit_config(c, [&](const char* k, auto& field, const char*) {
-    if constexpr (std::is_same_v<std::decay_t<decltype(field)>, BlendList>) list = list || key == k;
+    using T = std::decay_t<decltype(field)>;
+    if constexpr (std::is_same_v<T, BlendList> || std::is_same_v<T, std::vector<int>>) list = list || key == k;
   });
   return list;
 }
@@ -104,6 +105,7 @@ std::string closest_key(const std::string& key) {
 template <class T>
 const char* type_name() {
   if constexpr (std::is_same_v<T, BlendList>) return "a list of {path, weight} or {path, epochs} entries";
+  else if constexpr (std::is_same_v<T, std::vector<int>>) return "a list of integers like [4, 4, 3]";
   else if constexpr (std::is_same_v<T, bool>) return "true or false";
   else if constexpr (std::is_integral_v<T>) return "an integer";
   else if constexpr (std::is_floating_point_v<T>) return "a number";
@@ -135,7 +137,22 @@ bool valid_utf8(const std::string& s) {
 
 template <class T>
 bool parse_value(const std::string& s, T& out) {
-  if constexpr (std::is_same_v<T, bool>) {
+  if constexpr (std::is_same_v<T, std::vector<int>>) {
+    out.clear();
+    if (s.empty() || s == "[]") return true;
+    try {
+      const YAML::Node root = YAML::Load(s.front() == '[' ? s : "[" + s + "]");  // [4, 4] or 4,4
+      if (!root.IsSequence()) return false;
+      for (const auto& e : root) {
+        int x = 0;
+        if (!e.IsScalar() || !parse_value(e.as<std::string>(), x)) return false;
+        out.push_back(x);
+      }
+    } catch (const YAML::Exception&) {
+      return false;
+    }
+    return true;
+  } else if constexpr (std::is_same_v<T, bool>) {
     if (s == "true" || s == "True" || s == "1" || s == "yes") return out = true, true;
     if (s == "false" || s == "False" || s == "0" || s == "no") return out = false, true;
     return false;
@@ -392,6 +409,13 @@ void validate_config(const Config& c, int dp_world) {
                ") must be a multiple of micro_batch_size * seq_len * data-parallel ranks = ",
                t.micro_batch_size, " * ", t.seq_len, " * ", dp_world, " = ", per_micro,
                " (nearest: ", std::max<int64_t>(1, t.global_batch_tokens / per_micro) * per_micro, ")");
+  const auto& par = c.parallel;
+  const int64_t accum = t.global_batch_tokens / per_micro;
+  if (par.schedule == "interleaved" && par.pipeline > 1 && accum % par.pipeline != 0)
+    user_error("parallel.schedule: interleaved needs the micro-batches per step (", accum,
+               ") to be a multiple of parallel.pipeline (", par.pipeline, "); set train.global_batch_tokens to ",
+               std::max<int64_t>(1, accum / par.pipeline) * par.pipeline * per_micro, " or ",
+               (accum / par.pipeline + 1) * par.pipeline * per_micro);
 }
 
 int resolve_parallel_layout(const Config& c, int world_size) {
@@ -401,12 +425,23 @@ int resolve_parallel_layout(const Config& c, int world_size) {
   if (p.zero != 0 && p.zero != 1) user_error("config key 'parallel.zero' must be 0 or 1, got ", p.zero);
   if (!(p.bucket_mb > 0)) user_error("config key 'parallel.bucket_mb' must be positive");
   if (p.timeout_s < 0) user_error("config key 'parallel.timeout_s' must be >= 0 (0 = no limit)");
-  if (world_size % p.tensor != 0)
-    user_error("the world of ", world_size, " ranks is not divisible by parallel.tensor (", p.tensor, ")");
-  const int data = p.data ? p.data : world_size / p.tensor;
-  if (data * p.tensor != world_size)
+  if (p.pipeline < 1) user_error("config key 'parallel.pipeline' must be >= 1, got ", p.pipeline);
+  if (p.virtual_stages < 1) user_error("config key 'parallel.virtual_stages' must be >= 1, got ", p.virtual_stages);
+  if (p.schedule != "1f1b" && p.schedule != "interleaved")
+    user_error("config key 'parallel.schedule' must be 1f1b or interleaved, got '", p.schedule, "'");
+  if (p.virtual_stages > 1 && p.schedule != "interleaved")
+    user_error("parallel.virtual_stages (", p.virtual_stages, ") needs parallel.schedule: interleaved");
+  if (p.schedule == "interleaved" && p.pipeline < 2)
+    user_error("parallel.schedule: interleaved needs parallel.pipeline >= 2, got ", p.pipeline);
+  const int64_t pt = int64_t(p.pipeline) * p.tensor;
+  if (world_size % pt != 0)
+    user_error("the world of ", world_size, " ranks is not divisible by parallel.pipeline (", p.pipeline,
+               ") x parallel.tensor (", p.tensor, ") = ", pt, "; launch a multiple of ", pt, " ranks");
+  const int data = p.data ? p.data : int(world_size / pt);
+  if (data * pt != world_size)
     user_error("the world of ", world_size, " ranks does not factor as parallel.data (", data,
-               ") x parallel.tensor (", p.tensor, "); launch ", data * p.tensor, " ranks or change the layout");
+               ") x parallel.pipeline (", p.pipeline, ") x parallel.tensor (", p.tensor, "); launch ",
+               data * pt, " ranks or change the layout");
   const auto& m = c.model;
   const int tp = p.tensor;
   if (tp > 1) {

@@ -110,14 +110,14 @@ class NcclCommunicator final : public Communicator {
     NCCL_CHECK(ncclBroadcast(buf.data, buf.data, size_t(buf.numel()), nccl_type(buf.dtype), root, comm_, stream_));
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
-  void send_recv(const Tensor& send, int send_to, Tensor recv, int recv_from) override {
+  void send_recv(const std::vector<P2p>& ops) override {
     after_producer();
-    // One group: a pair of neighbours that send to each other does not deadlock.
+    // One group: ranks that send to each other do not deadlock.
     NCCL_CHECK(ncclGroupStart());
-    if (send_to >= 0 && send.defined())
-      NCCL_CHECK(ncclSend(send.data, size_t(send.numel()), nccl_type(send.dtype), send_to, comm_, stream_));
-    if (recv_from >= 0 && recv.defined())
-      NCCL_CHECK(ncclRecv(recv.data, size_t(recv.numel()), nccl_type(recv.dtype), recv_from, comm_, stream_));
+    for (const P2p& op : ops) {
+      if (op.send) NCCL_CHECK(ncclSend(op.buf.data, size_t(op.buf.numel()), nccl_type(op.buf.dtype), op.peer, comm_, stream_));
+      else NCCL_CHECK(ncclRecv(op.buf.data, size_t(op.buf.numel()), nccl_type(op.buf.dtype), op.peer, comm_, stream_));
+    }
     NCCL_CHECK(ncclGroupEnd());
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }

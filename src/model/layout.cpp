@@ -48,6 +48,27 @@ std::vector<std::pair<int64_t, int64_t>> ParamLayout::unit_ranges(int64_t padded
   return r;
 }
 
+namespace {
+// Offsets of every view: each starts on a kParamAlign boundary, in the order of params.
+void place(ParamLayout& out) {
+  int64_t off = 0;
+  out.offsets.clear();
+  for (size_t i = 0; i < out.params.size(); ++i) {
+    out.offsets.push_back(off);
+    off = (off + out.local_shape(i).numel() + kParamAlign - 1) / kParamAlign * kParamAlign;
+  }
+  out.elements = off;
+}
+
+// The forward+backward FLOPs of one layer and of the head per token (model/flops.h's terms).
+std::pair<double, double> layer_and_head_flops(const ModelConfig& m, int seq_len) {
+  const double C = m.hidden_size, HD = m.head_dim(), H = m.num_attention_heads, KV = m.kv_heads(),
+               FF = m.ffn_dim(), V = m.vocab_size;
+  const double layer = 6 * (C * (H + 2 * KV) * HD + H * HD * C + 3 * C * FF) + 6 * H * HD * seq_len;
+  return {layer, 6 * C * V};
+}
+}  // namespace
+
 ParamLayout llama_param_layout(const ModelConfig& m, int P) {
   const LlamaDims d(m, 1);
   const int L = int(d.L);
@@ -73,12 +94,96 @@ ParamLayout llama_param_layout(const ModelConfig& m, int P) {
   }
   add("model.norm.weight", ParamRole::kFinalNorm, -1, {d.C}, -1, 0);
   if (!m.tie_word_embeddings) add("lm_head.weight", ParamRole::kLmHead, -1, {d.V, d.C}, 0, 0);
-  int64_t off = 0;
-  for (size_t i = 0; i < out.params.size(); ++i) {
-    out.offsets.push_back(off);
-    off = (off + out.local_shape(i).numel() + kParamAlign - 1) / kParamAlign * kParamAlign;
+  for (size_t i = 0; i < out.params.size(); ++i) out.params[i].order = int(i);
+  place(out);
+  return out;
+}
+
+PipelineSplit llama_pipeline_split(const ModelConfig& m, int seq_len, int P, int V, const std::vector<int>& counts) {
+  const int L = m.num_hidden_layers, n = P * V;
+  PipelineSplit s;
+  s.stages = P;
+  s.virtual_stages = V;
+  if (P < 1 || V < 1) user_error("parallel.pipeline and parallel.virtual_stages must be >= 1, got ", P, " and ", V);
+  if (n > L)
+    user_error("parallel.pipeline (", P, ") x parallel.virtual_stages (", V, ") = ", n, " chunks, more than the ", L,
+               " layers (model.num_hidden_layers); use at most ", L, " chunks");
+  std::vector<int> c = counts;
+  if (!c.empty()) {
+    int sum = 0;
+    for (int x : c) sum += x;
+    if (int(c.size()) != n || sum != L || *std::min_element(c.begin(), c.end()) < 1)
+      user_error("parallel.pipeline_layers must give ", n, " counts of at least 1 layer (one per chunk) adding up to ",
+                 L, " layers, got ", c.size(), " counts adding up to ", sum);
+  } else if (V > 1) {
+    if (L % n != 0)
+      user_error("parallel.virtual_stages (", V, ") x parallel.pipeline (", P, ") = ", n,
+                 " chunks do not divide the ", L, " layers; choose them so that P x V divides ", L,
+                 ", or give parallel.pipeline_layers");
+    c.assign(size_t(n), L / n);
+  } else {
+    // The smallest bottleneck over contiguous cuts, by binary search on the largest stage cost;
+    // the last stage also runs the head.
+    const auto [layer, head] = layer_and_head_flops(m, seq_len);
+    // Greedy for a bound on the largest stage cost: each stage but the last takes as many
+    // layers as fit (at least one, leaving one for each later stage); the last takes the rest.
+    auto cut = [&, layer = layer, head = head](double limit, std::vector<int>* out) {
+      std::vector<int> r;
+      int l = 0;
+      for (int st = 0; st < n - 1; ++st) {
+        int k = 1;
+        while (l + k < L - (n - 1 - st) && (k + 1) * layer <= limit) ++k;
+        r.push_back(k);
+        l += k;
+      }
+      r.push_back(L - l);
+      if (r.back() * layer + head > limit) return false;
+      if (out) *out = r;
+      return true;
+    };
+    double lo = 0, hi = L * layer + head;
+    for (int it = 0; it < 100; ++it) {
+      const double mid = (lo + hi) / 2;
+      (cut(mid, nullptr) ? hi : lo) = mid;
+    }
+    LTRAIN_CHECK(cut(hi, &c), "pipeline split");
   }
-  out.elements = off;
+  s.first_layer.push_back(0);
+  for (int x : c) s.first_layer.push_back(s.first_layer.back() + x);
+  return s;
+}
+
+ParamLayout llama_stage_param_layout(const ModelConfig& m, int P, const PipelineSplit& split, int stage) {
+  const ParamLayout whole = llama_param_layout(m, P);
+  const int L = m.num_hidden_layers;
+  const bool first = stage == 0, last = stage == split.stage_of(split.chunks() - 1);
+  std::vector<bool> mine(size_t(L), false);
+  for (int v = 0; v < split.virtual_stages; ++v) {
+    const int g = split.chunk(stage, v);
+    for (int l = split.first_layer[size_t(g)]; l < split.first_layer[size_t(g) + 1]; ++l) mine[size_t(l)] = true;
+  }
+  ParamLayout out;
+  out.P = P;
+  for (const auto& p : whole.params) {
+    const bool keep = p.layer >= 0 ? bool(mine[size_t(p.layer)])
+                      : p.role == ParamRole::kEmbed ? first
+                                                    : last;  // final norm, lm_head
+    if (keep) out.params.push_back(p);
+  }
+  if (last && !first && m.tie_word_embeddings) {
+    ParamSpec copy = whole.params.front();  // the embedding, used as lm_head
+    copy.role = ParamRole::kLmHead;
+    copy.unit = 0;
+    copy.tied_copy = true;
+    out.params.push_back(copy);
+  }
+  // Units over what the stage holds, in the same backward order.
+  std::vector<int> used;
+  for (const auto& p : out.params) used.push_back(p.unit);
+  std::sort(used.begin(), used.end());
+  used.erase(std::unique(used.begin(), used.end()), used.end());
+  for (auto& p : out.params) p.unit = int(std::lower_bound(used.begin(), used.end(), p.unit) - used.begin());
+  place(out);
   return out;
 }
 

@@ -26,7 +26,7 @@ Tensor rows(const Tensor& t, int64_t n) { return t.slice_rows(0, n); }
 
 LlamaModel::LlamaModel(const ModelConfig& cfg, Backend& backend, int max_batch, int max_seq,
                        Recompute recompute, int64_t buffer_multiple, Communicator* tp,
-                       Communicator* tp_host)
+                       Communicator* tp_host, const PipelineStage* stage)
     : cfg_(cfg), backend_(backend), max_batch_(max_batch), max_seq_(max_seq), recompute_(recompute),
       tp_(tp), tp_host_(tp_host ? tp_host : tp) {
   if (tp_) {
@@ -46,8 +46,40 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, Backend& backend, int max_batch, 
   Vl_ = V / P_;
   vocab_offset_ = p_ * Vl_;
 
+  // The chunks of layers this rank runs: the whole model, or a pipeline stage's.
+  if (stage) {
+    const PipelineSplit& sp = stage->split;
+    pipe_split_ = sp;
+    pipe_comm_ = stage->comm;
+    pipe_host_ = stage->host;
+    LTRAIN_CHECK(pipe_comm_ && pipe_host_, "a pipeline stage needs its communicators");
+    LTRAIN_CHECK(int(stage->slots.size()) == sp.virtual_stages, "a slot count per chunk");
+    for (int v = 0; v < sp.virtual_stages; ++v) {
+      const int g = sp.chunk(stage->stage, v);
+      Chunk c;
+      c.first = sp.first_layer[size_t(g)];
+      c.last = sp.first_layer[size_t(g) + 1];
+      c.embed = g == 0;
+      c.head = g == sp.chunks() - 1;
+      c.slots.resize(size_t(stage->slots[size_t(v)]));
+      chunks_.push_back(std::move(c));
+    }
+  } else {
+    Chunk c;
+    c.last = L_;
+    c.embed = c.head = true;
+    c.slots.resize(1);
+    chunks_.push_back(std::move(c));
+  }
+
   // Parameters and gradients: one flat buffer each, with identical layouts (model/layout.h).
-  layout_ = llama_param_layout(cfg, P_);
+  layout_ = stage ? llama_stage_param_layout(cfg, P_, stage->split, stage->stage) : llama_param_layout(cfg, P_);
+  layer_unit_.assign(size_t(L_), -1);
+  for (const auto& p : layout_.params) {
+    if (p.layer >= 0) layer_unit_[size_t(p.layer)] = p.unit;
+    else if (p.role == ParamRole::kEmbed) embed_unit_ = p.unit;
+    else head_unit_ = p.unit;
+  }
   LTRAIN_CHECK(buffer_multiple >= 1);
   const int64_t count = (layout_.elements + buffer_multiple - 1) / buffer_multiple * buffer_multiple;
   param_buf_ = backend.alloc({count}, backend.compute_dtype());
@@ -57,7 +89,7 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, Backend& backend, int max_batch, 
   // The padding belongs to the head's gradient unit, the last in memory.
   pset_.assign(backend, param_buf_, grad_buf_, std::move(params), std::move(grads), p_, P_,
                layout_.unit_ranges(count));
-  alloc_activations();
+  alloc_activations(stage != nullptr);
 
   // RoPE table, computed in double on the host.
   std::vector<double> f(size_t(max_seq_) * HD_);
@@ -106,9 +138,9 @@ std::vector<NamedTensor> LlamaModel::build_param_views(Tensor buf, Weights& w) {
     Tensor t = flat_range(buf, layout_.offsets[i], shape.numel());
     t.shape = shape;
     w.slot(p.role, p.layer) = t;
-    named.push_back({p.name, t, p.decay, p.shard_dim, p.shape});
+    named.push_back({p.name, t, p.decay, p.shard_dim, p.shape, p.tied_copy, p.order});
   }
-  if (cfg_.tie_word_embeddings) w.lm_head = w.wte;
+  if (cfg_.tie_word_embeddings && !w.lm_head.defined()) w.lm_head = w.wte;  // the same memory
   return named;
 }
 
@@ -135,7 +167,6 @@ Tensor& LlamaModel::LayerActs::slot(Act id) {
 
 Tensor& LlamaModel::model_buffer(Act id) {
   switch (id) {
-    case Act::kTokens: return tokens_;
     case Act::kTargets: return targets_;
     case Act::kRstdF: return rstdf_;
     case Act::kLnF: return lnf_;
@@ -164,26 +195,33 @@ Tensor& LlamaModel::model_buffer(Act id) {
   return dup_;
 }
 
-void LlamaModel::alloc_activations() {
+void LlamaModel::alloc_activations(bool pipeline) {
   const DType act = backend_.compute_dtype(), stat = backend_.master_dtype();
   auto alloc = [&](const ActivationSpec& a) {
     owned_.push_back(backend_.alloc(a.shape, resolve(a.dtype, act, stat)));
     return owned_.back();
   };
   const std::vector<ActivationSpec> specs = llama_activations(LlamaDims(cfg_, P_), max_batch_, max_seq_);
-  // Layer 0 holds every member; later layers share layer 0's buffer where recomputation allows.
-  acts_.assign(size_t(L_), LayerActs{});
-  for (int l = 0; l < L_; ++l)
-    for (const auto& a : specs)
-      if (a.layer) acts_[l].slot(a.id) = l == 0 || kept_per_layer(a, recompute_) ? alloc(a) : acts_[0].slot(a.id);
-  for (const auto& a : specs) {
-    if (a.layer) continue;
-    if (a.id == Act::kResid) {
-      for (int i = 0; i < a.copies; ++i) resid_.push_back(alloc(a));
-    } else {
-      model_buffer(a.id) = alloc(a);
+  // A layer member kept per layer has a buffer in every layer of every slot; the others are
+  // rebuilt by backward right before use, so the first layer's buffer serves them all.
+  LayerActs* shared = nullptr;
+  for (auto& c : chunks_)
+    for (auto& sl : c.slots) {
+      sl.acts.assign(size_t(c.last - c.first), LayerActs{});
+      for (auto& la : sl.acts) {
+        for (const auto& a : specs)
+          if (a.layer) la.slot(a.id) = !shared || kept_per_layer(a, recompute_) ? alloc(a) : shared->slot(a.id);
+        if (!shared) shared = &la;
+      }
+      for (const auto& a : specs) {
+        if (a.id == Act::kResid)
+          for (int i = 0; i <= c.last - c.first; ++i) sl.resid.push_back(alloc(a));
+        if (a.id == Act::kTokens && c.embed) sl.tokens = alloc(a);
+        if (a.id == Act::kDres && pipeline) sl.dout = alloc(a);
+      }
     }
-  }
+  for (const auto& a : specs)
+    if (!a.layer && a.id != Act::kResid && a.id != Act::kTokens) model_buffer(a.id) = alloc(a);
   head_chunk_ = logits_.shape.dims[0];
   // Without tensor parallelism the sequence-parallel halves of each pair are one buffer.
   if (P_ == 1) {
@@ -204,19 +242,22 @@ void LlamaModel::init_weights(uint64_t seed) {
   const double std = cfg_.initializer_range;
   const double out_std = std / std::sqrt(2.0 * L_);  // residual-branch outputs, GPT-2 style
   std::vector<double> whole;
-  for (size_t i = 0; i < pset_.params().size(); ++i) {
-    const NamedTensor& p = pset_.params()[i];
-    const ParamRole role = layout_.params[i].role;
-    // The whole tensor is drawn on every rank, so the weights do not depend on the layout.
-    whole.assign(size_t(p.global_shape.numel()), 1.0);
-    if (p.decay) {  // a weight matrix
-      const bool out_proj = role == ParamRole::kO || role == ParamRole::kDown;
+  // Every tensor of the whole model is drawn on every rank, in the whole model's order, so the
+  // weights depend on neither the tensor-parallel nor the pipeline layout; each rank keeps what
+  // it holds (a pipeline stage's tied copy of the embedding takes the embedding's draw).
+  for (const ParamSpec& spec : llama_param_layout(cfg_, P_).params) {
+    whole.assign(size_t(spec.shape.numel()), 1.0);
+    if (spec.decay) {  // a weight matrix
+      const bool out_proj = spec.role == ParamRole::kO || spec.role == ParamRole::kDown;
       std::normal_distribution<double> dist(0.0, out_proj ? out_std : std);
       for (auto& x : whole) x = dist(rng);
     }
-    std::vector<double> part(size_t(p.tensor.numel()));
-    extract_slice(whole.data(), p.global_shape, pset_.local_slice(p), part.data(), sizeof(double));
-    backend_.from_host(p.tensor, part.data(), DType::kF64);
+    for (const NamedTensor& p : pset_.params()) {
+      if (p.name != spec.name) continue;
+      std::vector<double> part(size_t(p.tensor.numel()));
+      extract_slice(whole.data(), p.global_shape, pset_.local_slice(p), part.data(), sizeof(double));
+      backend_.from_host(p.tensor, part.data(), DType::kF64);
+    }
   }
 }
 
@@ -272,9 +313,9 @@ int64_t LlamaModel::local_rows(int64_t N) const {
   return N / P_;
 }
 
-LlamaModel::LayerActs LlamaModel::acts_for(int l, int B, int T) const {
+LlamaModel::LayerActs LlamaModel::acts_for(const Slot& s, int i, int B, int T) const {
   local_rows(int64_t(B) * T);  // checks that the rows divide over the ranks
-  LayerActs a = acts_[size_t(l)];
+  LayerActs a = s.acts[size_t(i)];
   for (const auto& spec : llama_layer_activations(LlamaDims(cfg_, P_), B, T))
     a.slot(spec.id) = prefix(a.slot(spec.id), spec.shape);
   return a;
@@ -361,7 +402,7 @@ void LlamaModel::layer_recompute(int l, const LayerActs& a, const Tensor& x, int
   }
 }
 
-void LlamaModel::forward_trunk(const int32_t* tokens, int B, int T) {
+void LlamaModel::embed(Slot& s, const int32_t* tokens, int B, int T) {
   LTRAIN_CHECK(B <= max_batch_ && T <= max_seq_, "batch " << B << "x" << T << " exceeds the model's "
                                                           << max_batch_ << "x" << max_seq_);
   const int64_t N = int64_t(B) * T, Ns = local_rows(N);
@@ -369,15 +410,34 @@ void LlamaModel::forward_trunk(const int32_t* tokens, int B, int T) {
   std::vector<int32_t> local(tokens, tokens + N);
   if (P_ > 1)
     for (auto& t : local) t = (t >= vocab_offset_ && t < vocab_offset_ + Vl_) ? t - vocab_offset_ : -1;
-  backend_.from_host(rows(tokens_, N), local.data(), DType::kI32);
-  Tensor emb = P_ == 1 ? rows(resid_[0], N) : prefix(partial_, {N, C_});
-  backend_.embedding_forward(emb, rows(tokens_, N), w_.wte);
-  reduce_scatter_rows(rows(resid_[0], Ns), emb);
-  for (int l = 0; l < L_; ++l)
-    layer_forward(l, acts_for(l, B, T), rows(resid_[l], Ns), rows(resid_[l + 1], Ns), B, T);
-  backend_.rmsnorm_forward(rows(lnf_local_, Ns), rows(rstdf_, Ns), rows(resid_[L_], Ns), w_.final_norm,
+  backend_.from_host(rows(s.tokens, N), local.data(), DType::kI32);
+  Tensor emb = P_ == 1 ? rows(s.resid[0], N) : prefix(partial_, {N, C_});
+  backend_.embedding_forward(emb, rows(s.tokens, N), w_.wte);
+  reduce_scatter_rows(rows(s.resid[0], Ns), emb);
+}
+
+void LlamaModel::chunk_layers_forward(const Chunk& c, Slot& s, int B, int T) {
+  const int64_t Ns = local_rows(int64_t(B) * T);
+  for (int l = c.first; l < c.last; ++l) {
+    const int i = l - c.first;
+    layer_forward(l, acts_for(s, i, B, T), rows(s.resid[size_t(i)], Ns), rows(s.resid[size_t(i) + 1], Ns), B, T);
+  }
+}
+
+void LlamaModel::final_norm(const Slot& s, int B, int T) {
+  const int64_t N = int64_t(B) * T, Ns = local_rows(N);
+  backend_.rmsnorm_forward(rows(lnf_local_, Ns), rows(rstdf_, Ns), rows(s.resid.back(), Ns), w_.final_norm,
                            float(cfg_.rms_norm_eps));
   gather_rows(rows(lnf_, N), rows(lnf_local_, Ns));
+}
+
+void LlamaModel::forward_trunk(const int32_t* tokens, int B, int T) {
+  LTRAIN_CHECK(chunks_.size() == 1 && chunks_[0].embed && chunks_[0].head,
+               "a pipeline stage runs its chunks through chunk_forward / chunk_backward");
+  Chunk& c = chunks_[0];
+  embed(c.slots[0], tokens, B, T);
+  chunk_layers_forward(c, c.slots[0], B, T);
+  final_norm(c.slots[0], B, T);
 }
 
 void LlamaModel::head(int64_t N, bool backward, double dloss_scale) {
@@ -436,6 +496,24 @@ int64_t count_targets(const int32_t* targets, int64_t N) {
 
 double LlamaModel::forward_loss(const int32_t* tokens, const int32_t* targets, int B, int T) {
   const int64_t N = int64_t(B) * T;
+  if (pipe_comm_) {
+    // A pipeline stage: the chunks in global order, each stage passing its output on (slot 0 of
+    // each chunk; no training step is in flight).
+    const int P = pipe_split_.stages, stage = pipe_comm_->rank();
+    for (int g = 0; g < pipe_split_.chunks(); ++g) {
+      if (pipe_split_.stage_of(g) != stage) continue;
+      const int v = g / P;
+      if (g > 0) pipe_comm_->send_recv({{chunk_input(v, 0, B, T), pipe_split_.stage_of(g - 1), false}});
+      chunk_forward(v, 0, tokens, targets, B, T, 0.0, /*train=*/false);
+      if (g + 1 < pipe_split_.chunks()) {
+        if (!pipe_comm_->orders_after_device_work()) backend_.synchronize();
+        pipe_comm_->send_recv({{chunk_output(v, 0, B, T), pipe_split_.stage_of(g + 1), true}});
+      }
+    }
+    const int64_t valid = count_targets(targets, N);
+    const double sum = pipe_host_->sum(take_loss_sum());
+    return valid ? sum / double(valid) : 0.0;
+  }
   forward_trunk(tokens, B, T);
   backend_.from_host(rows(targets_, N), targets, DType::kI32);
   const int64_t valid = count_targets(targets, N);
@@ -513,31 +591,77 @@ double LlamaModel::take_loss_sum() {
 
 void LlamaModel::forward_backward_accumulate(const int32_t* tokens, const int32_t* targets, int B,
                                              int T, double dloss_scale) {
+  forward_trunk(tokens, B, T);
+  head_loss(targets, B, T, dloss_scale, true);
+  Tensor dres = rows(dres_, local_rows(int64_t(B) * T));
+  head_backward(chunks_[0].slots[0], dres, B, T);
+  chunk_layers_backward(chunks_[0], chunks_[0].slots[0], dres, B, T);
+}
+
+void LlamaModel::head_loss(const int32_t* targets, int B, int T, double dloss_scale, bool train) {
   Backend& be = backend_;
-  const int64_t N = int64_t(B) * T, Ns = local_rows(N);
+  const int64_t N = int64_t(B) * T;
   LTRAIN_CHECK(pending_rows_ == 0 || pending_rows_ == N,
                "micro-batches of one step must have the same size: " << N << " rows after " << pending_rows_);
-  forward_trunk(tokens, B, T);
   be.from_host(rows(targets_, N), targets, DType::kI32);
-  head(N, true, dloss_scale);  // leaves d(lnf) in dln_local_
+  head(N, train, dloss_scale);  // with train, leaves d(lnf) in dln_local_
   if (pending_rows_ == 0) be.copy(rows(loss_sum_, N), rows(losses_, N));
   else be.add(rows(loss_sum_, N), rows(loss_sum_, N), rows(losses_, N));
   pending_rows_ = N;
+}
 
-  Tensor dres = rows(dres_, Ns);
-  be.zero(dres);
-  be.rmsnorm_backward(dres, dw_.final_norm, rows(dln_local_, Ns), rows(resid_[L_], Ns), w_.final_norm,
-                      rows(rstdf_, Ns));
-  pset_.grad_ready(0);
-  for (int l = L_ - 1; l >= 0; --l) {
-    LayerActs a = acts_for(l, B, T);
-    layer_recompute(l, a, rows(resid_[l], Ns), B, T);
-    layer_backward(l, a, rows(resid_[l], Ns), dres, B, T);
-    pset_.grad_ready(L_ - l);
+void LlamaModel::head_backward(const Slot& s, Tensor dres, int B, int T) {
+  const int64_t Ns = local_rows(int64_t(B) * T);
+  backend_.zero(dres);
+  backend_.rmsnorm_backward(dres, dw_.final_norm, rows(dln_local_, Ns), rows(s.resid.back(), Ns), w_.final_norm,
+                            rows(rstdf_, Ns));
+  pset_.grad_ready(head_unit_);
+}
+
+void LlamaModel::chunk_layers_backward(const Chunk& c, Slot& s, Tensor dres, int B, int T) {
+  const int64_t N = int64_t(B) * T, Ns = local_rows(N);
+  for (int l = c.last - 1; l >= c.first; --l) {
+    const int i = l - c.first;
+    LayerActs a = acts_for(s, i, B, T);
+    layer_recompute(l, a, rows(s.resid[size_t(i)], Ns), B, T);
+    layer_backward(l, a, rows(s.resid[size_t(i)], Ns), dres, B, T);
+    pset_.grad_ready(layer_unit_[size_t(l)]);
   }
+  if (!c.embed) return;
   gather_rows(rows(dres_full_, N), dres);
-  be.embedding_backward(dw_.wte, rows(dres_full_, N), rows(tokens_, N));
-  pset_.grad_ready(L_ + 1);
+  backend_.embedding_backward(dw_.wte, rows(dres_full_, N), rows(s.tokens, N));
+  pset_.grad_ready(embed_unit_);
+}
+
+// ---- pipeline chunks ---------------------------------------------------------------------------
+
+Tensor LlamaModel::chunk_input(int v, int slot, int B, int T) {
+  return rows(chunks_[size_t(v)].slots[size_t(slot)].resid.front(), local_rows(int64_t(B) * T));
+}
+Tensor LlamaModel::chunk_output(int v, int slot, int B, int T) {
+  return rows(chunks_[size_t(v)].slots[size_t(slot)].resid.back(), local_rows(int64_t(B) * T));
+}
+Tensor LlamaModel::chunk_grad(int v, int slot, int B, int T) {
+  const Slot& s = chunks_[size_t(v)].slots[size_t(slot)];
+  LTRAIN_CHECK(s.dout.defined(), "chunk_grad: not a pipeline stage");
+  return rows(s.dout, local_rows(int64_t(B) * T));
+}
+
+void LlamaModel::chunk_forward(int v, int slot, const int32_t* tokens, const int32_t* targets, int B, int T,
+                               double dloss_scale, bool train) {
+  Chunk& c = chunks_[size_t(v)];
+  Slot& s = c.slots[size_t(slot)];
+  if (c.embed) embed(s, tokens, B, T);
+  chunk_layers_forward(c, s, B, T);
+  if (!c.head) return;
+  final_norm(s, B, T);
+  head_loss(targets, B, T, dloss_scale, train);
+  if (train) head_backward(s, chunk_grad(v, slot, B, T), B, T);
+}
+
+void LlamaModel::chunk_backward(int v, int slot, int B, int T) {
+  Chunk& c = chunks_[size_t(v)];
+  chunk_layers_backward(c, c.slots[size_t(slot)], chunk_grad(v, slot, B, T), B, T);
 }
 
 }  // namespace ltrain

@@ -18,9 +18,11 @@ double lr_at(const OptimConfig& o, int total_steps, int step) {
   return min_lr + (o.lr - min_lr) * 0.5 * (1.0 + std::cos(M_PI * progress));
 }
 
-AdamW::AdamW(const OptimConfig& cfg, ParameterSet& params, Communicator* dp, bool zero, Communicator* tp)
+AdamW::AdamW(const OptimConfig& cfg, ParameterSet& params, Communicator* dp, bool zero, Communicator* tp,
+             Communicator* pp)
     : cfg_(cfg), params_(params), be_(params.backend()), dp_(dp), zero_(zero && dp && dp->size() > 1),
-      tp_(tp && tp->size() > 1 ? tp : nullptr) {
+      tp_(tp && tp->size() > 1 ? tp : nullptr), pp_(pp && pp->size() > 1 ? pp : nullptr) {
+  for (const auto& p : params.params()) tied_copy_ = tied_copy_ || p.tied_copy;
   const Tensor p = params.param_buffer();
   const DType md = be_.master_dtype();
   if (zero_) {
@@ -94,24 +96,28 @@ double AdamW::grad_norm() {
   const Tensor grads = zero_ ? grad_shard_ : params_.grad_buffer();
   const int64_t lo = shard_begin_, hi = shard_begin_ + shard_n_;
   double sumsq;
-  if (!tp_) {
+  if (!tp_ && !tied_copy_) {
     sumsq = be_.sum_squares({grads});
   } else {
     // Tensor parallelism: a sharded tensor's squares add up over the ranks; a replicated one
     // (a norm, identical on every rank) must count once, so each rank adds 1/P of it. Two sums
-    // over lists of tensors: two readbacks, whatever the number of layers.
+    // over lists of tensors: two readbacks, whatever the number of layers. A pipeline stage's
+    // tied copy of the embedding is the first stage's tensor again: not counted.
     std::vector<Tensor> sharded, replicated;
     for (const auto& p : params_.params()) {
+      if (p.tied_copy) continue;
       const int64_t off = params_.offset(p);
       const int64_t b = std::max(lo, off), e = std::min(hi, off + p.tensor.numel());
       if (b >= e) continue;
       (p.shard_dim < 0 ? replicated : sharded).push_back(zero_ ? flat_range(grads, b - lo, e - b) : flat_range(grads, b, e - b));
     }
+    const int tp_size = tp_ ? tp_->size() : 1;
     sumsq = (sharded.empty() ? 0.0 : be_.sum_squares(sharded)) +
-            (replicated.empty() ? 0.0 : be_.sum_squares(replicated)) / tp_->size();
-    sumsq = tp_->sum(sumsq);
+            (replicated.empty() ? 0.0 : be_.sum_squares(replicated)) / tp_size;
+    if (tp_) sumsq = tp_->sum(sumsq);
   }
   if (zero_) sumsq = dp_->sum(sumsq);  // each data-parallel rank holds one shard; otherwise all the same
+  if (pp_) sumsq = pp_->sum(sumsq);    // each stage holds its layers
   return std::sqrt(sumsq);
 }
 

@@ -25,10 +25,15 @@ class SingleCommunicator final : public Communicator {
   void reduce_scatter_sum(Tensor out, const Tensor& in) override { copy(out, in); }
   void all_gather(Tensor out, const Tensor& in) override { copy(out, in); }
   void broadcast(Tensor, int) override {}
-  void send_recv(const Tensor& send, int send_to, Tensor recv, int recv_from) override {
-    LTRAIN_CHECK(send_to == -1 || send_to == 0, "send to rank " << send_to << " of 1");
-    LTRAIN_CHECK(recv_from == -1 || recv_from == 0, "receive from rank " << recv_from << " of 1");
-    if (send_to == 0 && recv_from == 0) copy(recv, send);
+  void send_recv(const std::vector<P2p>& ops) override {
+    // To itself: the i-th send lands in the i-th receive.
+    std::vector<const P2p*> sends, recvs;
+    for (const auto& op : ops) {
+      LTRAIN_CHECK(op.peer == 0, "point-to-point with rank " << op.peer << " of 1");
+      (op.send ? sends : recvs).push_back(&op);
+    }
+    LTRAIN_CHECK(sends.size() == recvs.size(), "unmatched point-to-point messages");
+    for (size_t i = 0; i < sends.size(); ++i) copy(recvs[i]->buf, sends[i]->buf);
   }
   int all_reduce_sum_start(Tensor) override { return 0; }
   void wait(int) override {}
@@ -90,13 +95,16 @@ class MpiCommunicator final : public Communicator {
   void broadcast(Tensor buf, int root) override {
     MPI_CHECK(MPI_Bcast(buf.data, int(buf.numel()), mpi_type(buf.dtype), root, comm_));
   }
-  void send_recv(const Tensor& send, int send_to, Tensor recv, int recv_from) override {
-    MPI_Request reqs[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
-    if (recv_from >= 0 && recv.defined())
-      MPI_CHECK(MPI_Irecv(recv.data, int(recv.numel()), mpi_type(recv.dtype), recv_from, kP2pTag, comm_, &reqs[0]));
-    if (send_to >= 0 && send.defined())
-      MPI_CHECK(MPI_Isend(send.data, int(send.numel()), mpi_type(send.dtype), send_to, kP2pTag, comm_, &reqs[1]));
-    MPI_CHECK(MPI_Waitall(2, reqs, MPI_STATUSES_IGNORE));
+  void send_recv(const std::vector<P2p>& ops) override {
+    std::vector<MPI_Request> reqs(ops.size(), MPI_REQUEST_NULL);
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const P2p& op = ops[i];
+      if (op.send)
+        MPI_CHECK(MPI_Isend(op.buf.data, int(op.buf.numel()), mpi_type(op.buf.dtype), op.peer, kP2pTag, comm_, &reqs[i]));
+      else
+        MPI_CHECK(MPI_Irecv(op.buf.data, int(op.buf.numel()), mpi_type(op.buf.dtype), op.peer, kP2pTag, comm_, &reqs[i]));
+    }
+    MPI_CHECK(MPI_Waitall(int(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE));
   }
   int all_reduce_sum_start(Tensor buf) override {
     MPI_Request req = MPI_REQUEST_NULL;

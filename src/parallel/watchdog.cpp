@@ -60,10 +60,7 @@ class WatchedCommunicator final : public Communicator {
   }
   void all_gather(Tensor out, const Tensor& in) override { timed("all_gather", [&] { inner_.all_gather(out, in); }); }
   void broadcast(Tensor buf, int root) override { timed("broadcast", [&] { inner_.broadcast(buf, root); }); }
-  void send_recv(const Tensor& send, int send_to, Tensor recv, int recv_from) override {
-    timed(send_to >= 0 ? (recv_from >= 0 ? "send_recv" : "send") : "recv",
-          [&] { inner_.send_recv(send, send_to, recv, recv_from); });
-  }
+  void send_recv(const std::vector<P2p>& ops) override { timed("send_recv", [&] { inner_.send_recv(ops); }); }
   int all_reduce_sum_start(Tensor buf) override {
     int t = 0;
     timed("all_reduce_sum (start)", [&] { t = inner_.all_reduce_sum_start(buf); });

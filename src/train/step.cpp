@@ -3,8 +3,8 @@
 namespace ltrain {
 
 TrainStep::TrainStep(LlamaModel& model, AdamW& opt, GradReducer* reducer, Communicator& dp, int accum, int B,
-                     int T)
-    : model_(model), opt_(opt), reducer_(reducer), dp_(dp), accum_(accum), B_(B), T_(T),
+                     int T, Pipeline* pipeline)
+    : model_(model), opt_(opt), reducer_(reducer), dp_(dp), pipeline_(pipeline), accum_(accum), B_(B), T_(T),
       inputs_(size_t(B) * T * size_t(accum)), targets_(inputs_.size()) {}
 
 // All of the step's micro-batches; returns the counted targets over every data rank.
@@ -26,13 +26,19 @@ StepResult TrainStep::run(int step, double lr, const NextBatch& next_batch, cons
 
   model_.zero_grads();
   // The losses stay on the device until every micro-batch is queued: one readback per step.
-  for (int micro = 0; micro < accum_; ++micro) {
-    if (reducer_) reducer_->arm(micro == accum_ - 1);  // data parallel: buckets start during backward
-    model_.forward_backward_accumulate(inputs_.data() + per * micro, targets_.data() + per * micro, B_, T_, dloss);
+  if (pipeline_) {
+    pipeline_->run(inputs_.data(), targets_.data(), B_, T_, dloss, reducer_);  // this stage's ops
+  } else {
+    for (int micro = 0; micro < accum_; ++micro) {
+      if (reducer_) reducer_->arm(micro == accum_ - 1);  // data parallel: buckets start during backward
+      model_.forward_backward_accumulate(inputs_.data() + per * micro, targets_.data() + per * micro, B_, T_, dloss);
+    }
   }
   if (reducer_) reducer_->finish();  // data parallel: the last buckets, and wait for all
+  if (pipeline_) pipeline_->sum_tied_grads();  // pipeline, tied embeddings: first + last stage
   model_.reduce_replicated_grads();  // tensor parallel: the norms' gradients over the group
-  const double loss_sum = model_.take_loss_sum();
+  const double loss_sum = pipeline_ ? pipeline_->loss_sum(model_.take_loss_sum())  // the last stage's
+                                    : model_.take_loss_sum();
   r.loss = counted > 0 ? dp_.sum(loss_sum) / counted : 0.0;
   if (after_backward_) after_backward_(step);
 

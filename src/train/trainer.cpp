@@ -80,7 +80,8 @@ class Training {
   const TrainConfig& tc_;
   ParallelContext& par_;
   const double start_time_;
-  int dp_size_ = 1, tp_size_ = 1, B_, T_, accum_ = 1;
+  int dp_size_ = 1, tp_size_ = 1, pp_size_ = 1, B_, T_, accum_ = 1;
+  PipelineSplit split_;  // the layers' cut into pipeline chunks (one chunk without pipeline)
   bool main_rank_ = false, zero_ = false;
   TrainData data_;
   std::optional<CheckpointInfo> ck_;
@@ -91,6 +92,7 @@ class Training {
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<AdamW> opt_;
   std::unique_ptr<GradReducer> reducer_;
+  std::unique_ptr<Pipeline> pipeline_;
   int start_step_ = 0;
   StepGuard guard_;  // src/train/guard.cpp; its history travels in checkpoints
   FaultInjection faults_;
@@ -101,8 +103,12 @@ Training::Training(const Config& cfg, ParallelContext& par, const std::string& r
       T_(cfg.train.seq_len), guard_(cfg.guard), faults_(FaultInjection::from_env(par.world_rank())) {
   dp_size_ = resolve_parallel_layout(cfg, par.world_size());
   validate_config(cfg, dp_size_);
-  par.setup_grid(dp_size_, 1, cfg.parallel.tensor);
+  par.setup_grid(dp_size_, cfg.parallel.pipeline, cfg.parallel.tensor);
   tp_size_ = cfg.parallel.tensor;
+  pp_size_ = cfg.parallel.pipeline;
+  accum_ = cfg.grad_accum_steps(dp_size_);
+  // Refused here, before anything is written, when the layers cannot be cut so.
+  split_ = llama_pipeline_split(cfg.model, T_, pp_size_, cfg.parallel.virtual_stages, cfg.parallel.pipeline_layers);
   main_rank_ = par.is_main();
   zero_ = cfg.parallel.zero == 1 && dp_size_ > 1;
   // One dataset (data.path) or a blend (data.blend); each data-parallel rank reads its own slice
@@ -151,10 +157,20 @@ void Training::build() {
   comms_ = make_parallel_comms(par_, *backend_, dp_size_, tp_size_, cfg_.parallel.timeout_s);
   // Refused here, before anything large is allocated, when the run cannot fit (memory_plan.h).
   log_->info("memory plan per rank: " + check_run_memory(cfg_, dp_size_, tp_size_, *backend_).breakdown());
+  // Pipeline parallelism: this stage's part of the schedule, and the activation slots it needs.
+  PipelineProgram program;
+  PipelineStage stage;
+  if (pp_size_ > 1) {
+    program = plan_pipeline(pp_size_, split_.virtual_stages, par_.pipeline_rank(), accum_,
+                            cfg_.parallel.schedule == "interleaved");
+    stage = PipelineStage{split_, par_.pipeline_rank(), program.slots, comms_.pp, comms_.pp_host};
+  }
   model_ = std::make_unique<LlamaModel>(cfg_.model, *backend_, B_, T_, parse_recompute(tc_.recompute),
-                                        zero_ ? 64 * dp_size_ : 1, comms_.tp, comms_.tp_host);
+                                        zero_ ? 64 * dp_size_ : 1, comms_.tp, comms_.tp_host,
+                                        pp_size_ > 1 ? &stage : nullptr);
   model_->init_weights(tc_.seed);  // every rank draws the same whole tensors and keeps its part
-  opt_ = std::make_unique<AdamW>(cfg_.optim, model_->parameters(), &dp(), zero_, comms_.tp_host);
+  opt_ = std::make_unique<AdamW>(cfg_.optim, model_->parameters(), &dp(), zero_, comms_.tp_host, comms_.pp_host);
+  if (pp_size_ > 1) pipeline_ = std::make_unique<Pipeline>(*model_, std::move(program), *comms_.pp, *comms_.pp_host);
 }
 
 // Where the weights come from: a checkpoint to resume, one to start from, or the init above.
@@ -174,7 +190,6 @@ void Training::load_start() {
   }
   if (dp_size_ > 1 && !zero_)
     reducer_ = std::make_unique<GradReducer>(model_->parameters(), dp(), cfg_.parallel.bucket_mb);
-  accum_ = cfg_.grad_accum_steps(dp_size_);
 }
 
 void Training::describe() {
@@ -184,9 +199,18 @@ void Training::describe() {
                     model_->num_params() / 1e6, m.num_hidden_layers, m.hidden_size, m.num_attention_heads,
                     m.kv_heads(), m.ffn_dim(), m.vocab_size, backend_->name().c_str(),
                     model_->activation_bytes() / 1048576.0));
-  log_->info(strfmt("parallel: %d ranks = data %d x tensor %d%s%s", par_.world_size(), dp_size_,
-                    cfg_.parallel.tensor, zero_ ? " | ZeRO-1" : "",
+  log_->info(strfmt("parallel: %d ranks = data %d x pipeline %d x tensor %d%s%s", par_.world_size(), dp_size_,
+                    pp_size_, cfg_.parallel.tensor, zero_ ? " | ZeRO-1" : "",
                     reducer_ ? strfmt(" | %d gradient buckets", reducer_->num_buckets()).c_str() : ""));
+  if (pp_size_ > 1) {
+    std::string cut;
+    for (int g = 0; g < split_.chunks(); ++g)
+      cut += strfmt("%s%d", g ? "," : "", split_.layers(g));
+    log_->info(strfmt("pipeline: %s schedule, %d stages x %d chunks, layers per chunk [%s] | ideal bubble %.1f%% "
+                      "(%d micro-batches)",
+                      cfg_.parallel.schedule.c_str(), pp_size_, split_.virtual_stages, cut.c_str(),
+                      100.0 * pipeline_->ideal_bubble(), accum_));
+  }
   log_->info(strfmt("batch: %lld tokens/step = %d micro-batches x %d seqs x %d tokens x %d data ranks | "
                     "data: %llu train windows, %llu val windows",
                     (long long)tc_.global_batch_tokens, accum_, B_, T_, dp_size_,
@@ -198,7 +222,7 @@ void Training::describe() {
 double Training::run() {
   StopRequests stop(tc_.max_runtime_minutes, start_time_);
   Rollbacks rollbacks(cfg_, *data_.train, *log_, main_rank_);
-  TrainStep train_step(*model_, *opt_, reducer_.get(), dp(), accum_, B_, T_);
+  TrainStep train_step(*model_, *opt_, reducer_.get(), dp(), accum_, B_, T_, pipeline_.get());
   train_step.set_after_backward(
       [&](int step) { faults_.after_backward(model_->parameters(), step, rollbacks.rollbacks()); });
   auto next_batch = [&](int32_t* in, int32_t* tg) { rollbacks.next_batch(in, tg); };
@@ -327,6 +351,7 @@ void Training::save(int step) {
   state.tokens = int64_t(step) * tc_.global_batch_tokens;
   state.data = {{"train", data_.train->state().to_json()}};
   state.layout = {{"data", dp_size_}, {"tensor", tp_size_}, {"zero", zero_ ? 1 : 0}};
+  if (pp_size_ > 1) state.layout["pipeline"] = pp_size_;
   state.guard = guard_.to_json();
   const std::string& tokenizer = data_.sources.front().meta.tokenizer_path;  // copied into checkpoints
   const std::string dir = save_checkpoint(tc_.run_dir, state, cfg_, *opt_, par_.world(), tokenizer,

@@ -101,14 +101,14 @@ int main(int argc, char** argv) {
   // sends before it receives, which deadlocks unless the pair is one operation).
   {
     std::vector<float> out(1000, float(r)), in(1000, -1.0f);
-    w.send_recv(view(out), (r + 1) % P, view(in), (r + P - 1) % P);
+    w.send_recv({{view(out), (r + 1) % P, true}, {view(in), (r + P - 1) % P, false}});
     bool ok = true;
     for (float x : in) ok = ok && x == float((r + P - 1) % P);
     expect(ok, "send_recv around the ring", r);
     // one-sided: rank 0 sends to the last rank only
     std::vector<float> one(7, r == 0 ? 42.0f : 0.0f);
-    if (r == 0 && P > 1) w.send_recv(view(one), P - 1, Tensor{}, -1);
-    if (r == P - 1 && P > 1) w.send_recv(Tensor{}, -1, view(one), 0);
+    if (r == 0 && P > 1) w.send_recv({{view(one), P - 1, true}});
+    if (r == P - 1 && P > 1) w.send_recv({{view(one), 0, false}});
     expect(one[6] == (r == 0 || r == P - 1 ? 42.0f : 0.0f), "one-sided send / recv", r);
   }
 

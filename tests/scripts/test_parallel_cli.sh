@@ -26,31 +26,7 @@ train: {steps: 10, seq_len: 32, micro_batch_size: 2, global_batch_tokens: 256, v
 data: {path: data}
 parallel: {bucket_mb: 0.01}
 YAML
-# Whole tensors from a checkpoint's shard files, following meta.json (docs/checkpoint-format.md).
-cat > ckpt_tensors.py <<'PYEOF'
-import json
-import numpy as np
-
-def flat(ck, section="tensors"):
-    """Every tensor of the section, assembled from the shard files, concatenated in manifest order."""
-    meta = json.load(open(f"{ck}/meta.json"))
-    out = {t["name"]: np.full(t["shape"], np.nan, dtype=np.float32) for t in meta[section]}
-    for sh in meta["shards"]:
-        data = np.fromfile(f"{ck}/{sh['file']}", dtype="<f4")
-        for p in sh["pieces"]:
-            if p["name"] not in out:
-                continue
-            w2 = out[p["name"]].reshape(out[p["name"]].shape[0], -1)
-            s = p["slice"]
-            sl = np.s_[s["start"]:s["start"] + s["length"], :] if s["dim"] == 0 else np.s_[:, s["start"]:s["start"] + s["length"]]
-            b, e = p["elements"]
-            part = w2[sl].copy().reshape(-1)
-            part[b:e] = data[p["offset"] // 4:p["offset"] // 4 + (e - b)]
-            w2[sl] = part.reshape(w2[sl].shape)
-    all_ = np.concatenate([a.reshape(-1) for a in out.values()])
-    assert not np.isnan(all_).any(), f"{ck}: the shard files leave elements of '{section}' uncovered"
-    return all_
-PYEOF
+export PYTHONPATH="$ROOT/tests/scripts"  # ckpt_tensors.py: whole tensors from shard files
 
 run_ok "tokenizer train" tokenizer train --input "$CORPUS" --vocab-size 512 --out tok
 run_ok "prepare" prepare --tokenizer tok.model --input "$CORPUS" --out data --val-fraction 0.05
@@ -109,7 +85,7 @@ writers=$($PY -c "import json; print(json.load(open('zero2tp2/checkpoints/step_0
 
 # Layout errors: every rank reports, the job ends non-zero, nothing is written.
 out=$($MPIRUN -np 3 "$LTRAIN" train --config tiny.yaml train.run_dir=bad1 parallel.data=2 2>&1); rc=$?
-[ $rc -ne 0 ] && [[ "$out" == *"does not factor as parallel.data (2) x parallel.tensor (1)"* ]] \
+[ $rc -ne 0 ] && [[ "$out" == *"does not factor as parallel.data (2) x parallel.pipeline (1) x parallel.tensor (1)"* ]] \
   && echo "ok: world that does not factor (exit $rc)" || { fail "world that does not factor"; echo "$out" | head -5; }
 out=$($MPIRUN -np 4 "$LTRAIN" train --config tiny.yaml train.run_dir=bad2 parallel.tensor=4 2>&1); rc=$?
 [ $rc -ne 0 ] && [[ "$out" == *"model.num_key_value_heads (2) is smaller than parallel.tensor (4)"* ]] \

@@ -100,7 +100,7 @@ class TimingCommunicator final : public Communicator {
   void reduce_scatter_sum(Tensor out, const Tensor& in) override;
   void all_gather(Tensor out, const Tensor& in) override;
   void broadcast(Tensor buf, int root) override;
-  void send_recv(const Tensor& send, int send_to, Tensor recv, int recv_from) override;
+  void send_recv(const std::vector<P2p>& ops) override;
   int all_reduce_sum_start(Tensor buf) override;
   void wait(int ticket) override;
   double sum(double x) override;

@@ -101,8 +101,12 @@ struct GuardConfig {
 };
 
 struct ParallelConfig {
-  int data = 0;           // data-parallel ranks; 0 = world size / tensor
+  int data = 0;           // data-parallel ranks; 0 = world size / (pipeline x tensor)
   int tensor = 1;         // tensor-parallel ranks (consecutive ranks)
+  int pipeline = 1;       // pipeline stages (docs/distributed.md, "Pipeline parallelism")
+  std::string schedule = "1f1b";  // 1f1b | interleaved
+  int virtual_stages = 1;         // interleaved: chunks of layers per stage
+  std::vector<int> pipeline_layers;  // layers of each chunk, in chunk order; empty = balanced
   int zero = 0;           // 1 = ZeRO-1: optimizer state sharded over the data-parallel ranks
   double bucket_mb = 25;  // gradient all-reduce bucket size
   double timeout_s = 600; // a collective running longer ends the job (exit code 4); 0 = never
@@ -193,8 +197,16 @@ void visit_config(C& c, V&& v) {
   v("guard.max_rollbacks", c.guard.max_rollbacks, "rollbacks before the run stops with exit code 3");
   v("guard.replica_check_interval", c.guard.replica_check_interval,
     "every N steps the data-parallel replicas compare a hash of their weights; 0 = never");
-  v("parallel.data", c.parallel.data, "data-parallel ranks; 0 = world size / parallel.tensor");
+  v("parallel.data", c.parallel.data, "data-parallel ranks; 0 = world size / (parallel.pipeline x parallel.tensor)");
   v("parallel.tensor", c.parallel.tensor, "tensor-parallel ranks, consecutive ranks of a node");
+  v("parallel.pipeline", c.parallel.pipeline,
+    "pipeline stages: the layers are split over this many ranks (world = data x pipeline x tensor)");
+  v("parallel.schedule", c.parallel.schedule,
+    "pipeline schedule: 1f1b (warm-up forwards, then one forward / one backward) or interleaved");
+  v("parallel.virtual_stages", c.parallel.virtual_stages,
+    "interleaved schedule: chunks of layers per stage (the bubble shrinks by this factor)");
+  v("parallel.pipeline_layers", c.parallel.pipeline_layers,
+    "layers of each pipeline chunk in order, e.g. [5, 4, 4, 3]; empty = balanced by compute");
   v("parallel.zero", c.parallel.zero, "1 = ZeRO-1: shard AdamW state and master weights over data-parallel ranks");
   v("parallel.timeout_s", c.parallel.timeout_s,
     "a collective that has not finished after this many seconds ends the job with exit code 4; 0 = no limit");

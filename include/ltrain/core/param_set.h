@@ -28,6 +28,12 @@ struct NamedTensor {
   bool decay;           // weight decay applies (weight matrices: yes; norms: no)
   int shard_dim = -1;   // tensor parallelism: the dimension split over ranks; -1 = replicated
   Shape global_shape;   // the whole tensor's shape
+  // Pipeline parallelism with tied embeddings: the last stage's copy of the first stage's
+  // embedding. Norms and checkpoints count the original only (model/layout.h).
+  bool tied_copy = false;
+  // The tensor's place in the whole model's order (pipeline stages hold parts of it; checkpoint
+  // manifests list the tensors in it). -1: its place in params().
+  int order = -1;
 };
 
 // A whole (unsharded) tensor on the host, in fp32: what checkpoints and HF files hold.

@@ -49,8 +49,14 @@ struct ParamSpec {
   int shard_dim;      // the dimension split over the tensor-parallel ranks; -1 = replicated
   bool decay;         // weight decay applies (weight matrices yes, norms no)
   // Gradient unit, in the order backward finishes them: 0 the head (final norm, lm_head),
-  // 1 .. L the layers L-1 .. 0, L + 1 the embedding.
+  // 1 .. L the layers L-1 .. 0, L + 1 the embedding. (A pipeline stage numbers its own units the
+  // same way, over the tensors it holds.)
   int unit;
+  // Pipeline parallelism with tied embeddings: the last stage's copy of the embedding, which it
+  // uses as lm_head. Its gradient is summed with the first stage's, so both update alike; norms
+  // and checkpoints count the first stage's only.
+  bool tied_copy = false;
+  int order = 0;  // index in the whole model's layout (llama_param_layout)
 };
 
 // Every view starts on a 64-element (256-byte in fp32) boundary of the flat buffers.
@@ -74,6 +80,32 @@ struct ParamLayout {
   std::vector<std::pair<int64_t, int64_t>> unit_ranges(int64_t padded) const;
 };
 ParamLayout llama_param_layout(const ModelConfig& m, int P = 1);
+
+// ---- pipeline stages ---------------------------------------------------------------------------
+
+// How the layers are cut into the chunks of a pipeline: P stages (ranks) of V virtual chunks
+// each. Global chunk g = v * P + p runs on stage p as its v-th chunk (Megatron's interleaving;
+// V = 1: chunk p is stage p). The embedding goes with chunk 0, the final norm, lm_head and the
+// loss with chunk P*V - 1.
+struct PipelineSplit {
+  int stages = 1, virtual_stages = 1;
+  std::vector<int> first_layer;  // of each global chunk, then L: P*V + 1 entries
+  int chunks() const { return stages * virtual_stages; }
+  int chunk(int stage, int v) const { return v * stages + stage; }
+  int stage_of(int chunk) const { return chunk % stages; }
+  int layers(int chunk) const { return first_layer[size_t(chunk) + 1] - first_layer[size_t(chunk)]; }
+};
+// P stages x V chunks. `counts` (parallel.pipeline_layers), when not empty, gives each chunk's
+// layers in global chunk order; otherwise V = 1 balances the stages' compute (a layer's FLOPs,
+// the head's on the last stage: model/flops.h) and V > 1 cuts equal chunks. UserError for a cut
+// that cannot be made (more chunks than layers, V > 1 with layers not divisible by P*V, counts
+// that do not add up).
+PipelineSplit llama_pipeline_split(const ModelConfig& m, int seq_len, int stages, int virtual_stages,
+                                   const std::vector<int>& counts = {});
+// The parameters stage `stage` holds: its chunks' layers, the embedding on the first stage, the
+// final norm and lm_head on the last (with tied embeddings, the last stage's lm_head is a
+// tied_copy of the embedding). Units are renumbered over what the stage holds.
+ParamLayout llama_stage_param_layout(const ModelConfig& m, int P, const PipelineSplit& split, int stage);
 
 // Parameters of the whole model (every tensor once; a tied lm_head is not counted twice).
 int64_t llama_num_params(const ModelConfig& m);

@@ -33,6 +33,19 @@
 
 namespace ltrain {
 
+// A pipeline stage's share of the model: which chunks of `split` this rank runs (chunk v is
+// global chunk split.chunk(stage, v)), and how many micro-batches each keeps in flight: the
+// activation slots the schedule needs (train/pipeline.h).
+struct PipelineStage {
+  PipelineSplit split;
+  int stage = 0;
+  std::vector<int> slots;  // per chunk of this stage
+  // The pipeline group (ranks = stages) and the same ranks for host scalars: forward_loss
+  // passes activations along it.
+  Communicator* comm = nullptr;
+  Communicator* host = nullptr;
+};
+
 class LlamaModel {
  public:
   // Builds the model for batches of up to max_batch sequences of up to max_seq tokens. The flat
@@ -40,9 +53,11 @@ class LlamaModel {
   // splits them into equal shards). tp: the tensor-parallel group (nullptr = no tensor
   // parallelism); tp_host: the same ranks for host-side collectives (the MPI group; equal to tp on
   // the CPU backend).
+  // stage: pipeline parallelism, this rank's chunks of the layers (nullptr = the whole model).
   LlamaModel(const ModelConfig& cfg, Backend& backend, int max_batch, int max_seq,
              Recompute recompute = Recompute::kNone, int64_t buffer_multiple = 1,
-             Communicator* tp = nullptr, Communicator* tp_host = nullptr);
+             Communicator* tp = nullptr, Communicator* tp_host = nullptr,
+             const PipelineStage* stage = nullptr);
   ~LlamaModel();
   LlamaModel(const LlamaModel&) = delete;
   LlamaModel& operator=(const LlamaModel&) = delete;
@@ -99,13 +114,36 @@ class LlamaModel {
   // The summed loss over the counted targets of every micro-batch accumulated since the last
   // call (over the tensor-parallel group); 0 if none.
   double take_loss_sum();
-  // Forward only; returns the mean loss over the counted targets.
+  // Forward only; returns the mean loss over the counted targets (a pipeline stage: every stage
+  // of the pipeline calls it, and each returns the loss).
   double forward_loss(const int32_t* tokens, const int32_t* targets, int B, int T);
   // Forward only; returns the logits (V) of the last position of sequence 0, on the host.
   // Not under tensor parallelism.
   std::vector<float> forward_last_logits(const int32_t* tokens, int T);
 
   size_t activation_bytes() const;
+
+  // ---- pipeline parallelism: one chunk of layers at a time (train/pipeline.cpp) --------------
+  // Without a PipelineStage the model is one chunk holding every layer, the embedding and the
+  // head, with one slot. A micro-batch in flight in chunk v occupies one of its slots from its
+  // forward to its backward.
+  int num_chunks() const { return int(chunks_.size()); }
+  bool chunk_has_embedding(int v) const { return chunks_[size_t(v)].embed; }
+  bool chunk_has_head(int v) const { return chunks_[size_t(v)].head; }
+  // (Ns, C) rows of a micro-batch of B x T in a slot: the chunk's input (where the previous
+  // stage's output is received), its output (sent to the next stage), and the gradient of its
+  // output (received from the next stage, or left by the head), which chunk_backward turns into
+  // the gradient of its input (sent to the previous stage).
+  Tensor chunk_input(int v, int slot, int B, int T);
+  Tensor chunk_output(int v, int slot, int B, int T);
+  Tensor chunk_grad(int v, int slot, int B, int T);
+  // Forward through chunk v's layers. With the embedding it starts from tokens (B, T host ids);
+  // with the head it ends in the loss over targets, added to the step's sums (take_loss_sum),
+  // and, when train, the head's backward: the output's gradient is left in chunk_grad.
+  void chunk_forward(int v, int slot, const int32_t* tokens, const int32_t* targets, int B, int T,
+                     double dloss_scale, bool train);
+  // Backward through chunk v's layers (gradients accumulate); the embedding's when it has it.
+  void chunk_backward(int v, int slot, int B, int T);
 
  private:
   // The tensors of model/layout.h's tables, by role (views into the flat buffers).
@@ -134,11 +172,25 @@ class LlamaModel {
     Tensor& slot(Act id);
   };
 
+  // A micro-batch's activations in one chunk: the input of each of its layers and the output,
+  // each layer's activations, the token ids (embedding chunk), the output's gradient (pipeline).
+  struct Slot {
+    std::vector<Tensor> resid;     // (layers + 1) x (Ns, C)
+    std::vector<LayerActs> acts;   // (layers)
+    Tensor tokens;                 // (N) i32; this vocabulary shard's ids (-1: another's)
+    Tensor dout;                   // (Ns, C); pipeline only
+  };
+  struct Chunk {
+    int first = 0, last = 0;  // layers [first, last)
+    bool embed = false, head = false;
+    std::vector<Slot> slots;
+  };
+
   // The views of layout_ over buf, in w and as named tensors.
   std::vector<NamedTensor> build_param_views(Tensor buf, Weights& w);
-  void alloc_activations();
+  void alloc_activations(bool pipeline);
   Tensor& model_buffer(Act id);  // the per-model activation buffer of a kind
-  LayerActs acts_for(int l, int B, int T) const;
+  LayerActs acts_for(const Slot& s, int i, int B, int T) const;  // layer i of the slot's chunk
   // Sequence parallelism: the full (N, C) rows from every rank's (Ns, C) shard, and this rank's
   // shard of the sum over ranks of a full (N, C) partial result. Identities when P = 1.
   void gather_rows(Tensor full, const Tensor& local);
@@ -153,7 +205,20 @@ class LlamaModel {
   void layer_recompute(int l, const LayerActs& a, const Tensor& x, int B, int T);
   // dres (Ns, C): in: gradient of the layer output; out: gradient of the layer input.
   void layer_backward(int l, const LayerActs& a, const Tensor& x, Tensor dres, int B, int T);
+  // The embedding of tokens into the slot's first input (Ns, C).
+  void embed(Slot& s, const int32_t* tokens, int B, int T);
+  // The layers of chunk c from the slot's input to its output.
+  void chunk_layers_forward(const Chunk& c, Slot& s, int B, int T);
+  // The final norm of the chunk's output, gathered to all N rows in lnf_.
+  void final_norm(const Slot& s, int B, int T);
+  // Backward through the layers of chunk c, dres (Ns, C) holding the output's gradient; then
+  // the embedding's, when the chunk has it.
+  void chunk_layers_backward(const Chunk& c, Slot& s, Tensor dres, int B, int T);
   void forward_trunk(const int32_t* tokens, int B, int T);
+  // The head on lnf_: the loss over targets added to the step's sums; with train, d(lnf) in
+  // dln_local_. Then head_backward: the final norm's backward into dres (zeroed first).
+  void head_loss(const int32_t* targets, int B, int T, double dloss_scale, bool train);
+  void head_backward(const Slot& s, Tensor dres, int B, int T);
   // The output head in chunks of rows, so (N, V) logits never exist at once. With backward=true
   // it also leaves d(lnf) in dln_local_ and accumulates the lm_head gradient. The per-row losses
   // are left in losses_ (0 for uncounted targets).
@@ -179,9 +244,13 @@ class LlamaModel {
   ParameterSet pset_;
 
   Tensor freqs_;                  // (max_seq, HD/2, 2) RoPE cos/sin
-  Tensor tokens_, targets_;       // (N) i32; tokens_ holds this vocabulary shard's ids (-1: another's)
-  std::vector<Tensor> resid_;     // (L+1) x (Ns, C): the input of each layer, then the final one
-  std::vector<LayerActs> acts_;   // per layer; members shared between layers where recomputed
+  Tensor targets_;                // (N) i32
+  PipelineSplit pipe_split_;      // pipeline parallelism (pipe_comm_ set), else unused
+  Communicator* pipe_comm_ = nullptr;
+  Communicator* pipe_host_ = nullptr;
+  std::vector<Chunk> chunks_;     // this stage's chunks (the whole model: one), with their slots
+  std::vector<int> layer_unit_;   // gradient unit of each layer (-1: another stage's)
+  int head_unit_ = -1, embed_unit_ = -1;
   std::vector<Tensor> owned_;     // every activation buffer, for freeing
   Tensor rstdf_, lnf_local_, lnf_;  // final norm: (Ns), (Ns, C), (N, C) gathered (aliases when P = 1)
   Tensor logits_;                 // (chunk, Vl), the head's working buffer

@@ -39,9 +39,10 @@ class AdamW final : public ShardedState {
   // params: the model's trainable tensors (LlamaModel::parameters()), on params.backend().
   // dp: the data-parallel communicator (nullptr = one rank). With zero, the flat buffers must be
   // padded to a multiple of dp->size() (LlamaModel's buffer_multiple). tp: the tensor-parallel
-  // group, for the global gradient norm over sharded tensors (host scalars).
+  // group, for the global gradient norm over sharded tensors (host scalars). pp: the pipeline
+  // group (host scalars): the norm adds up over the stages, a tied copy counted once.
   AdamW(const OptimConfig& cfg, ParameterSet& params, Communicator* dp = nullptr, bool zero = false,
-        Communicator* tp = nullptr);
+        Communicator* tp = nullptr, Communicator* pp = nullptr);
   ~AdamW() override;
   AdamW(const AdamW&) = delete;
   AdamW& operator=(const AdamW&) = delete;
@@ -90,6 +91,8 @@ class AdamW final : public ShardedState {
   Communicator* dp_;
   bool zero_;
   Communicator* tp_;
+  Communicator* pp_;
+  bool tied_copy_ = false;  // the parameters hold a pipeline stage's tied copy of the embedding
   int64_t shard_begin_ = 0, shard_n_ = 0;
   Tensor m_, v_;       // (shard_n) moments
   Tensor master_;      // (shard_n) fp32 master weights; undefined when the model's are the master

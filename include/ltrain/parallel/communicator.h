@@ -27,11 +27,16 @@ class Communicator {
   // rank's own chunk of `out` (an in-place gather).
   virtual void all_gather(Tensor out, const Tensor& in) = 0;
   virtual void broadcast(Tensor buf, int root) = 0;
-  // Point to point (pipeline stages): sends `send` to rank send_to and receives `recv` from rank
-  // recv_from, as one operation, so two neighbours that each send to the other cannot deadlock.
-  // Either side may be absent (an undefined tensor, or a peer of -1). Returns when both are
-  // complete, like the blocking collectives; NCCL orders them after the producer's queued work.
-  virtual void send_recv(const Tensor& send, int send_to, Tensor recv, int recv_from) = 0;
+  // Point to point (pipeline stages): every send and receive of `ops` as one operation (NCCL:
+  // one group), so ranks that send to each other cannot deadlock. Returns when all are complete,
+  // like the blocking collectives; NCCL orders them after the producer's queued work. Between
+  // two ranks, messages match in the order they are posted.
+  struct P2p {
+    Tensor buf;
+    int peer;
+    bool send;  // else receive into buf
+  };
+  virtual void send_recv(const std::vector<P2p>& ops) = 0;
   // Starts an in-place all-reduce and returns at once; wait() completes it. The caller must not
   // touch buf in between. Used to overlap gradient reduction with the rest of backward.
   virtual int all_reduce_sum_start(Tensor buf) = 0;

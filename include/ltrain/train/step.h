@@ -4,8 +4,11 @@
 //      loss is their mean, so the count is needed before the first backward);
 //   2. zero the gradients;
 //   3. forward and backward over the micro-batches; data parallelism's gradient buckets are armed
-//      on the last one, so their all-reduce overlaps its backward (GradReducer);
-//   4. finish the data-parallel reduction;
+//      on the last one, so their all-reduce overlaps its backward (GradReducer). Under pipeline
+//      parallelism the stage runs its part of the schedule instead (train/pipeline.h), sending
+//      activations and gradients to its neighbours;
+//   4. finish the data-parallel reduction; pipeline with tied embeddings: sum the first and last
+//      stages' embedding gradients;
 //   5. tensor parallelism: sum the gradients of the replicated tensors (the norms) over the group;
 //   6. ZeRO-1: reduce-scatter the gradients to their data-parallel shards;
 //   7. the global gradient norm;
@@ -21,6 +24,7 @@
 #include "ltrain/optim/adamw.h"
 #include "ltrain/parallel/communicator.h"
 #include "ltrain/parallel/grad_reducer.h"
+#include "ltrain/train/pipeline.h"
 
 namespace ltrain {
 
@@ -41,7 +45,9 @@ class TrainStep {
   // reducer: the data-parallel bucketed all-reduce; null with one data rank and under ZeRO-1,
   // whose reduction is AdamW's reduce-scatter. dp: the data-parallel group (the counted targets
   // and the loss are summed over it).
-  TrainStep(LlamaModel& model, AdamW& opt, GradReducer* reducer, Communicator& dp, int accum, int B, int T);
+  // pipeline: this stage's part of the schedule (null without pipeline parallelism).
+  TrainStep(LlamaModel& model, AdamW& opt, GradReducer* reducer, Communicator& dp, int accum, int B, int T,
+            Pipeline* pipeline = nullptr);
 
   // Tests' fault injection (src/train/fault_injection.h): runs after the gradients are reduced,
   // before the ZeRO reduce-scatter and the norm, with the step number.
@@ -57,6 +63,7 @@ class TrainStep {
   AdamW& opt_;
   GradReducer* reducer_;
   Communicator& dp_;
+  Pipeline* pipeline_;
   int accum_, B_, T_;
   std::vector<int32_t> inputs_, targets_;  // the step's micro-batches, one after another
   std::function<void(int)> after_backward_;
