@@ -248,7 +248,11 @@ job=$(submit A) || fail "sbatch A"
 signal_at_step3 "$job" A TERM
 wait_done "$job" 0
 launcher=$(sed -n 's/.*tasks, launcher \([a-z]*\):.*/\1/p' A.out | head -1)
-echo "ok: job $job started with launcher '$launcher'"
+if srun --mpi=list 2>&1 | grep -qw pmix; then
+  [ "$launcher" = srun ] && echo "ok: job $job ran under srun --mpi=pmix" || fail "A: pmix is listed but the launcher was '$launcher'"
+else
+  echo "ok: job $job ran under '$launcher' (this Slurm lists no pmix plugin, so srun is not tested)"
+fi
 [ "$(job_field "$job" JobState)" = COMPLETED ] && [ "$(job_field "$job" ExitCode)" = 0:0 ] \
   || fail "A: a stop on SIGTERM must complete with exit 0, got $(job_field "$job" JobState) $(job_field "$job" ExitCode)"
 grep -q "parallel: 2 ranks = data 2" A/train.log || fail "A: not 2 data ranks"
