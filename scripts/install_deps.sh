@@ -10,6 +10,7 @@ pkgs=(
   nlohmann-json3-dev libyaml-cpp-dev
   libgtest-dev
   libopenmpi-dev openmpi-bin
+  slurm-wlm munge              # tests/scripts/test_slurm_cli.sh starts a one-node Slurm
   python3-torch python3-numpy  # the independent PyTorch reference in the tests
   python3-matplotlib python3-yaml  # scripts/plot_metrics.py, scripts/bench_pytorch.py
 )
