@@ -11,6 +11,7 @@
 #include "cuda_test_util.h"
 #include "ltrain/model/llama.h"
 #include "ltrain/optim/adamw.h"
+#include "pipeline_test_util.h"
 
 namespace ltrain {
 namespace {
@@ -119,6 +120,34 @@ TEST(CudaModel, TrainingStepMatchesDoubleCpuTiedMHA) {
   cfg.num_key_value_heads = 4;
   cfg.tie_word_embeddings = true;
   check_step(cfg);
+}
+
+// Pipeline stages on the GPU: the model's chunks, run stage by stage with the activations and
+// gradients passed between them, give the whole model's loss and gradients. The same kernels run
+// on the same inputs, so only the tied embedding's gradient, which two stages hold and add up,
+// may differ in its last bits.
+TEST(CudaModel, PipelineStagesGiveTheWholeModelsGradients) {
+  LTRAIN_SKIP_WITHOUT_GPU();
+  for (const bool tied : {false, true}) {
+    SCOPED_TRACE(tied ? "tied" : "untied");
+    ModelConfig cfg = tiny_gpu_config();
+    cfg.tie_word_embeddings = tied;
+    LlamaModel gm(cfg, gpu(), kB, kT);
+    gm.init_weights(7);
+    Batch batch(cfg.vocab_size, 11);
+    const double dloss = 1.0 / (kB * kT);
+    gm.zero_grads();
+    gm.forward_backward_accumulate(batch.tokens.data(), batch.targets.data(), kB, kT, dloss);
+    const double loss = gm.take_loss_sum();
+    const test::StagedResult staged =
+        test::run_staged(gm, gpu(), 2, batch.tokens.data(), batch.targets.data(), kB, kT, dloss);
+    EXPECT_NEAR(staged.loss_sum, loss, 1e-6 * loss);
+    ASSERT_EQ(staged.grads.size(), gm.grads().size());
+    for (const auto& g : gm.grads()) {
+      const double err = rel_l2(staged.grads.at(g.name), get(gpu(), g.tensor));
+      EXPECT_LE(err, tied && g.name == "model.embed_tokens.weight" ? 1e-6 : 0.0) << g.name;
+    }
+  }
 }
 
 // No atomics anywhere: two steps from the same state give the same bits, and recomputation

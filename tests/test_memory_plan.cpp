@@ -19,6 +19,7 @@
 #include "ltrain/model/llama.h"
 #include "ltrain/optim/adamw.h"
 #include "ltrain/train/memory_plan.h"
+#include "ltrain/train/pipeline.h"
 
 namespace ltrain {
 namespace {
@@ -260,6 +261,67 @@ TEST(MemoryPlan, MatchesTheModelUnderTensorParallelismAndZero) {
   }
 }
 
+// Every stage of a pipeline layout: its model (its chunks, their slots) and optimizer on a
+// counting backend against the plan of that stage.
+void expect_stages_match_counted(const Config& c, int dp, int tp) {
+  const int pp = c.parallel.pipeline;
+  const PipelineSplit split = llama_pipeline_split(c.model, c.train.seq_len, pp, c.parallel.virtual_stages,
+                                                   c.parallel.pipeline_layers);
+  int64_t largest = 0;
+  for (int stage = 0; stage < pp; ++stage) {
+    SCOPED_TRACE(strfmt("pipeline %d stage %d schedule %s x%d dp %d tp %d recompute %s", pp, stage,
+                        c.parallel.schedule.c_str(), c.parallel.virtual_stages, dp, tp, c.train.recompute.c_str()));
+    CountingBackend be(DType::kBF16, DType::kF32);
+    SizeOnlyCommunicator tp_comm(tp, 0), dp_comm(dp, 0), pp_comm(pp, stage);
+    const bool zero = c.parallel.zero == 1 && dp > 1;
+    MemoryPlanOptions o = cuda_options();
+    o.cuda = false;
+    const MemoryPlan plan = memory_plan(c, dp, tp, o, stage);
+    const PipelineProgram prog = plan_pipeline(pp, split.virtual_stages, stage, c.grad_accum_steps(dp),
+                                               c.parallel.schedule == "interleaved");
+    const PipelineStage st{split, stage, prog.slots, &pp_comm, &pp_comm};
+    LlamaModel model(c.model, be, c.train.micro_batch_size, c.train.seq_len, parse_recompute(c.train.recompute),
+                     zero ? 64 * dp : 1, tp > 1 ? &tp_comm : nullptr, tp > 1 ? &tp_comm : nullptr, &st);
+    EXPECT_EQ(plan.activations, int64_t(model.activation_bytes()));
+    EXPECT_EQ(plan.param_elements, model.param_buffer().numel());
+    AdamW opt(c.optim, model.parameters(), &dp_comm, zero, nullptr);
+    EXPECT_EQ(plan.resident(), int64_t(be.bytes_allocated()));
+    EXPECT_EQ(plan.allocations, be.allocations());
+    largest = std::max(largest, memory_plan(c, dp, tp, cuda_options(), stage).total());
+  }
+  EXPECT_EQ(memory_plan(c, dp, tp, cuda_options()).total(), largest) << "stage -1 plans the largest stage";
+}
+
+TEST(MemoryPlan, MatchesEveryPipelineStage) {
+  Config t = tinyllama();
+  t.model.num_hidden_layers = 8;
+  t.train.micro_batch_size = 2;
+  t.train.global_batch_tokens = 2 * 2048 * 8;  // 8 micro-batches
+  t.parallel.pipeline = 4;
+  expect_stages_match_counted(t, 1, 1);
+  t.model.tie_word_embeddings = true;
+  t.train.recompute = "full";
+  t.parallel.zero = 1;
+  t.train.global_batch_tokens = 2 * 2048 * 8 * 2;
+  expect_stages_match_counted(t, 2, 2);
+  t.parallel.pipeline = 2;
+  t.parallel.schedule = "interleaved";
+  t.parallel.virtual_stages = 2;
+  t.train.recompute = "none";
+  expect_stages_match_counted(t, 2, 1);
+  // 1F1B keeps P - stage micro-batches in flight: the first stage the most.
+  Config u = tinyllama();
+  u.model.num_hidden_layers = 8;
+  u.train.global_batch_tokens = 8 * 2048 * 8;
+  u.parallel.pipeline = 4;
+  for (int stage = 0; stage < 4; ++stage)
+    EXPECT_EQ(plan_pipeline(4, 1, stage, 8, false).slots, std::vector<int>{4 - stage}) << stage;
+  EXPECT_GT(memory_plan(u, 1, 1, cuda_options(), 0).activations, memory_plan(u, 1, 1, cuda_options(), 3).activations);
+  // Four stages hold about a quarter of the weights each.
+  const int64_t whole = memory_plan(tinyllama(), 1, 1, cuda_options()).weights;
+  EXPECT_LT(memory_plan(u, 1, 1, cuda_options(), 1).weights, whole / 3);
+}
+
 TEST(MemoryPlan, ClosedFormsForLlama2_7B) {
   // 6,738,415,616 parameters, every view a multiple of 64: the flat buffer has no padding.
   Config c = llama2_7b();
@@ -319,6 +381,21 @@ TEST(MemoryCheck, RefusalNamesEveryCategoryAndAHint) {
   const std::string over = refusal(plan, 80 * GiB);
   EXPECT_NE(over.find("no single change"), std::string::npos) << over;
   EXPECT_NE(over.find("this run needs"), std::string::npos) << over;
+}
+
+TEST(MemoryCheck, RefusalSuggestsAPipelineSizeThatFits) {
+  Config c = llama2_7b();
+  c.train.global_batch_tokens = 4096 * 8;
+  c.parallel.data = 0;
+  // 4 GPUs as data=4 with ZeRO-1 already: still too big for 40 GiB; four stages fit.
+  c.parallel.zero = 1;
+  const MemoryPlan plan = memory_plan(c, 4, 1, cuda_options());
+  Config p = c;
+  p.parallel.pipeline = 4;
+  const int64_t staged = memory_plan(p, 1, 1, cuda_options()).total();
+  ASSERT_LT(staged, plan.total());
+  const std::string msg = refusal(plan, staged);
+  EXPECT_NE(msg.find("parallel.pipeline=4 ("), std::string::npos) << msg;
 }
 
 // The hint lists a change exactly when the re-planned run fits.

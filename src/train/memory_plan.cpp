@@ -16,6 +16,7 @@
 #include "ltrain/cuda/cuda_backend.h"
 #include "ltrain/kernels/scratch.h"
 #include "ltrain/model/layout.h"
+#include "ltrain/train/pipeline.h"
 
 namespace ltrain {
 
@@ -32,18 +33,34 @@ struct Count {
   }
 };
 
+// A chunk of layers as LlamaModel allocates it: its layers, its slots, the embedding or not.
+struct ChunkShape {
+  int layers, slots;
+  bool embed;
+};
+
 // LlamaModel::alloc_activations: the same loops over model/layout.h's table.
-Count activation_count(const ModelConfig& m, int B, int T, Recompute rc, int P, DType act, DType stat) {
+Count activation_count(const ModelConfig& m, int B, int T, Recompute rc, int P, DType act, DType stat,
+                       const std::vector<ChunkShape>& chunks, bool pipeline) {
   const LlamaDims d(m, P);
   const std::vector<ActivationSpec> specs = llama_activations(d, B, T);
   Count c;
   auto add = [&](const ActivationSpec& a) { c.add(a.shape.numel(), int64_t(dtype_size(resolve(a.dtype, act, stat)))); };
-  for (int64_t l = 0; l < d.L; ++l)
-    for (const auto& a : specs)
-      if (a.layer && (l == 0 || kept_per_layer(a, rc))) add(a);
+  bool first = true;  // the first layer holds every member; the others what they keep
+  for (const ChunkShape& ch : chunks)
+    for (int s = 0; s < ch.slots; ++s) {
+      for (int l = 0; l < ch.layers; ++l, first = false)
+        for (const auto& a : specs)
+          if (a.layer && (first || kept_per_layer(a, rc))) add(a);
+      for (const auto& a : specs) {
+        if (a.id == Act::kResid)
+          for (int i = 0; i <= ch.layers; ++i) add(a);
+        if (a.id == Act::kTokens && ch.embed) add(a);
+        if (a.id == Act::kDres && pipeline) add(a);  // the slot's output gradient
+      }
+    }
   for (const auto& a : specs)
-    if (!a.layer)
-      for (int i = 0; i < a.copies; ++i) add(a);
+    if (!a.layer && a.id != Act::kResid && a.id != Act::kTokens) add(a);
   return c;
 }
 
@@ -91,15 +108,29 @@ std::string hint_for(const MemoryPlan& plan, int64_t available) {
     c.parallel.zero = 1;
     alts.push_back({"parallel.zero=1", c, dp, tp});
   }
-  const int world = dp * tp;
+  const int pp = plan.pp, world = dp * tp * pp;
   const ModelConfig& m = cfg.model;
-  for (int t = tp * 2; t <= std::min(world, 8); t *= 2) {
-    if (world % t || m.num_attention_heads % t || m.kv_heads() % t || m.ffn_dim() % t || m.vocab_size % t) continue;
+  for (int t = tp * 2; t <= std::min(world / pp, 8); t *= 2) {
+    if (world % (t * pp) || m.num_attention_heads % t || m.kv_heads() % t || m.ffn_dim() % t || m.vocab_size % t) continue;
     Config c = cfg;
     c.parallel.tensor = t;
     c.parallel.data = 0;
-    if (!batch_divides(c, world / t)) continue;
-    alts.push_back({strfmt("parallel.tensor=%d", t), c, world / t, t});
+    if (!batch_divides(c, world / (t * pp))) continue;
+    alts.push_back({strfmt("parallel.tensor=%d", t), c, world / (t * pp), t});
+  }
+  // More pipeline stages: each holds fewer layers (the first stage also keeps more micro-batches
+  // in flight).
+  for (int s = pp * 2; s <= m.num_hidden_layers && world % (s * tp) == 0; s *= 2) {
+    Config c = cfg;
+    c.parallel.pipeline = s;
+    c.parallel.data = 0;
+    c.parallel.pipeline_layers.clear();
+    const int d = world / (s * tp);
+    if (!batch_divides(c, d)) continue;
+    if (c.parallel.schedule == "interleaved" && (c.grad_accum_steps(d) % s != 0 ||
+                                                  m.num_hidden_layers % (s * c.parallel.virtual_stages) != 0))
+      continue;
+    alts.push_back({strfmt("parallel.pipeline=%d", s), c, d, tp});
   }
   std::vector<std::string> fits;
   for (const auto& a : alts) {
@@ -116,10 +147,11 @@ std::string hint_for(const MemoryPlan& plan, int64_t available) {
     c.train.micro_batch_size = 1;
     const int64_t smallest = memory_plan(c, dp, tp, plan.options).total();
     hint = strfmt("no single change of train.recompute, train.micro_batch_size%s fits (recompute=full with "
-                  "micro_batch_size=1 needs %s)", world > 1 ? ", parallel.zero or parallel.tensor" : "",
+                  "micro_batch_size=1 needs %s)", world > 1 ? ", parallel.zero, parallel.tensor or parallel.pipeline" : "",
                   gib(smallest).c_str());
   }
   hint += "; more GPUs help: parallel.tensor=N splits weights, gradients and activations over N GPUs, "
+          "parallel.pipeline=N splits the layers over N GPUs, "
           "parallel.zero=1 shards the optimizer state over the data-parallel ranks";
   return hint;
 }
@@ -148,13 +180,24 @@ std::string MemoryPlan::breakdown() const {
   if (zero) s += strfmt(" (ZeRO-1 over %d)", dp);
   s += ", activations " + gib(activations) + " (micro-batch " + std::to_string(config.train.micro_batch_size) +
        " x " + std::to_string(config.train.seq_len) + ", recompute " + config.train.recompute +
-       (tp > 1 ? strfmt(", tensor %d", tp) : std::string()) + "), workspace " + gib(workspace);
+       (tp > 1 ? strfmt(", tensor %d", tp) : std::string()) +
+       (pp > 1 ? strfmt(", pipeline stage %d of %d", stage, pp) : std::string()) + "), workspace " + gib(workspace);
   if (reserve > 0) s += ", reserve " + gib(reserve);
   return s + ", total " + gib(total());
 }
 
-MemoryPlan memory_plan(const Config& cfg, int dp, int tp, const MemoryPlanOptions& o) {
+MemoryPlan memory_plan(const Config& cfg, int dp, int tp, const MemoryPlanOptions& o, int stage) {
   LTRAIN_CHECK(dp >= 1 && tp >= 1, "memory_plan: dp " << dp << " tp " << tp);
+  const int pp = std::max(1, cfg.parallel.pipeline);
+  if (pp > 1 && stage < 0) {  // the largest stage
+    MemoryPlan best;
+    for (int s = 0; s < pp; ++s) {
+      MemoryPlan p = memory_plan(cfg, dp, tp, o, s);
+      if (s == 0 || p.total() > best.total()) best = p;
+    }
+    return best;
+  }
+  stage = std::max(stage, 0);
   const ModelConfig& m = cfg.model;
   const int B = cfg.train.micro_batch_size, T = cfg.train.seq_len;
   const int64_t stat = dtype_size(o.master);
@@ -163,12 +206,32 @@ MemoryPlan memory_plan(const Config& cfg, int dp, int tp, const MemoryPlanOption
   p.config = cfg;
   p.dp = dp;
   p.tp = tp;
+  p.pp = pp;
+  p.stage = stage;
   p.options = o;
+
+  // The chunks of layers this rank runs (LlamaModel's constructor): the whole model, or a
+  // pipeline stage's chunks with the slots its schedule needs.
+  std::vector<ChunkShape> chunks{{m.num_hidden_layers, 1, true}};
+  ParamLayout layout;
+  if (pp > 1) {
+    const PipelineSplit split = llama_pipeline_split(m, T, pp, cfg.parallel.virtual_stages, cfg.parallel.pipeline_layers);
+    const PipelineProgram prog = plan_pipeline(pp, split.virtual_stages, stage, cfg.grad_accum_steps(dp),
+                                               cfg.parallel.schedule == "interleaved");
+    chunks.clear();
+    for (int v = 0; v < split.virtual_stages; ++v) {
+      const int g = split.chunk(stage, v);
+      chunks.push_back({split.layers(g), prog.slots[size_t(v)], g == 0});
+    }
+    layout = llama_stage_param_layout(m, tp, split, stage);
+  } else {
+    layout = llama_param_layout(m, tp);
+  }
 
   // LlamaModel: the parameter buffer (compute dtype) and the gradient buffer (master dtype),
   // padded to a multiple of 64 * dp under ZeRO-1 (src/train/trainer.cpp's buffer_multiple).
   const int64_t multiple = zero ? int64_t(64) * dp : 1;
-  p.param_elements = ceil_div(llama_param_layout(m, tp).elements, multiple) * multiple;
+  p.param_elements = ceil_div(layout.elements, multiple) * multiple;
   p.weights = p.param_elements * int64_t(dtype_size(o.compute));
   p.gradients = p.param_elements * stat;
   p.allocations += 2;
@@ -186,7 +249,8 @@ MemoryPlan memory_plan(const Config& cfg, int dp, int tp, const MemoryPlanOption
     ++p.allocations;
   }
   // Activations.
-  const Count a = activation_count(m, B, T, parse_recompute(cfg.train.recompute), tp, o.compute, o.master);
+  const Count a = activation_count(m, B, T, parse_recompute(cfg.train.recompute), tp, o.compute, o.master,
+                                   chunks, pp > 1);
   p.activations = a.bytes;
   p.allocations += a.allocations;
   // Workspace: the RoPE table (T, HD/2, 2) in the master dtype.
@@ -209,7 +273,7 @@ MemoryPlan memory_plan(const Config& cfg, int dp, int tp, const MemoryPlanOption
   }
   // Loading and saving checkpoints go through host memory (src/checkpoint/checkpoint.cpp): nothing.
   if (o.cuda)
-    p.reserve = kReserveBytes + (dp * tp > 1 ? kReserveNcclBytes : 0) +
+    p.reserve = kReserveBytes + (dp * tp * pp > 1 ? kReserveNcclBytes : 0) +
                 int64_t(p.allocations) * kReservePerAllocationBytes;
   return p;
 }
@@ -230,8 +294,8 @@ void check_memory_fits(const MemoryPlan& plan, int64_t available_bytes, int64_t 
              "; ", hint_for(plan, available_bytes));
 }
 
-MemoryPlan check_run_memory(const Config& cfg, int dp, int tp, Backend& backend) {
-  const MemoryPlan plan = memory_plan(cfg, dp, tp, memory_plan_options(backend));
+MemoryPlan check_run_memory(const Config& cfg, int dp, int tp, Backend& backend, int stage) {
+  const MemoryPlan plan = memory_plan(cfg, dp, tp, memory_plan_options(backend), stage);
   const char* env = std::getenv("LTRAIN_MEMORY_CHECK");
   if (env && std::string(env) == "0") return plan;
   // What the backend already holds (the cuBLASLt workspace) is part of the plan.

@@ -1,6 +1,8 @@
 #include "ltrain/train/pipeline.h"
 
 #include <algorithm>
+#include <map>
+#include <tuple>
 
 #include "ltrain/core/check.h"
 
@@ -29,27 +31,14 @@ PipelineProgram plan_pipeline(int P, int V, int stage, int m, bool interleaved) 
   const int G = P * V;
   std::vector<std::vector<PipeOp>> order(static_cast<size_t>(P));
   for (int p = 0; p < P; ++p) order[size_t(p)] = pipeline_order(P, V, p, m, interleaved);
-  // Per global chunk and micro-batch: the tick its forward / backward ran (-1: not yet), and the
-  // slot it occupies in its stage's chunk.
-  std::vector<std::vector<int>> fdone(static_cast<size_t>(G), std::vector<int>(static_cast<size_t>(m), -1)), bdone = fdone, slot = fdone;
-  std::vector<std::vector<int>> free_slots(static_cast<size_t>(G));
-  std::vector<int> used(static_cast<size_t>(G), 0);
-  auto take = [&](int g, int mi) {
-    auto& f = free_slots[size_t(g)];
-    int s;
-    if (f.empty()) {
-      s = used[size_t(g)]++;
-    } else {
-      s = *std::min_element(f.begin(), f.end());
-      f.erase(std::find(f.begin(), f.end(), s));
-    }
-    slot[size_t(g)][size_t(mi)] = s;
-  };
+  // 1. When each op runs: one tick per op, as soon as its input exists (a forward needs the
+  // previous chunk's forward of the micro-batch, a backward the next chunk's backward).
+  std::vector<std::vector<int>> fdone(static_cast<size_t>(G), std::vector<int>(static_cast<size_t>(m), -1));
+  std::vector<std::vector<int>> bdone = fdone;
   std::vector<size_t> pos(static_cast<size_t>(P), 0);
-  PipelineProgram prog;
+  int ticks = 0;
   for (int t = 0;; ++t) {
-    struct Ran { int p, g; PipeOp op; };
-    std::vector<Ran> ran;
+    std::vector<std::pair<int, PipeOp>> ran;  // (stage, op)
     bool left = false;
     for (int p = 0; p < P; ++p) {
       if (pos[size_t(p)] == order[size_t(p)].size()) continue;
@@ -60,45 +49,99 @@ PipelineProgram plan_pipeline(int P, int V, int stage, int m, bool interleaved) 
       const bool ready = op.forward ? (g == 0 || before(fdone[size_t(g) - 1][size_t(mi)]))
                                     : before(fdone[size_t(g)][size_t(mi)]) &&
                                           (g == G - 1 || before(bdone[size_t(g) + 1][size_t(mi)]));
-      if (ready) ran.push_back({p, g, op});
+      if (ready) ran.push_back({p, op});
     }
     if (!left) {
-      prog.total_ticks = t;
+      ticks = t;
       break;
     }
     LTRAIN_CHECK(!ran.empty(), "pipeline schedule deadlocks at tick " << t);
-    PipelineProgram::Tick mine;
-    mine.tick = t;
-    // The ops of the tick; the embedding chunk's forward takes a slot (others got theirs when
-    // their input arrived).
-    for (const Ran& r : ran) {
-      if (r.op.forward && r.g == 0) take(r.g, r.op.micro);
-      (r.op.forward ? fdone : bdone)[size_t(r.g)][size_t(r.op.micro)] = t;
-      ++pos[size_t(r.p)];
-      if (r.p == stage) {
-        mine.has_op = true;
-        mine.op = r.op;
-        mine.slot = slot[size_t(r.g)][size_t(r.op.micro)];
-        ++prog.busy_ticks;
-      }
+    for (const auto& [p, op] : ran) {
+      (op.forward ? fdone : bdone)[size_t(op.chunk * P + p)][size_t(op.micro)] = t;
+      ++pos[size_t(p)];
     }
-    // What the ops produced for other stages: a forward's output is the next chunk's input (which
-    // takes a slot there), a backward's input gradient the previous chunk's output gradient.
-    for (const Ran& r : ran) {
-      const int mi = r.op.micro, to_g = r.op.forward ? r.g + 1 : r.g - 1;
-      if (to_g < 0 || to_g >= G) continue;
-      if (r.op.forward) take(to_g, mi);
-      const int to_p = to_g % P;
-      if (r.p == stage)
-        mine.messages.push_back({r.op.chunk, slot[size_t(r.g)][size_t(mi)], r.op.forward, true, to_p});
-      if (to_p == stage)
-        mine.messages.push_back({to_g / P, slot[size_t(to_g)][size_t(mi)], r.op.forward, false, r.p});
-    }
-    // A backward frees its slot once its gradient is sent.
-    for (const Ran& r : ran)
-      if (!r.op.forward) free_slots[size_t(r.g)].push_back(slot[size_t(r.g)][size_t(r.op.micro)]);
-    if (mine.has_op || !mine.messages.empty()) prog.ticks.push_back(std::move(mine));
   }
+  // 2. Messages: an activation arrives in the exchange right before the forward that needs it
+  // (so it takes a slot no earlier than needed: P - p slots on stage p under 1F1B), a gradient in
+  // the exchange of the backward that made it (its slot exists since the forward). Slots, per
+  // tick: an embedding forward takes one, a backward frees its own, then arriving activations take
+  // one (a freed slot's input buffer is not the buffer its gradient leaves from).
+  struct Event {
+    int tick, kind;  // 0 embedding forward takes, 1 backward frees, 2 activation arrives
+    int g, micro;
+  };
+  struct Msg {
+    int tick, from, to, g_to, micro;
+    bool activation;
+  };
+  std::vector<Event> events;
+  std::vector<Msg> msgs;
+  for (int g = 0; g < G; ++g)
+    for (int mi = 0; mi < m; ++mi) {
+      if (g == 0) events.push_back({fdone[0][size_t(mi)], 0, g, mi});
+      else {
+        events.push_back({fdone[size_t(g)][size_t(mi)] - 1, 2, g, mi});
+        msgs.push_back({fdone[size_t(g)][size_t(mi)] - 1, (g - 1) % P, g % P, g, mi, true});
+      }
+      events.push_back({bdone[size_t(g)][size_t(mi)], 1, g, mi});
+      if (g + 1 < G) msgs.push_back({bdone[size_t(g) + 1][size_t(mi)], (g + 1) % P, g % P, g, mi, false});
+    }
+  std::sort(events.begin(), events.end(), [](const Event& a, const Event& b) {
+    return std::tie(a.tick, a.kind, a.g, a.micro) < std::tie(b.tick, b.kind, b.g, b.micro);
+  });
+  std::vector<std::vector<int>> slot(static_cast<size_t>(G), std::vector<int>(static_cast<size_t>(m), -1));
+  std::vector<std::vector<int>> free_slots(static_cast<size_t>(G));
+  std::vector<int> used(static_cast<size_t>(G), 0);
+  for (const Event& e : events) {
+    auto& f = free_slots[size_t(e.g)];
+    if (e.kind == 1) {
+      f.push_back(slot[size_t(e.g)][size_t(e.micro)]);
+      continue;
+    }
+    int s;
+    if (f.empty()) {
+      s = used[size_t(e.g)]++;
+    } else {
+      s = *std::min_element(f.begin(), f.end());
+      f.erase(std::find(f.begin(), f.end(), s));
+    }
+    slot[size_t(e.g)][size_t(e.micro)] = s;
+  }
+  // 3. This stage's ticks: its op, and the messages it sends or receives, in an order both ends
+  // agree on (two messages between the same pair in one exchange match in posting order).
+  std::sort(msgs.begin(), msgs.end(), [](const Msg& a, const Msg& b) {
+    return std::tie(a.tick, a.from, a.to, a.activation, a.micro, a.g_to) <
+           std::tie(b.tick, b.from, b.to, b.activation, b.micro, b.g_to);
+  });
+  std::map<int, PipelineProgram::Tick> by_tick;
+  for (const PipeOp& op : order[size_t(stage)]) {
+    const int g = op.chunk * P + stage;
+    const int t = (op.forward ? fdone : bdone)[size_t(g)][size_t(op.micro)];
+    PipelineProgram::Tick& tick = by_tick[t];
+    tick.tick = t;
+    tick.has_op = true;
+    tick.op = op;
+    tick.slot = slot[size_t(g)][size_t(op.micro)];
+  }
+  for (const Msg& msg : msgs) {
+    // An activation goes from chunk g_to - 1 to g_to; a gradient from g_to + 1 to g_to; both
+    // occupy micro-batch `micro`'s slot at each end.
+    const int g_from = msg.activation ? msg.g_to - 1 : msg.g_to + 1;
+    if (msg.from == stage) {
+      PipelineProgram::Tick& tick = by_tick[msg.tick];
+      tick.tick = msg.tick;
+      tick.messages.push_back({g_from / P, slot[size_t(g_from)][size_t(msg.micro)], msg.activation, true, msg.to});
+    }
+    if (msg.to == stage) {
+      PipelineProgram::Tick& tick = by_tick[msg.tick];
+      tick.tick = msg.tick;
+      tick.messages.push_back({msg.g_to / P, slot[size_t(msg.g_to)][size_t(msg.micro)], msg.activation, false, msg.from});
+    }
+  }
+  PipelineProgram prog;
+  for (auto& [t, tick] : by_tick) prog.ticks.push_back(std::move(tick));
+  prog.total_ticks = ticks;
+  prog.busy_ticks = int(order[size_t(stage)].size());
   for (int v = 0; v < V; ++v) prog.slots.push_back(std::max(1, used[size_t(v * P + stage)]));
   return prog;
 }

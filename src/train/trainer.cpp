@@ -156,7 +156,7 @@ void Training::build() {
   // tensor-parallel group, whose collectives move activations.
   comms_ = make_parallel_comms(par_, *backend_, dp_size_, tp_size_, cfg_.parallel.timeout_s);
   // Refused here, before anything large is allocated, when the run cannot fit (memory_plan.h).
-  log_->info("memory plan per rank: " + check_run_memory(cfg_, dp_size_, tp_size_, *backend_).breakdown());
+  log_->info("memory plan per rank: " + check_run_memory(cfg_, dp_size_, tp_size_, *backend_, par_.pipeline_rank()).breakdown());
   // Pipeline parallelism: this stage's part of the schedule, and the activation slots it needs.
   PipelineProgram program;
   PipelineStage stage;

@@ -42,6 +42,7 @@ struct MemoryPlan {
   // The inputs, for the hint of a refusal.
   Config config;
   int dp = 1, tp = 1;
+  int pp = 1, stage = 0;  // pipeline stages (parallel.pipeline) and the stage planned
   MemoryPlanOptions options;
 
   int64_t total() const {
@@ -61,8 +62,12 @@ constexpr int64_t kReserveBytes = int64_t(256) << 20;
 constexpr int64_t kReserveNcclBytes = int64_t(1) << 30;       // when dp * tp > 1
 constexpr int64_t kReservePerAllocationBytes = int64_t(2) << 20;
 
-// The plan for `cfg` on one rank of a dp x tp layout (parallel.zero and train.* from cfg).
-MemoryPlan memory_plan(const Config& cfg, int dp, int tp, const MemoryPlanOptions& options = {});
+// The plan for `cfg` on one rank of a dp x pipeline x tp layout (parallel.zero,
+// parallel.pipeline and train.* from cfg). Under pipeline parallelism, the plan of stage `stage`:
+// its layers' weights, gradients and optimizer state, and the activations of the micro-batches
+// it keeps in flight (the slots of train/pipeline.h's schedule: P - stage under 1F1B); stage -1
+// plans every stage and returns the largest.
+MemoryPlan memory_plan(const Config& cfg, int dp, int tp, const MemoryPlanOptions& options = {}, int stage = -1);
 // The options for a backend: its dtypes, and whether it is the CUDA backend.
 // Loading a checkpoint needs no device memory beyond these (load_checkpoint_training_state goes
 // through host memory one tensor at a time), nor does saving.
@@ -79,6 +84,7 @@ void check_memory_fits(const MemoryPlan& plan, int64_t available_bytes, int64_t 
 // before building the model: plans for this backend, and checks it against the device's free memory
 // (cudaMemGetInfo) plus what the backend already holds, or on the CPU against the host's
 // MemAvailable. LTRAIN_MEMORY_CHECK=0 in the environment skips the refusal. Returns the plan.
-MemoryPlan check_run_memory(const Config& cfg, int dp, int tp, Backend& backend);
+// stage: this rank's pipeline stage.
+MemoryPlan check_run_memory(const Config& cfg, int dp, int tp, Backend& backend, int stage = 0);
 
 }  // namespace ltrain

@@ -9,12 +9,12 @@
 // forward, so its backward follows without waiting for anyone.
 //
 // How it runs: every rank simulates every stage's order with one tick per forward or backward
-// (plan_pipeline), which gives each rank the same global order of events: in a tick a stage runs
-// at most one op, then sends what that op produced (activations to the next chunk's stage,
-// gradients to the previous one) and receives what the other stages' ops of the same tick
-// produced for it, as one send_recv batch. Messages between two ranks therefore match in order,
-// and no rank waits on a message that has not been sent. The simulation also counts the
-// activation slots each chunk needs (the micro-batches in flight): P - p under 1F1B.
+// (plan_pipeline), which gives each rank the same global order of events. In a tick a stage runs
+// at most one op, then exchanges its messages as one send_recv batch: an activation arrives in the
+// exchange right before the forward that needs it, a gradient in the exchange of the backward that
+// made it. Both ends of every message know its tick and its place in the batch, so messages match
+// in order, and no rank waits on a message that is not being sent. The simulation also counts the
+// activation slots each chunk needs (the micro-batches in flight): P - p on stage p under 1F1B.
 #pragma once
 #include <cstdint>
 #include <vector>
