@@ -132,12 +132,18 @@ void Training::open_run(const std::string& resume) {
     user_error("train.run_dir '", tc_.run_dir, "' already holds a run (checkpoints/latest); resume it with "
                "--resume auto, choose another train.run_dir, or remove the old run");
   par_.data().barrier();  // every rank has checked before rank 0 creates anything
+  std::vector<std::string> removed, kept;  // what saves that a kill interrupted left behind
   if (main_rank_) {
     make_dirs(tc_.run_dir);
     write_text_file_atomic(path_join(tc_.run_dir, "config.json"), config_to_json(cfg_).dump(2) + "\n");
+    removed = remove_partial_saves(tc_.run_dir, &kept);
   }
   log_ = std::make_unique<MetricsLogger>(tc_.run_dir, main_rank_, /*append=*/ck_.has_value());
   for (const auto& w : resume_warnings_) log_->info("WARNING: corrupt or incomplete checkpoint: " + w);
+  for (const auto& dir : removed) log_->info("removed " + dir + ", the partial checkpoint of an interrupted save");
+  for (const auto& dir : kept)
+    log_->info("WARNING: left " + dir + " in place: an interrupted save wrote its meta.json, so it may be complete "
+               "(check it with `ltrain ckpt verify`, then rename it to drop .tmp, or remove it)");
   log_->info("ltrain train: resolved config (saved to " + path_join(tc_.run_dir, "config.json") + ")");
   log_->info(config_to_text(cfg_));
 }
@@ -330,7 +336,7 @@ void Training::save(int step) {
   state.guard = guard_.to_json();
   const std::string& tokenizer = data_.sources.front().meta.tokenizer_path;  // copied into checkpoints
   const std::string dir = save_checkpoint(tc_.run_dir, state, cfg_, *opt_, par_.world(), tokenizer,
-                                          [this](int s) { faults_.during_save(s); });
+                                          faults_.save_hooks());
   if (main_rank_) {
     log_->info(strfmt("step %6d | saved %s (%.1fs)", step, dir.c_str(), wall_time_seconds() - t0));
     for (const auto& gone : prune_checkpoints(tc_.run_dir, cfg_.checkpoint.keep_last, cfg_.checkpoint.keep_every))
