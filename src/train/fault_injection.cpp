@@ -78,7 +78,9 @@ SaveHooks FaultInjection::save_hooks() const {
   hooks.between_files = [kill = kill_step_](int step) {
     if (kill > 0 && kill == step) std::raise(SIGKILL);
   };
-  hooks.fail_write = [full = disk_full_, rank = world_rank_](int step) { return full.rank == rank && full.step == step; };
+  hooks.fail_write = [full = disk_full_, rank = world_rank_](int step) {
+    return full.rank == rank && full.step == step;
+  };
   return hooks;
 }
 
