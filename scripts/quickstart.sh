@@ -3,11 +3,25 @@
 #   install dependencies, build, train a tokenizer on tinyshakespeare, tokenize the corpus,
 #   train the model in configs/tiny-shakespeare.yaml on the CPU (a few minutes on 2 cores),
 #   report validation perplexity and print a generated sample.
+# It builds only what it runs, in a build directory of its own (BUILD_DIR, default
+# build-quickstart, so the tests' ./build keeps its options): the ltrain binary without the tests,
+# and without the CUDA backend unless nvidia-smi lists a GPU (nvcc alone does not count).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install_deps.sh
-./scripts/build.sh
-LTRAIN=./build/ltrain
+BUILD_DIR=${BUILD_DIR:-build-quickstart}
+# nvidia-smi -L: one "GPU 0: NAME (UUID: ...)" line per GPU ("No devices were found" without one).
+gpus=$( (command -v nvidia-smi > /dev/null && nvidia-smi -L 2> /dev/null | grep '^GPU [0-9]') || true)
+if [ -n "$gpus" ]; then
+  echo "[quickstart] GPU found (${gpus%%$'\n'*}): building the CPU and CUDA backends in $BUILD_DIR"
+  cuda=ON
+else
+  echo "[quickstart] no GPU visible (nvidia-smi absent or listing none): building the CPU backend only" \
+    "(-DLTRAIN_CUDA=OFF) in $BUILD_DIR"
+  cuda=OFF
+fi
+BUILD_DIR="$BUILD_DIR" ./scripts/build.sh -DLTRAIN_CUDA=$cuda -DLTRAIN_TESTS=OFF
+LTRAIN=$BUILD_DIR/ltrain
 CORPUS=tests/data/tinyshakespeare.txt
 RUN=runs/tiny-shakespeare
 

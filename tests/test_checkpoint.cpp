@@ -6,7 +6,9 @@
 //  - every rank of every other layout loads exactly its part (weights, master copy, moments);
 //  - a missing shard, a flipped byte, a truncated file, a manifest of another model, slices that
 //    overlap or leave a gap, and an unknown version each give one line naming the file;
-//  - version 1 checkpoints (whole tensors in model_00000.bin) are still read.
+//  - version 1 checkpoints (whole tensors in model_00000.bin) are still read;
+//  - a write that fails on one rank removes the partial save on every rank; partial saves left
+//    by a kill are found and removed, complete ones kept.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -605,6 +607,75 @@ TEST(CheckpointFormat, WholeTensorSaveIsOneRankOfTheSameFormat) {
   EXPECT_FALSE(file_exists(d2 + "/optim_00000.bin"));
   EXPECT_FALSE(open_checkpoint(d2).meta.contains("optimizer"));
   verify_checkpoint(open_checkpoint(d2));
+}
+
+// A write that fails on one rank (a full disk) ends the save on every rank with the same error,
+// once all have stopped writing, and leaves no step_NNNNNNNN.tmp; the earlier checkpoint stays
+// the latest and verifies. Rank 3 of 2 x 2 ZeRO-1 fails while the others' files are complete;
+// without ZeRO only data rank 0 writes, so it is rank 0 that fails; and one process.
+TEST(CheckpointSaveFailure, AFailedWriteOnOneRankRemovesThePartialSaveOnEveryRank) {
+  const ModelConfig m = tiny_config(false);
+  const WholeState s = random_state(m, 61);
+  struct Case {
+    Layout lay;
+    int failing;
+  };
+  for (const Case& c : {Case{{2, 2, true}, 3}, Case{{2, 1, false}, 0}, Case{{1, 1, false}, 0}}) {
+    SCOPED_TRACE(c.lay.str());
+    test::TempDir tmp("ckpt_fail");
+    const std::string root = tmp.file("checkpoints");
+    const std::string earlier = save_layout(tmp.path(), m, c.lay, s);
+    std::vector<std::string> errors(size_t(c.lay.data * c.lay.tensor));
+    run_ranks(m, c.lay, [&](Rank& k) {
+      set_rank_state(k, s);
+      TrainState st;
+      st.step = 6;
+      st.data = {{"train", {{"epoch", 0}, {"cursor", 6}}}};
+      SaveHooks hooks;
+      hooks.fail_write = [&](int step) { return step == 6 && k.world_rank == c.failing; };
+      try {
+        save_checkpoint(tmp.path(), st, run_config(m), *k.opt, *k.world, "", hooks);
+      } catch (const UserError& e) {
+        errors[size_t(k.world_rank)] = e.what();
+      }
+    });
+    const std::string failing_file = "step_00000006.tmp/optim_0000" + std::to_string(c.failing) + ".bin";
+    for (size_t r = 0; r < errors.size(); ++r) {
+      SCOPED_TRACE("rank " + std::to_string(r));
+      expect_user_error([&] { if (!errors[r].empty()) throw UserError(errors[r]); },
+                        {"saving the checkpoint of step 6 failed", failing_file, "No space left on device",
+                         "removed the partial '" + root + "/step_00000006.tmp'", "--resume auto"});
+      EXPECT_EQ(errors[r], errors[0]);
+      EXPECT_EQ(errors[r].find(" on rank ") != std::string::npos, c.lay.data * c.lay.tensor > 1) << errors[r];
+      if (errors.size() > 1) EXPECT_NE(errors[r].find("on rank " + std::to_string(c.failing)), std::string::npos);
+    }
+    EXPECT_EQ(list_directory(root), (std::vector<std::string>{"latest", "step_00000005"}));
+    EXPECT_EQ(read_text_file(root + "/latest"), "step_00000005\n");
+    verify_checkpoint(open_checkpoint(earlier));
+  }
+}
+
+// At start-up the trainer removes what a killed save left: step_NNNNNNNN.tmp without meta.json.
+// A .tmp with meta.json may be complete and is kept; checkpoints and other names are untouched.
+TEST(CheckpointSaveFailure, PartialSavesAreRemovedCompleteOnesKept) {
+  const ModelConfig m = tiny_config(false);
+  test::TempDir tmp("ckpt_partial");
+  const std::string root = tmp.file("checkpoints");
+  const std::string done = save_layout(tmp.path(), m, {2, 1, true}, random_state(m, 62));
+  make_dirs(root + "/step_00000007.tmp");
+  write_text_file_atomic(root + "/step_00000007.tmp/model_00000.bin", "partial");
+  make_dirs(root + "/step_00000009.tmp");
+  write_text_file_atomic(root + "/step_00000009.tmp/meta.json", "{}");
+  make_dirs(root + "/step_00000005.old.123");
+  make_dirs(root + "/step_00000003.tmp.keep");
+  std::vector<std::string> kept;
+  EXPECT_EQ(remove_partial_saves(tmp.path(), &kept), (std::vector<std::string>{root + "/step_00000007.tmp"}));
+  EXPECT_EQ(kept, (std::vector<std::string>{root + "/step_00000009.tmp"}));
+  EXPECT_EQ(list_directory(root), (std::vector<std::string>{"latest", "step_00000003.tmp.keep", "step_00000005",
+                                                            "step_00000005.old.123", "step_00000009.tmp"}));
+  verify_checkpoint(open_checkpoint(done));
+  test::TempDir empty("ckpt_partial_none");
+  EXPECT_TRUE(remove_partial_saves(empty.path(), nullptr).empty());  // no checkpoints directory
 }
 
 }  // namespace

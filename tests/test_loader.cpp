@@ -306,7 +306,12 @@ TEST(Loader, TooLittleData) {
   EXPECT_NE(msg.find("= 10"), std::string::npos) << msg;
   msg = user_error_message([&] { DataLoader(meta, Split::kVal, 1, 64, false, 0); });
   EXPECT_NE(msg.find("val split has 0 windows"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("--val-fraction"), std::string::npos) << msg;
   EXPECT_NO_THROW(DataLoader(meta, Split::kTrain, 9, 8, false, 0));
+  // Evaluation reads what a val split holds, even less than one batch of world*B windows.
+  make_dataset(dir.path(), {50}, {30});  // 3 val windows of T=8
+  meta = load_dataset_meta(dir.path());
+  EXPECT_EQ(DataLoader(meta, Split::kVal, 5, 8, false, 0, 1, 2).num_windows(), 3u);
 }
 
 TEST(DatasetMeta, Errors) {

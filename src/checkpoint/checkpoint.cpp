@@ -6,8 +6,10 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "checkpoint/manifest.h"
@@ -94,43 +96,84 @@ struct RankPieces {
   std::vector<PieceSource> weights, moments;
 };
 
+// One phase of a save ends here on every rank, with its error ("" for none): a collective over
+// `world`, so every rank has stopped writing when it returns. When any rank failed, rank 0 removes
+// the partial directory and every rank throws the same UserError, naming the first failing rank;
+// the gather of what rank 0 did keeps the others from ending the job before it is done.
+void end_phase(Communicator& world, const SaveDirs& d, int step, const std::string& error) {
+  const std::vector<std::string> errors = all_gather_strings(world, error);
+  const auto bad = std::find_if(errors.begin(), errors.end(), [](const std::string& e) { return !e.empty(); });
+  if (bad == errors.end()) return;
+  std::string cleanup;
+  if (world.rank() == 0 && is_directory(d.tmp)) {
+    remove_tree(d.tmp);
+    cleanup = (is_directory(d.tmp) ? "; could not remove the partial '" : "; removed the partial '") + d.tmp + "'";
+  }
+  cleanup = all_gather_strings(world, cleanup)[0];
+  const std::string who = world.size() > 1 ? " on rank " + std::to_string(bad - errors.begin()) : "";
+  user_error("saving the checkpoint of step ", step, " failed", who, ": ", *bad, cleanup,
+             " (the earlier checkpoints are intact: free space and resume with --resume auto)");
+}
+
+// This rank's part of a save phase: its error message, "" when it succeeded.
+std::string attempt(const std::function<void()>& part) {
+  try {
+    part();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// The manifest of a save (all but its files and shards, which finish_save adds).
+nlohmann::json manifest_of(const TrainState& state, const Config& cfg, const std::vector<ManifestTensor>& tensors,
+                           const nlohmann::json& layout, bool with_moments) {
+  nlohmann::json meta = manifest_head(state, cfg);
+  int64_t num_params = 0;
+  for (const auto& t : tensors) num_params += t.shape.numel();
+  meta["num_params"] = num_params;
+  for (const auto& [key, value] : layout.items()) meta["layout"][key] = value;
+  meta["tensors"] = tensor_list(tensors, "");
+  if (with_moments) {
+    nlohmann::json opt = tensor_list(tensors, ".exp_avg");
+    for (auto& e : tensor_list(tensors, ".exp_avg_sq")) opt.push_back(e);
+    meta["optimizer"] = std::move(opt);
+  }
+  return meta;
+}
+
 // The save both save_checkpoint overloads share: collective over `world`. Every writing rank
 // writes model_RRRRR.bin and (with_moments) optim_RRRRR.bin; rank 0 lists `tensors` (their global
 // shapes and split dimensions) in the manifest, with `layout` added to its layout, and finishes.
+// Three phases, each ended together by every rank (end_phase).
 std::string write_checkpoint(const std::string& run_dir, const TrainState& state, const Config& cfg,
                              Communicator& world, const RankPieces& mine, bool with_moments,
                              const std::vector<ManifestTensor>& tensors, const nlohmann::json& layout,
-                             const std::string& tokenizer_path, const SaveFaultHook& between_files) {
+                             const std::string& tokenizer_path, const SaveHooks& hooks) {
   const int rank = world.rank();
   const SaveDirs d = save_dirs(run_dir, state.step);
-  if (rank == 0) start_save(d);
-  world.barrier();  // the directory exists before anyone writes into it
-
+  // 1. Rank 0 makes the directory, before anyone writes into it.
+  end_phase(world, d, state.step, attempt([&] {
+    if (rank == 0) start_save(d);
+  }));
+  // 2. Every writing rank writes its files.
   nlohmann::json files = nlohmann::json::array();
-  if (mine.writes) files.push_back(write_shard_file(d.tmp, rank_file_name("model", rank), mine.weights, mine.who));
-  if (between_files) between_files(state.step);
-  if (mine.writes && with_moments)
-    files.push_back(write_shard_file(d.tmp, rank_file_name("optim", rank), mine.moments, mine.who));
-  // Every rank's files are complete once its entries arrive (the gather is the barrier).
+  end_phase(world, d, state.step, attempt([&] {
+    if (mine.writes) files.push_back(write_shard_file(d.tmp, rank_file_name("model", rank), mine.weights, mine.who));
+    if (hooks.between_files) hooks.between_files(state.step);
+    if (mine.writes && with_moments)
+      files.push_back(write_shard_file(d.tmp, rank_file_name("optim", rank), mine.moments, mine.who,
+                                       hooks.fail_write && hooks.fail_write(state.step)));
+  }));
+  // 3. Every rank's files are complete: rank 0 writes the manifest, renames, updates `latest`.
   const std::vector<std::string> all = all_gather_strings(world, files.dump());
-  if (rank == 0) {
+  end_phase(world, d, state.step, attempt([&] {
+    if (rank != 0) return;
     std::vector<nlohmann::json> entries;
     for (const auto& s : all) entries.push_back(nlohmann::json::parse(s));
-    nlohmann::json meta = manifest_head(state, cfg);
-    int64_t num_params = 0;
-    for (const auto& t : tensors) num_params += t.shape.numel();
-    meta["num_params"] = num_params;
-    for (const auto& [key, value] : layout.items()) meta["layout"][key] = value;
-    meta["tensors"] = tensor_list(tensors, "");
-    if (with_moments) {
-      nlohmann::json opt = tensor_list(tensors, ".exp_avg");
-      for (auto& e : tensor_list(tensors, ".exp_avg_sq")) opt.push_back(e);
-      meta["optimizer"] = std::move(opt);
-    }
-    finish_save(d, state.step, std::move(meta), entries, tokenizer_path);
-  }
-  world.barrier();  // complete (renamed, `latest` updated) on return
-  return d.final_dir;
+    finish_save(d, state.step, manifest_of(state, cfg, tensors, layout, with_moments), entries, tokenizer_path);
+  }));
+  return d.final_dir;  // complete on every rank
 }
 
 // Checks the parameters (plus `suffix`) against a section's tensors; returns name -> entry.
@@ -169,7 +212,7 @@ void for_each_local_slice(const CheckpointInfo& info, FileReader& files, const c
 
 std::string save_checkpoint(const std::string& run_dir, const TrainState& state, const Config& cfg,
                             ShardedState& sharded, Communicator& world, const std::string& tokenizer_path,
-                            const SaveFaultHook& between_files) {
+                            const SaveHooks& hooks) {
   const ParameterSet& params = sharded.parameters();
   const int P = params.tensor_parallel_size(), t_rank = params.tensor_parallel_rank();
   const int PP = std::max(1, cfg.parallel.pipeline);
@@ -233,13 +276,13 @@ std::string save_checkpoint(const std::string& run_dir, const TrainState& state,
                            : "data rank 0 of each tensor-parallel group: the data-parallel replicas hold identical copies"}};
   if (PP > 1) layout["pipeline"] = PP;  // (absent: 1, as checkpoints before pipeline parallelism)
   return write_checkpoint(run_dir, state, cfg, world, mine, /*with_moments=*/true, tensors, layout, tokenizer_path,
-                          between_files);
+                          hooks);
 }
 
 std::string save_checkpoint(const std::string& run_dir, const TrainState& state, const Config& cfg,
                             const std::vector<HostTensor>& weights, const std::vector<HostTensor>* exp_avg,
                             const std::vector<HostTensor>* exp_avg_sq, const std::string& tokenizer_path,
-                            const SaveFaultHook& between_files) {
+                            const SaveHooks& hooks) {
   RankPieces mine;
   mine.writes = true;
   mine.who = {{"rank", 0}, {"data_rank", 0}, {"tensor_rank", 0}};
@@ -259,7 +302,7 @@ std::string save_checkpoint(const std::string& run_dir, const TrainState& state,
   for (const auto& t : weights) tensors.push_back({t.name, t.shape, -1});
   const std::unique_ptr<Communicator> one = make_single_communicator();
   return write_checkpoint(run_dir, state, cfg, *one, mine, moments, tensors,
-                          {{"writer_rule", "one process wrote whole tensors"}}, tokenizer_path, between_files);
+                          {{"writer_rule", "one process wrote whole tensors"}}, tokenizer_path, hooks);
 }
 
 void verify_checkpoint(const CheckpointInfo& info, int part, int parts) {
@@ -348,6 +391,27 @@ std::optional<CheckpointInfo> find_latest_valid_checkpoint(const std::string& ru
     }
   }
   return std::nullopt;
+}
+
+std::vector<std::string> remove_partial_saves(const std::string& run_dir, std::vector<std::string>* kept) {
+  std::vector<std::string> removed;
+  const std::string root = path_join(run_dir, "checkpoints");
+  if (!is_directory(root)) return removed;
+  for (const auto& name : list_directory(root)) {
+    int step = -1;
+    // step_NNNNNNNN.tmp exactly: a checkpoint (step_NNNNNNNN) or anything else is never touched.
+    if (std::sscanf(name.c_str(), "step_%d", &step) != 1 || step < 0 || name != step_dir_name(step) + ".tmp")
+      continue;
+    const std::string dir = path_join(root, name);
+    if (!is_directory(dir)) continue;
+    if (file_exists(path_join(dir, "meta.json"))) {
+      if (kept) kept->push_back(dir);
+      continue;
+    }
+    remove_tree(dir);
+    removed.push_back(dir);
+  }
+  return removed;
 }
 
 std::vector<std::string> prune_checkpoints(const std::string& run_dir, int keep_last,

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 
 #include "ltrain/core/check.h"
@@ -110,7 +111,8 @@ std::vector<float> read_slice(FileReader& files, const TensorEntry& t, const Ten
 }
 
 nlohmann::json write_shard_file(const std::string& dir, const std::string& file,
-                                const std::vector<PieceSource>& pieces, nlohmann::json who) {
+                                const std::vector<PieceSource>& pieces, nlohmann::json who,
+                                bool fail_midway) {
   nlohmann::json entries = nlohmann::json::array();
   uint64_t offset = 0;
   uint32_t file_crc = 0;
@@ -129,6 +131,10 @@ nlohmann::json write_shard_file(const std::string& dir, const std::string& file,
     for (const auto& p : pieces) {
       const size_t bytes = size_t(p.end - p.begin) * sizeof(float);
       if (bytes && std::fwrite(p.data, 1, bytes, f) != bytes) return false;
+      if (fail_midway) {
+        errno = ENOSPC;
+        return false;
+      }
     }
     return true;
   });

@@ -44,9 +44,12 @@ struct PieceSource {
 };
 
 // Writes one shard file (flushed, fsync'd, renamed); returns its manifest entry: `who` plus the
-// file name, its pieces, and its size and CRC-32 (which go to "files").
+// file name, its pieces, and its size and CRC-32 (which go to "files"). UserError naming the file
+// when a write fails. fail_midway (tests' fault injection): the write stops after the first piece
+// with ENOSPC, as on a full disk.
 nlohmann::json write_shard_file(const std::string& dir, const std::string& file,
-                                const std::vector<PieceSource>& pieces, nlohmann::json who);
+                                const std::vector<PieceSource>& pieces, nlohmann::json who,
+                                bool fail_midway = false);
 // Makes a directory's entries (a rename, a new file) durable.
 void fsync_directory(const std::string& dir);
 

@@ -23,6 +23,8 @@ int cmd_eval(int argc, char** argv) {
   if (args.help_requested()) return std::printf("%s", args.usage().c_str()), 0;
   if (!args.positionals().empty())
     user_error("ltrain eval: unexpected argument '", args.positionals()[0], "'");
+  const long long batches = args.get_int("batches", 0);
+  if (batches < 0) user_error("ltrain eval: --batches ", batches, " must be >= 0 (0: the whole val split)");
 
   CheckpointInfo ck = open_checkpoint(args.get("checkpoint"));
   const DatasetMeta meta = load_dataset_meta(args.get("data"));
@@ -32,9 +34,10 @@ int cmd_eval(int argc, char** argv) {
   auto backend = make_backend(args.get("device", "auto"));
   LlamaModel model(ck.config.model, *backend, B, T);
   load_checkpoint_weights(ck, model.parameters());
-  const double loss = evaluate(model, val, B, T, int(args.get_int("batches", 0)));
-  std::printf("checkpoint %s (step %d) | data %s | val_loss %.4f | val_ppl %.3f\n", ck.dir.c_str(),
-              ck.step, meta.dir.c_str(), loss, std::exp(loss));
+  const EvalSums r = evaluate(model, val, uint64_t(batches) * uint64_t(B));
+  const double loss = r.counted > 0 ? r.loss_sum / r.counted : NAN;
+  std::printf("checkpoint %s (step %d) | data %s | val_loss %.4f | val_ppl %.3f | %s\n", ck.dir.c_str(), ck.step,
+              meta.dir.c_str(), loss, std::exp(loss), describe_eval(r.windows, r.batches, r.short_split, 1, B).c_str());
   return 0;
 }
 

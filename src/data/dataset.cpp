@@ -441,12 +441,17 @@ DataLoader::DataLoader(const DatasetMeta& meta, Split split, int batch_size, int
     uint64_t windows = n >= uint64_t(T_) + 1 ? (n - 1) / T_ : 0;
     window_offsets_.push_back(window_offsets_.back() + windows);
   }
+  const char* what = meta.format == DataFormat::kLtrain ? "data dir '" : "data '";
   const uint64_t global = uint64_t(world_) * B_;
-  if (num_windows() < global)
-    user_error(meta.format == DataFormat::kLtrain ? "data dir '" : "data '", dir_, "': the ", split_name(split),
-               " split has ", num_windows(),
-               " windows of seq_len+1 = ", T_ + 1, " tokens, but one batch needs world*batch_size = ",
-               world_, "*", B_, " = ", global, "; use a smaller batch size or seq_len, or more data");
+  if (split == Split::kTrain && num_windows() < global)
+    user_error(what, dir_, "': the train split has ", num_windows(), " windows of seq_len+1 = ", T_ + 1,
+               " tokens, but one batch needs world*batch_size = ", world_, "*", B_, " = ", global,
+               "; use a smaller batch size or seq_len, or more data");
+  // Evaluation takes what a val split holds, even less than one batch, but it needs a window.
+  if (num_windows() == 0)
+    user_error(what, dir_, "': the val split has 0 windows of seq_len+1 = ", T_ + 1, " tokens (it holds ",
+               meta.val_tokens, " tokens); use a smaller seq_len, or more val data (`ltrain prepare "
+               "--val-fraction`)");
   window_buf_.resize(T_ + 1);
   if (!masks_.empty()) mask_buf_.resize(T_ + 1);
 }
@@ -493,6 +498,7 @@ void DataLoader::read_window(uint64_t epoch, uint64_t position, int32_t* inputs,
 
 void DataLoader::next_batch(int32_t* inputs, int32_t* targets) {
   const uint64_t global = uint64_t(world_) * B_;
+  LTRAIN_CHECK(num_windows() >= global, "next_batch on a split of " << num_windows() << " windows < " << global);
   if (state_.cursor + global > num_windows()) {  // the epoch's remainder is too short: next epoch
     state_.epoch += 1;
     state_.cursor = 0;

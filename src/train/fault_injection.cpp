@@ -45,6 +45,7 @@ FaultInjection FaultInjection::from_env(int world_rank) {
   }
   parse_rank_at_step("LTRAIN_TEST_PERTURB_RANK", f.perturb_.rank, f.perturb_.step);
   parse_rank_at_step("LTRAIN_TEST_HANG_RANK", f.hang_.rank, f.hang_.step);
+  parse_rank_at_step("LTRAIN_TEST_DISK_FULL", f.disk_full_.rank, f.disk_full_.step);
   f.stop_step_ = env_step("LTRAIN_TEST_STOP_AT_STEP");
   f.kill_step_ = env_step("LTRAIN_TEST_KILL_DURING_SAVE");
   return f;
@@ -72,8 +73,15 @@ void FaultInjection::after_backward(const ParameterSet& params, int step, int ro
   }
 }
 
-void FaultInjection::during_save(int step) const {
-  if (kill_step_ > 0 && kill_step_ == step) std::raise(SIGKILL);
+SaveHooks FaultInjection::save_hooks() const {
+  SaveHooks hooks;
+  hooks.between_files = [kill = kill_step_](int step) {
+    if (kill > 0 && kill == step) std::raise(SIGKILL);
+  };
+  hooks.fail_write = [full = disk_full_, rank = world_rank_](int step) {
+    return full.rank == rank && full.step == step;
+  };
+  return hooks;
 }
 
 }  // namespace ltrain

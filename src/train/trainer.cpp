@@ -1,5 +1,6 @@
 #include "ltrain/train/trainer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <optional>
@@ -28,21 +29,37 @@ void check_data_matches_model(const DatasetMeta& meta, const ModelConfig& model)
                "; set model.vocab_size >= ", meta.vocab_size);
 }
 
-double evaluate(LlamaModel& model, DataLoader& loader, int B, int T, int max_batches, double* counted_out) {
-  loader.reset();
-  const uint64_t avail = loader.batches_per_epoch();
-  const uint64_t n = max_batches > 0 ? std::min<uint64_t>(avail, uint64_t(max_batches)) : avail;
+EvalSums evaluate(LlamaModel& model, DataLoader& loader, uint64_t max_windows) {
+  const int B = loader.batch_size(), T = loader.seq_len();
+  const uint64_t n = max_windows > 0 ? std::min(loader.num_windows(), max_windows) : loader.num_windows();
+  const uint64_t global = uint64_t(loader.world()) * B;
+  EvalSums r;
+  r.batches = (n + global - 1) / global;
+  r.short_split = n < global;
   std::vector<int32_t> in(size_t(B) * T), tg(size_t(B) * T);
-  double sum = 0, counted = 0;
-  for (uint64_t i = 0; i < n; ++i) {
-    loader.next_batch(in.data(), tg.data());
+  for (uint64_t first = 0; first < n; first += global) {
+    const uint64_t lo = std::min(n, first + uint64_t(loader.rank()) * B), rows = std::min(n, lo + B) - lo;
+    if (rows == 0) break;  // this rank's rows lie past the end, in this batch and every later one
+    for (uint64_t b = 0; b < rows; ++b) loader.read_window(0, lo + b, &in[b * T], &tg[b * T]);
+    // Padding rows: any token in, no target (the loss counts targets >= 0 only).
+    std::fill(in.begin() + ptrdiff_t(rows * T), in.end(), 0);
+    std::fill(tg.begin() + ptrdiff_t(rows * T), tg.end(), -1);
     double c = 0;
     for (int32_t t : tg) c += t >= 0;
-    sum += model.forward_loss(in.data(), tg.data(), B, T) * c;
-    counted += c;
+    r.loss_sum += model.forward_loss(in.data(), tg.data(), B, T) * c;
+    r.counted += c;
+    r.windows += rows;
   }
-  if (counted_out) *counted_out = counted;
-  return counted > 0 ? sum / counted : NAN;
+  return r;
+}
+
+std::string describe_eval(uint64_t windows, uint64_t batches, bool short_split, int world, int B) {
+  std::string s = strfmt("%llu window%s in %llu batch%s", (unsigned long long)windows, windows == 1 ? "" : "s",
+                         (unsigned long long)batches, batches == 1 ? "" : "es");
+  if (short_split)
+    s += world > 1 ? strfmt(": fewer than one full batch per rank (%d ranks x %d windows)", world, B)
+                   : strfmt(": fewer than one full batch (%d windows)", B);
+  return s;
 }
 
 namespace {
@@ -138,12 +155,18 @@ void Training::open_run(const std::string& resume) {
     user_error("train.run_dir '", tc_.run_dir, "' already holds a run (checkpoints/latest); resume it with "
                "--resume auto, choose another train.run_dir, or remove the old run");
   par_.data().barrier();  // every rank has checked before rank 0 creates anything
+  std::vector<std::string> removed, kept;  // what saves that a kill interrupted left behind
   if (main_rank_) {
     make_dirs(tc_.run_dir);
     write_text_file_atomic(path_join(tc_.run_dir, "config.json"), config_to_json(cfg_).dump(2) + "\n");
+    removed = remove_partial_saves(tc_.run_dir, &kept);
   }
   log_ = std::make_unique<MetricsLogger>(tc_.run_dir, main_rank_, /*append=*/ck_.has_value());
   for (const auto& w : resume_warnings_) log_->info("WARNING: corrupt or incomplete checkpoint: " + w);
+  for (const auto& dir : removed) log_->info("removed " + dir + ", the partial checkpoint of an interrupted save");
+  for (const auto& dir : kept)
+    log_->info("WARNING: left " + dir + " in place: an interrupted save wrote its meta.json, so it may be complete "
+               "(check it with `ltrain ckpt verify`, then rename it to drop .tmp, or remove it)");
   log_->info("ltrain train: resolved config (saved to " + path_join(tc_.run_dir, "config.json") + ")");
   log_->info(config_to_text(cfg_));
 }
@@ -306,27 +329,34 @@ nlohmann::json Training::blend_drawn() const {
 
 double Training::validate(int step) {
   double t0 = wall_time_seconds();
-  // train.val_batches counts micro-batches of the whole job: each data-parallel rank evaluates
-  // its share of them (the same windows a single process would see), and the mean of the
-  // ranks' means is the global mean. A blend splits them over its sources' val splits and
-  // reports the share-weighted mean, with each source's loss beside it.
+  // train.val_batches counts micro-batches of the whole job: the first val_batches x B windows of
+  // the val split (of each source's, a blend sharing them out), shared by the data-parallel ranks
+  // in global batches as training data is. The loss is the mean over the counted targets of those
+  // windows, the same as one process's. A blend reports the share-weighted mean, with each
+  // source's loss beside it.
   const int S = int(data_.sources.size());
-  const int budget = tc_.val_batches == 0 ? 0 : std::max(1, tc_.val_batches / S);
-  const int per_rank = (budget + dp_size_ - 1) / dp_size_;
+  const uint64_t budget = tc_.val_batches == 0 ? 0 : uint64_t(std::max(1, tc_.val_batches / S)) * uint64_t(B_);
   double vl = 0;
+  uint64_t windows = 0, batches = 0;
+  bool short_split = false;
   nlohmann::json by_source = nlohmann::json::object();
   std::string parts;
   for (auto& src : data_.sources) {
-    double counted = 0;
-    const double mean = evaluate(*model_, *src.val, B_, T_, per_rank, &counted);
-    const double total = dp().sum(counted);
-    const double l = total > 0 ? dp().sum(counted > 0 ? mean * counted : 0.0) / total : NAN;
+    const EvalSums mine = evaluate(*model_, *src.val, budget);
+    // Every rank takes part, with or without windows of its own.
+    const double loss_sum = dp().sum(mine.loss_sum), counted = dp().sum(mine.counted);
+    const double l = counted > 0 ? loss_sum / counted : NAN;
+    windows += uint64_t(dp().sum(double(mine.windows)));
+    batches += mine.batches;
+    short_split = short_split || mine.short_split;
     vl += src.share * l;
     if (S > 1) by_source[src.name] = l, parts += strfmt(" %s %.4f", src.name.c_str(), l);
   }
-  log_->info(strfmt("step %6d | val_loss %.4f | val_ppl %.2f%s%s | %.1fs", step, vl, std::exp(vl),
-                    S > 1 ? " | by source:" : "", parts.c_str(), wall_time_seconds() - t0));
-  nlohmann::json rec = {{"step", step}, {"val_loss", vl}, {"val_ppl", std::exp(vl)}};
+  const std::string counts = describe_eval(windows, batches, short_split, dp_size_, B_);
+  log_->info(strfmt("step %6d | val_loss %.4f | val_ppl %.2f%s%s | %s | %.1fs", step, vl, std::exp(vl),
+                    S > 1 ? " | by source:" : "", parts.c_str(), counts.c_str(), wall_time_seconds() - t0));
+  nlohmann::json rec = {{"step", step}, {"val_loss", vl}, {"val_ppl", std::exp(vl)},
+                        {"val_windows", windows}, {"val_batches", batches}};
   if (S > 1) rec["val_loss_by_source"] = by_source;
   if (S > 1 && step > 0) {
     const nlohmann::json drawn = blend_drawn();
@@ -355,7 +385,7 @@ void Training::save(int step) {
   state.guard = guard_.to_json();
   const std::string& tokenizer = data_.sources.front().meta.tokenizer_path;  // copied into checkpoints
   const std::string dir = save_checkpoint(tc_.run_dir, state, cfg_, *opt_, par_.world(), tokenizer,
-                                          [this](int s) { faults_.during_save(s); });
+                                          faults_.save_hooks());
   if (main_rank_) {
     log_->info(strfmt("step %6d | saved %s (%.1fs)", step, dir.c_str(), wall_time_seconds() - t0));
     for (const auto& gone : prune_checkpoints(tc_.run_dir, cfg_.checkpoint.keep_last, cfg_.checkpoint.keep_every))

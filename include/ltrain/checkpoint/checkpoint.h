@@ -51,9 +51,14 @@ struct TrainState {
   nlohmann::json guard;       // the step guard's history (StepGuard::to_json)
 };
 
-// Called by every rank of a save with its step, between its two shard files (and by a rank that
-// writes none): tests' fault injection (src/train/fault_injection.h) dies there.
-using SaveFaultHook = std::function<void(int step)>;
+// Tests' fault injection (src/train/fault_injection.h), called by every rank of a save with its
+// step: `between_files` between its two shard files (also on a rank that writes none), where the
+// kill hook dies; `fail_write`, when it returns true, makes this rank's moments file fail in the
+// middle of its write as on a full disk (ENOSPC).
+struct SaveHooks {
+  std::function<void(int step)> between_files;
+  std::function<bool(int step)> fail_write;
+};
 
 // Training: collective over `world`, every rank of the job (host collectives), whose ranks follow
 // ParallelContext's grid (world rank = data rank * tensor size + tensor rank). Each writing rank
@@ -61,16 +66,19 @@ using SaveFaultHook = std::function<void(int step)>;
 // sharded.export_shard, no gathering of tensors); their sizes and checksums are gathered to
 // rank 0, which writes meta.json last, renames the directory and updates `latest`. Returns the
 // checkpoint directory on every rank, once it is complete.
+// A failure on any rank (a full disk) is agreed on by every rank once all have stopped writing:
+// rank 0 removes step_NNNNNNNN.tmp, then every rank throws the same UserError naming the failing
+// rank and its error. Older checkpoints and `latest` are untouched.
 std::string save_checkpoint(const std::string& run_dir, const TrainState& state, const Config& cfg,
                             ShardedState& sharded, Communicator& world, const std::string& tokenizer_path,
-                            const SaveFaultHook& between_files = {});
+                            const SaveHooks& hooks = {});
 
 // One process with whole tensors (import-hf, tests): the weights and, when given, the AdamW
 // moments, as the single rank of a 1 x 1 layout.
 std::string save_checkpoint(const std::string& run_dir, const TrainState& state, const Config& cfg,
                             const std::vector<HostTensor>& weights, const std::vector<HostTensor>* exp_avg,
                             const std::vector<HostTensor>* exp_avg_sq, const std::string& tokenizer_path,
-                            const SaveFaultHook& between_files = {});
+                            const SaveHooks& hooks = {});
 
 // Checks every file's size and CRC-32 against meta.json, and that the shard files' slices cover
 // every tensor exactly once; UserError naming the file.
@@ -88,6 +96,10 @@ std::vector<int> list_checkpoint_steps(const std::string& run_dir);
 std::optional<CheckpointInfo> find_latest_valid_checkpoint(const std::string& run_dir,
                                                            std::vector<std::string>* warnings,
                                                            Communicator* group = nullptr);
+// The step_NNNNNNNN.tmp directories an interrupted save (a kill, a node failure) left in
+// RUN_DIR/checkpoints: those without meta.json are removed and returned. One with meta.json got as
+// far as its manifest, so it may be complete: it is left in place and added to `kept`.
+std::vector<std::string> remove_partial_saves(const std::string& run_dir, std::vector<std::string>* kept);
 // Removes all but the newest keep_last checkpoints, sparing steps that are multiples of
 // keep_every. keep_last 0 keeps everything. Returns the directories removed.
 std::vector<std::string> prune_checkpoints(const std::string& run_dir, int keep_last, int keep_every);

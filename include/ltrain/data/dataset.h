@@ -138,8 +138,8 @@ class BatchStream {
 class DataLoader : public BatchStream {
  public:
   // Opens the split's shards (verifying their checksums once unless verify is false: one read
-  // of the data). UserError if the split has fewer than world*batch_size windows of seq_len+1
-  // tokens.
+  // of the data). UserError if the train split has fewer than world*batch_size windows of
+  // seq_len+1 tokens, or the val split none (evaluation reads what there is: read_window).
   DataLoader(const DatasetMeta& meta, Split split, int batch_size /*B*/, int seq_len /*T*/,
              bool shuffle, uint64_t seed, int rank = 0, int world = 1, bool verify = true);
 
@@ -158,6 +158,8 @@ class DataLoader : public BatchStream {
   bool has_masks() const { return !masks_.empty(); }  // SFT: targets outside answers are -1
   int batch_size() const { return B_; }
   int seq_len() const { return T_; }
+  int rank() const { return rank_; }
+  int world() const { return world_; }
 
  private:
   uint64_t window_at(uint64_t position) const;  // position in the epoch order -> global window id

@@ -9,11 +9,14 @@
 //                                   unlike a real signal)
 //   LTRAIN_TEST_KILL_DURING_SAVE=k  die between two files of the save of step k, as a kill -9 or a
 //                                   node failure during a save would
-// Used by tests/scripts/test_guard_cli.sh, test_resume_cli.sh, test_parallel_cli.sh and
-// test_blend_cli.sh.
+//   LTRAIN_TEST_DISK_FULL=r@k       world rank r's moments file of the save of step k fails in the
+//                                   middle of its write with ENOSPC, as on a full disk
+// Used by tests/scripts/test_guard_cli.sh, test_resume_cli.sh, test_parallel_cli.sh,
+// test_blend_cli.sh and test_checkpoint_cleanup_cli.sh.
 #pragma once
 #include <string>
 
+#include "ltrain/checkpoint/checkpoint.h"
 #include "ltrain/core/param_set.h"
 
 namespace ltrain {
@@ -27,8 +30,8 @@ class FaultInjection {
   void after_backward(const ParameterSet& params, int step, int rollbacks);
   // Whether step `step` should stop the run as a signal would.
   bool stop_at(int step) const { return stop_step_ > 0 && stop_step_ == step; }
-  // Between a rank's two shard files of the save of `step` (checkpoint's SaveHooks).
-  void during_save(int step) const;
+  // The hooks of this rank's save (checkpoint's SaveHooks).
+  SaveHooks save_hooks() const;
 
  private:
   struct RankAtStep {
@@ -40,7 +43,7 @@ class FaultInjection {
   int spike_from_ = 0, spike_to_ = -1;  // an empty range when unset
   bool spike_always_ = false;
   int spike_rounds_ = 0;
-  RankAtStep perturb_, hang_;
+  RankAtStep perturb_, hang_, disk_full_;
   int stop_step_ = 0, kill_step_ = 0;
 };
 
