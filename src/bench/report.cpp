@@ -69,8 +69,10 @@ std::string format_bench_report(const nlohmann::json& r) {
                    m["layers"].get<int>(), m["hidden_size"].get<int>(), m["heads"].get<int>(),
                    m["kv_heads"].get<int>(), m["head_dim"].get<int>(), m["ffn_dim"].get<int>(),
                    m["vocab_size"].get<int>()));
-  row("layout", strfmt("%d rank%s = data %d x tensor %d | ZeRO-1 %s", world, world > 1 ? "s" : "", dp, tp,
-                    r["zero"].get<int>() ? "on" : "off"));
+  const auto& pipe = r.contains("pipeline") ? r["pipeline"] : nlohmann::json(nullptr);
+  const int pp = pipe.is_object() ? pipe["stages"].get<int>() : 1;
+  row("layout", strfmt("%d rank%s = data %d x pipeline %d x tensor %d | ZeRO-1 %s", world, world > 1 ? "s" : "", dp,
+                    pp, tp, r["zero"].get<int>() ? "on" : "off"));
   row("tokens/step", strfmt("%s = %d micro-batch%s x %d seqs x %d tokens x %d data ranks | recompute %s",
                          thousands(num(r, "tokens_per_step")).c_str(), r["grad_accum_steps"].get<int>(),
                          r["grad_accum_steps"].get<int>() > 1 ? "es" : "", r["micro_batch_size"].get<int>(),
@@ -112,6 +114,12 @@ std::string format_bench_report(const nlohmann::json& r) {
     const double step = num(r, "step_ms_mean"), comm = num(r, "comm_ms_per_step");
     row("comm/compute", strfmt("%.1f ms communication (%.1f%%) | %.1f ms compute per step (mean over ranks)", comm,
                             100 * num(r, "comm_fraction"), step - comm));
+  }
+  if (pipe.is_object()) {
+    row("pipeline", strfmt("%s, %d stages x %d chunks, %d micro-batches | bubble %.1f%% measured (send/recv "
+                           "time over the step, mean over ranks) | ideal %.1f%%",
+                           pipe["schedule"].get<std::string>().c_str(), pp, pipe["virtual_stages"].get<int>(),
+                           pipe["micro_batches"].get<int>(), 100 * num(pipe, "bubble"), 100 * num(pipe, "ideal_bubble")));
   }
   if (r["scaling_efficiency"].is_number()) {
     row("scaling", strfmt("%.1f%% of %s tokens/s per rank in %s", 100 * num(r, "scaling_efficiency"),

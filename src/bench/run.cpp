@@ -52,7 +52,9 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt, ParallelCon
   const auto& tc = cfg.train;
   const int world = par.world_size();
   const int dp_size = check_bench_layout(cfg, world);
-  par.setup_grid(dp_size, 1, cfg.parallel.tensor);
+  const int pp_size = cfg.parallel.pipeline;
+  llama_pipeline_split(cfg.model, tc.seq_len, pp_size, cfg.parallel.virtual_stages, cfg.parallel.pipeline_layers);
+  par.setup_grid(dp_size, pp_size, cfg.parallel.tensor);
   const int dp_rank = par.data_rank();
   const int B = tc.micro_batch_size, T = tc.seq_len;
   const int accum = cfg.grad_accum_steps(dp_size);
@@ -66,23 +68,22 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt, ParallelCon
   ParallelComms comms = make_parallel_comms(par, *raw, dp_size, tp_size, cfg.parallel.timeout_s);
   // As in the trainer: refused before the model is built when it cannot fit. Bench loads no
   // checkpoint, so no staging is planned.
-  const MemoryPlan plan = check_run_memory(cfg, dp_size, tp_size, *raw);
+  const MemoryPlan plan = check_run_memory(cfg, dp_size, tp_size, *raw, par.pipeline_rank());
   // --profile: the device-to-device copy bandwidth the memory-bound families are compared with,
   // measured before the model takes the memory.
   const size_t copy_bytes = size_t(raw->is_cuda() ? 256 : 32) << 20;
   const double copy_gbps = opt.profile ? measure_copy_bandwidth(*raw, copy_bytes) : NAN;
-  // Every collective of the step goes through a timing wrapper: communication vs compute.
+  // Every collective of the step goes through a timing wrapper: communication vs compute. The
+  // pipeline's send_recv time is the time a stage waits for its neighbours: the bubble.
   TimingCommunicator dp(*comms.dp);
-  std::unique_ptr<TimingCommunicator> tp;
+  std::unique_ptr<TimingCommunicator> tp, pp;
   if (comms.tp) tp = std::make_unique<TimingCommunicator>(*comms.tp);
+  if (comms.pp) pp = std::make_unique<TimingCommunicator>(*comms.pp);
   const bool zero = cfg.parallel.zero == 1 && dp_size > 1;
-  LlamaModel model(cfg.model, *raw, B, T, parse_recompute(tc.recompute), zero ? 64 * dp_size : 1, tp.get(),
-                   comms.tp_host);
-  model.init_weights(tc.seed);
-  AdamW adamw(cfg.optim, model.parameters(), &dp, zero, comms.tp_host);
-  std::unique_ptr<GradReducer> reducer;
-  if (dp_size > 1 && !zero) reducer = std::make_unique<GradReducer>(model.parameters(), dp, cfg.parallel.bucket_mb);
+  StepParts parts = build_step_parts(cfg, *raw, {&dp, tp.get(), comms.tp_host, pp.get(), comms.pp_host});
+  LlamaModel& model = *parts.model;
   auto comm_seconds = [&] { return dp.seconds() + (tp ? tp->seconds() : 0.0); };
+  auto p2p_seconds = [&] { return pp ? pp->seconds() : 0.0; };
 
   // Synthetic tokens: seeded uniform ids < vocab, different on each data-parallel rank; targets
   // are the next ids of the same stream. A few distinct micro-batches are cycled through, built
@@ -109,7 +110,7 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt, ParallelCon
   int step_no = 0, next_batch = 0;
   size_t peak_bytes = raw->bytes_allocated();
   // One optimizer step, exactly as `ltrain train` runs it (TrainStep, src/train/step.cpp).
-  TrainStep train_step(model, adamw, reducer.get(), dp, accum, B, T);
+  TrainStep train_step(model, *parts.opt, parts.reducer.get(), dp, accum, B, T, parts.pipeline.get());
   auto bench_step = [&]() {
     ++step_no;
     const double loss = train_step.run(step_no, lr_at(cfg.optim, total_steps, step_no), [&](int32_t* in, int32_t* tg) {
@@ -126,14 +127,15 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt, ParallelCon
   raw->synchronize();
   par.world().barrier();  // the ranks start the timed steps together
 
-  std::vector<double> step_ms, comm_ms, losses;
+  std::vector<double> step_ms, comm_ms, p2p_ms, losses;
   for (int i = 0; i < opt.steps; ++i) {
-    const double c0 = comm_seconds();
+    const double c0 = comm_seconds(), q0 = p2p_seconds();
     const double t0 = wall_time_seconds();
     losses.push_back(bench_step());
     const double dt = wall_time_seconds() - t0;
     step_ms.push_back(dt * 1e3);
     comm_ms.push_back((comm_seconds() - c0) * 1e3);
+    p2p_ms.push_back((p2p_seconds() - q0) * 1e3);
   }
 
   // --profile: as many extra steps with every op timed by the backend's event timer.
@@ -236,6 +238,7 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt, ParallelCon
   r["world_size"] = world;
   r["data_parallel"] = dp_size;
   r["tensor_parallel"] = cfg.parallel.tensor;
+  r["pipeline_parallel"] = pp_size;
   r["zero"] = zero ? 1 : 0;
   r["model"] = {{"params", llama_num_params(cfg.model)},
                 {"matmul_params", llama_num_matmul_params(cfg.model)},
@@ -283,6 +286,21 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt, ParallelCon
   r["compute_ms_per_step"] = step_mean - comm_mean;
   r["comm_fraction"] = step_mean > 0 ? comm_mean / step_mean : 0.0;
   r["per_rank_comm_ms_per_step"] = rank_comm;
+  // Pipeline: the measured bubble is each rank's time in send_recv (waiting for its neighbours,
+  // and the transfers) over its step; the ideal one counts idle ticks of the schedule, one tick
+  // per forward or backward: (P - 1) / (m + P - 1) under 1F1B, (P - 1) / (V m + P - 1) interleaved.
+  r["pipeline"] = nullptr;
+  if (parts.pipeline) {
+    const std::vector<double> rank_bubble = gather_scalar(w, mean(p2p_ms) / my_mean);
+    r["pipeline"] = {{"stages", pp_size},
+                     {"schedule", cfg.parallel.schedule},
+                     {"virtual_stages", cfg.parallel.virtual_stages},
+                     {"micro_batches", accum},
+                     {"ideal_bubble", parts.pipeline->ideal_bubble()},
+                     {"bubble", mean(rank_bubble)},
+                     {"per_rank_bubble", rank_bubble},
+                     {"p2p_ms_per_step", mean(p2p_ms)}};
+  }
   r["loss_first"] = num_or_null(losses.front());
   r["loss_last"] = num_or_null(losses.back());
   r["baseline"] = nullptr;

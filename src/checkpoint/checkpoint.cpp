@@ -274,7 +274,13 @@ std::string save_checkpoint(const std::string& run_dir, const TrainState& state,
       {"zero", zero ? 1 : 0},
       {"writer_rule", zero ? "every rank: ZeRO-1 shards the master weights and moments over the data ranks"
                            : "data rank 0 of each tensor-parallel group: the data-parallel replicas hold identical copies"}};
-  if (PP > 1) layout["pipeline"] = PP;  // (absent: 1, as checkpoints before pipeline parallelism)
+  if (PP > 1) {  // (absent: 1, as in checkpoints before pipeline parallelism)
+    layout["pipeline"] = PP;
+    layout["writer_rule"] = zero ? "every rank: ZeRO-1 shards the master weights and moments over the data ranks; "
+                                   "each pipeline stage writes its layers"
+                                 : "data rank 0 of each pipeline stage's tensor-parallel group: each stage writes its "
+                                   "layers, the data-parallel replicas hold identical copies";
+  }
   return write_checkpoint(run_dir, state, cfg, world, mine, /*with_moments=*/true, tensors, layout, tokenizer_path,
                           hooks);
 }

@@ -25,7 +25,13 @@ void print_info(const CheckpointInfo& ck) {
   std::printf("model        %.3fB parameters: hidden %d, layers %d, heads %d/%d kv, ffn %d, vocab %d\n",
               llama_num_params(m) / 1e9, m.hidden_size, m.num_hidden_layers, m.num_attention_heads, m.kv_heads(),
               m.ffn_dim(), m.vocab_size);
-  if (ck.meta.contains("layout")) std::printf("layout       %s\n", ck.meta["layout"].dump().c_str());
+  if (ck.meta.contains("layout")) {
+    const auto& l = ck.meta["layout"];
+    std::printf("layout       data %d x pipeline %d x tensor %d, ZeRO-1 %s (saved by that layout; any layout resumes it)\n",
+                l.value("data", 1), l.value("pipeline", 1), l.value("tensor", 1), l.value("zero", 0) ? "on" : "off");
+    if (l.contains("writer_rule")) std::printf("writers      %s: ranks %s\n", l["writer_rule"].get<std::string>().c_str(),
+                                               l.value("writers", nlohmann::json::array()).dump().c_str());
+  }
   if (ck.meta.contains("data")) std::printf("data         %s\n", ck.meta["data"].dump().c_str());
   std::printf("tensors      %zu weights%s\n", ck.meta["tensors"].size(),
               ck.meta.contains("optimizer") ? ", AdamW moments" : "");
@@ -37,8 +43,9 @@ void print_info(const CheckpointInfo& ck) {
     for (const auto& s : sh) {
       ranks.insert(s.at("rank").get<int>());
       writer[s.at("file").get<std::string>()] =
-          strfmt("  rank %d (data %d, tensor %d), %zu pieces", s.at("rank").get<int>(),
-                 s.at("data_rank").get<int>(), s.at("tensor_rank").get<int>(), s.at("pieces").size());
+          strfmt("  rank %d (data %d, stage %d, tensor %d), %zu pieces", s.at("rank").get<int>(),
+                 s.at("data_rank").get<int>(), s.value("pipeline_rank", 0), s.at("tensor_rank").get<int>(),
+                 s.at("pieces").size());
     }
     std::printf("shards       %zu files from %zu writing rank(s)\n", sh.size(), ranks.size());
   }

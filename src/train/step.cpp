@@ -2,6 +2,32 @@
 
 namespace ltrain {
 
+StepParts build_step_parts(const Config& cfg, Backend& backend, const StepComms& c) {
+  const TrainConfig& tc = cfg.train;
+  const int dp_size = c.dp->size(), pp_size = c.pp ? c.pp->size() : 1;
+  const bool zero = cfg.parallel.zero == 1 && dp_size > 1;
+  StepParts parts;
+  // Pipeline parallelism: this stage's part of the schedule, and the activation slots it needs.
+  PipelineProgram program;
+  PipelineStage stage;
+  if (pp_size > 1) {
+    const PipelineSplit split = llama_pipeline_split(cfg.model, tc.seq_len, pp_size, cfg.parallel.virtual_stages,
+                                                     cfg.parallel.pipeline_layers);
+    program = plan_pipeline(pp_size, split.virtual_stages, c.pp->rank(), cfg.grad_accum_steps(dp_size),
+                            cfg.parallel.schedule == "interleaved");
+    stage = PipelineStage{split, c.pp->rank(), program.slots, c.pp, c.pp_host};
+  }
+  parts.model = std::make_unique<LlamaModel>(cfg.model, backend, tc.micro_batch_size, tc.seq_len,
+                                             parse_recompute(tc.recompute), zero ? 64 * dp_size : 1, c.tp, c.tp_host,
+                                             pp_size > 1 ? &stage : nullptr);
+  parts.model->init_weights(tc.seed);  // every rank draws the same whole tensors and keeps its part
+  parts.opt = std::make_unique<AdamW>(cfg.optim, parts.model->parameters(), c.dp, zero, c.tp_host, c.pp_host);
+  if (dp_size > 1 && !zero)
+    parts.reducer = std::make_unique<GradReducer>(parts.model->parameters(), *c.dp, cfg.parallel.bucket_mb);
+  if (pp_size > 1) parts.pipeline = std::make_unique<Pipeline>(*parts.model, std::move(program), *c.pp, *c.pp_host);
+  return parts;
+}
+
 TrainStep::TrainStep(LlamaModel& model, AdamW& opt, GradReducer* reducer, Communicator& dp, int accum, int B,
                      int T, Pipeline* pipeline)
     : model_(model), opt_(opt), reducer_(reducer), dp_(dp), pipeline_(pipeline), accum_(accum), B_(B), T_(T),

@@ -180,20 +180,11 @@ void Training::build() {
   comms_ = make_parallel_comms(par_, *backend_, dp_size_, tp_size_, cfg_.parallel.timeout_s);
   // Refused here, before anything large is allocated, when the run cannot fit (memory_plan.h).
   log_->info("memory plan per rank: " + check_run_memory(cfg_, dp_size_, tp_size_, *backend_, par_.pipeline_rank()).breakdown());
-  // Pipeline parallelism: this stage's part of the schedule, and the activation slots it needs.
-  PipelineProgram program;
-  PipelineStage stage;
-  if (pp_size_ > 1) {
-    program = plan_pipeline(pp_size_, split_.virtual_stages, par_.pipeline_rank(), accum_,
-                            cfg_.parallel.schedule == "interleaved");
-    stage = PipelineStage{split_, par_.pipeline_rank(), program.slots, comms_.pp, comms_.pp_host};
-  }
-  model_ = std::make_unique<LlamaModel>(cfg_.model, *backend_, B_, T_, parse_recompute(tc_.recompute),
-                                        zero_ ? 64 * dp_size_ : 1, comms_.tp, comms_.tp_host,
-                                        pp_size_ > 1 ? &stage : nullptr);
-  model_->init_weights(tc_.seed);  // every rank draws the same whole tensors and keeps its part
-  opt_ = std::make_unique<AdamW>(cfg_.optim, model_->parameters(), &dp(), zero_, comms_.tp_host, comms_.pp_host);
-  if (pp_size_ > 1) pipeline_ = std::make_unique<Pipeline>(*model_, std::move(program), *comms_.pp, *comms_.pp_host);
+  StepParts parts = build_step_parts(cfg_, *backend_, {comms_.dp, comms_.tp, comms_.tp_host, comms_.pp, comms_.pp_host});
+  model_ = std::move(parts.model);
+  opt_ = std::move(parts.opt);
+  reducer_ = std::move(parts.reducer);
+  pipeline_ = std::move(parts.pipeline);
 }
 
 // Where the weights come from: a checkpoint to resume, one to start from, or the init above.
@@ -211,8 +202,6 @@ void Training::load_start() {
     load_checkpoint_training_state(init, *opt_, /*with_moments=*/false);
     log_->info(strfmt("initialized the weights from %s (step %d of its run)", init.dir.c_str(), init.step));
   }
-  if (dp_size_ > 1 && !zero_)
-    reducer_ = std::make_unique<GradReducer>(model_->parameters(), dp(), cfg_.parallel.bucket_mb);
 }
 
 void Training::describe() {

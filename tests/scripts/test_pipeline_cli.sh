@@ -97,6 +97,9 @@ names = [p["name"] for s in t["shards"] for p in s["pieces"]]
 assert names.count("model.embed_tokens.weight") == 1 and "lm_head.weight" not in names, names
 PYEOF
 out=$("$LTRAIN" ckpt verify pp2v2/checkpoints/step_00000010 2>&1) && echo "ok: ckpt verify pp2v2" || { fail "ckpt verify pp2v2"; echo "    $out"; }
+out=$("$LTRAIN" ckpt info pp2tp2/checkpoints/step_00000010 2>&1)
+[[ "$out" == *"layout       data 1 x pipeline 2 x tensor 2"* && "$out" == *"(data 0, stage 1, tensor 1)"* ]] \
+  && echo "ok: ckpt info shows the pipeline layout and each file's stage" || { fail "ckpt info layout"; echo "$out" | head -8; }
 
 # Resume across layouts from step 5: the same data windows, and the uninterrupted curve.
 resume() {  # NAME FROM_RUN NP ARGS...
@@ -117,6 +120,19 @@ resume r_pp2_to_pp2 pp2 2 parallel.pipeline=2
 cmp -s pp2/checkpoints/step_00000010/model_00000.bin r_pp2_to_pp2/checkpoints/step_00000010/model_00000.bin \
   && cmp -s pp2/checkpoints/step_00000010/optim_00001.bin r_pp2_to_pp2/checkpoints/step_00000010/optim_00001.bin \
   && echo "ok: resuming under the same pipeline layout is bitwise" || fail "same-layout resume is not bitwise"
+
+# bench: the same step, with the measured bubble beside the ideal one.
+out=$($MPIRUN -np 2 "$LTRAIN" bench --config tiny.yaml --steps 2 --warmup 1 --json bench_pp2.json parallel.pipeline=2 2>&1); rc=$?
+if [ $rc -eq 0 ] && [[ "$out" == *"bubble"*"measured"*"ideal 11.1%"* ]] && $PY - <<'PYEOF'
+import json
+r = json.load(open("bench_pp2.json"))
+p = r["pipeline"]
+assert r["pipeline_parallel"] == 2 and p["stages"] == 2 and p["micro_batches"] == 8, p
+assert abs(p["ideal_bubble"] - 1 / 9) < 1e-12, p  # (P - 1) / (m + P - 1)
+assert 0 < p["bubble"] < 1 and len(p["per_rank_bubble"]) == 2, p
+assert r["tokens_per_sec_per_rank"] > 0
+PYEOF
+then echo "ok: bench reports the pipeline's bubble"; else fail "bench under pipeline (exit $rc)"; echo "$out" | tail -5; fi
 
 # Bad layouts: one line each, non-zero, nothing written.
 expect_refused() {  # NAME NP MESSAGE ARGS...

@@ -18,6 +18,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "ltrain/model/llama.h"
@@ -34,6 +35,27 @@ struct StepResult {
   double clip_scale = 1;  // factor applied to the gradients (1 when not clipped)
   bool applied = false;   // false: the verdict refused the update
 };
+
+// What a rank's steps run on, built the same way by `train` and `bench`: the model (under
+// pipeline parallelism, this stage's chunks with the activation slots of its schedule), AdamW, the
+// data-parallel gradient reducer (data parallelism without ZeRO-1) and the stage's schedule.
+struct StepParts {
+  std::unique_ptr<LlamaModel> model;
+  std::unique_ptr<AdamW> opt;
+  std::unique_ptr<GradReducer> reducer;
+  std::unique_ptr<Pipeline> pipeline;
+};
+// The groups of the rank's layout (parallel/parallel_comms.h; bench may wrap them to time them).
+// dp is always set; tp, pp null without tensor / pipeline parallelism.
+struct StepComms {
+  Communicator* dp = nullptr;
+  Communicator* tp = nullptr;
+  Communicator* tp_host = nullptr;
+  Communicator* pp = nullptr;
+  Communicator* pp_host = nullptr;
+};
+// Weights from init_weights(train.seed); the caller loads a checkpoint over them if it has one.
+StepParts build_step_parts(const Config& cfg, Backend& backend, const StepComms& comms);
 
 class TrainStep {
  public:
