@@ -42,6 +42,29 @@ Tensor poisoned(int64_t n, DType dt) {
   return upload(std::vector<double>(size_t(n), std::nan("")), dt);
 }
 
+// Pipeline parallelism's point to point on one GPU (the smoke test of NCCL's send/recv that
+// gpu_check runs): a batch of two sends to this rank and two receives from it, as one group,
+// lands each send in its receive, in order, after the producer's queued work.
+TEST(NcclSingleGpu, SendRecvToItselfInOneGroup) {
+  LTRAIN_SKIP_WITHOUT_GPU();
+  Communicator& boot = single_process().pipeline();
+  std::unique_ptr<Communicator> nccl = make_nccl_communicator(boot, 0, &gpu());
+  ASSERT_EQ(nccl->size(), 1);
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(dtype_name(dt));
+    std::vector<double> x(1000), y(37);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = double(i % 251) - 100;
+    for (size_t i = 0; i < y.size(); ++i) y[i] = double(3 * i + 1);
+    Tensor a = upload(x, dt), b = upload(y, dt), ra = poisoned(1000, dt), rb = poisoned(37, dt);
+    gpu().add(a, a, a);  // queued on the backend's stream: the send must wait for it
+    nccl->send_recv({{a, 0, true}, {b, 0, true}, {ra, 0, false}, {rb, 0, false}});
+    const auto got_a = download(ra), got_b = download(rb);
+    for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(got_a[i], 2 * x[i]) << i;
+    for (size_t i = 0; i < y.size(); ++i) ASSERT_EQ(got_b[i], y[i]) << i;
+    for (Tensor* t : {&a, &b, &ra, &rb}) gpu().free(*t);
+  }
+}
+
 TEST(NcclSingleGpu, CollectivesAgainstClosedForms) {
   LTRAIN_SKIP_WITHOUT_GPU();
   Communicator& boot = single_process().data();
