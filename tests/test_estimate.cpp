@@ -15,6 +15,8 @@
 #include "ltrain/core/check.h"
 #include "ltrain/core/io.h"
 #include "ltrain/estimate/estimate.h"
+#include "ltrain/model/llama.h"
+#include "ltrain/parallel/communicator.h"
 #include "ltrain/train/memory_plan.h"
 #include "ltrain/train/pipeline.h"
 
@@ -456,6 +458,38 @@ TEST(EstimatePipeline, StageMemoryFollowsTheLayout) {
   for (int x : im.slots) in_flight += x;
   EXPECT_EQ(im.slots, plan_pipeline(3, 2, 0, 6, true).slots);
   EXPECT_GT(in_flight, P);
+}
+
+// Against what the model allocates: a LlamaModel built for each stage (the CPU backend, fp32),
+// under 1F1B and interleaved, in every recompute mode: its parameter buffer and activation bytes
+// are the estimate's.
+TEST(EstimatePipeline, StageMemoryIsWhatTheModelAllocates) {
+  auto backend = make_cpu_backend(DType::kF32);
+  auto comm = make_single_communicator(), host = make_single_communicator();
+  MemoryPlanOptions o;
+  o.compute = backend->compute_dtype();
+  o.master = backend->master_dtype();
+  o.cuda = false;
+  for (const char* rc : {"none", "selective", "full"})
+    for (int V : {1, 2}) {
+      Config c = four_layer_config();
+      c.model.num_hidden_layers = 6;
+      c.train.recompute = rc;
+      c.train.micro_batch_size = 2;
+      c.parallel.schedule = V > 1 ? "interleaved" : "1f1b";
+      const int P = 3, m = 6;
+      const PipelineSplit split = llama_pipeline_split(c.model, c.train.seq_len, P, V);
+      for (int s = 0; s < P; ++s) {
+        const StageMemory mem = stage_memory(c, split, s, 1, m, o);
+        const PipelineStage stage{split, s, plan_pipeline(P, V, s, m, V > 1).slots, comm.get(), host.get()};
+        const LlamaModel model(c.model, *backend, c.train.micro_batch_size, c.train.seq_len, parse_recompute(rc), 1,
+                               nullptr, nullptr, &stage);
+        EXPECT_EQ(mem.param_elements, model.param_buffer().numel()) << rc << " V " << V << " stage " << s;
+        EXPECT_EQ(mem.weights, int64_t(model.param_buffer().bytes())) << rc << " V " << V << " stage " << s;
+        EXPECT_EQ(mem.activations, int64_t(model.activation_bytes())) << rc << " V " << V << " stage " << s;
+        EXPECT_GT(mem.activations, 0);
+      }
+    }
 }
 
 // A pipeline by hand. The four-layer model (layer 258,048 FLOPs/token: 6 x 40,960 + 6 x 4 x 16 x 32;

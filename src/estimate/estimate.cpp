@@ -127,11 +127,12 @@ std::pair<double, double> layer_and_head_flops(const ModelConfig& m, int seq_len
 
 }  // namespace
 
-StageMemory stage_memory(const Config& cfg, const PipelineSplit& split, int stage, int data, int micro_batches) {
+StageMemory stage_memory(const Config& cfg, const PipelineSplit& split, int stage, int data, int micro_batches,
+                         const MemoryPlanOptions& o) {
   const ModelConfig& m = cfg.model;
   const int tensor = cfg.parallel.tensor, P = split.stages;
   const bool pipeline = P > 1, zero = cfg.parallel.zero == 1 && data > 1;
-  const DType compute = DType::kBF16, master = DType::kF32;
+  const DType compute = o.compute, master = o.master;
   const int64_t cb = int64_t(dtype_size(compute)), mb = int64_t(dtype_size(master));
   StageMemory s;
   s.stage = stage;
@@ -142,8 +143,8 @@ StageMemory stage_memory(const Config& cfg, const PipelineSplit& split, int stag
   const int64_t shard = zero ? s.param_elements / data : s.param_elements;
   s.weights = s.param_elements * cb;
   s.gradients = s.param_elements * mb + (zero ? shard * mb : 0);
-  s.optimizer = 3 * shard * mb;  // m, v and the fp32 master weights
-  s.allocations = 2 + 3 + (zero ? 1 : 0);
+  s.optimizer = (compute != master ? 3 : 2) * shard * mb;  // m, v (and master weights unless they are the weights)
+  s.allocations = 2 + 2 + (compute != master ? 1 : 0) + (zero ? 1 : 0);
   // Activations, as LlamaModel::alloc_activations: every slot of every chunk keeps its layers'
   // buffers (members rebuilt by backward share the very first layer's), its layers' inputs and
   // output, the token ids on the embedding chunk and, in a pipeline, its output's gradient.
@@ -175,12 +176,13 @@ StageMemory stage_memory(const Config& cfg, const PipelineSplit& split, int stag
   for (const auto& a : specs)
     if (!a.layer && a.id != Act::kResid && a.id != Act::kTokens) add(a);
   // Workspace: the memory plan's (it depends on the micro-batch and the tensor size only); the
-  // reserve: its formula over this stage's allocations (+ the workspace's 6).
-  const MemoryPlan plan = memory_plan(cfg, data, tensor);
+  // reserve (CUDA only): its formula over this stage's allocations (+ the workspace's).
+  const MemoryPlan plan = memory_plan(cfg, data, tensor, o);
   s.workspace = plan.workspace;
-  s.allocations += 6;
+  s.allocations += o.cuda ? 6 : 1;
   const int64_t world = int64_t(data) * P * tensor;
-  s.reserve = kReserveBytes + (world > 1 ? kReserveNcclBytes : 0) + int64_t(s.allocations) * kReservePerAllocationBytes;
+  if (o.cuda)
+    s.reserve = kReserveBytes + (world > 1 ? kReserveNcclBytes : 0) + int64_t(s.allocations) * kReservePerAllocationBytes;
   return s;
 }
 
