@@ -5,9 +5,13 @@
 //     --mfu F with --gpu NAME or --peak-tflops X (needs --config)
 // --nodes N [--gpus-per-node G] [--interconnect NAME] projects the single-GPU throughput onto a
 // cluster with the config's parallel layout (docs/scaling.md); the estimate then uses the projection.
+// --search projects every layout ltrain can run there (tensor, pipeline, schedule, micro-batch,
+// ZeRO-1; the config keys given as overrides stay pinned) and uses the fastest that fits in
+// --gpu-memory-gib.
 #include <cmath>
 #include <cstdio>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "cli/commands.h"
@@ -118,6 +122,9 @@ int cmd_estimate(int argc, char** argv) {
   args.add_flag("nvlink-gbs", "NVLink GB/s per GPU and direction (default 300, A100; H100/H200: 450)");
   args.add_flag("dp-overlap", "fraction of backward the gradient reduction hides behind (default 0.8)");
   args.add_flag("grad-dtype", "dtype of the reduced gradients: fp32 (ltrain, default) or bf16");
+  args.add_flag("gpu-memory-gib", "GPU memory in GiB for the memory check (default 80: A100-80GB, H100; H200: 141)");
+  args.add_flag("search", "project every layout ltrain can run on the cluster and use the fastest that fits; "
+                          "layout keys given as overrides stay pinned", true);
   args.add_flag("json", "also write the figures as JSON to this file");
   args.parse(argc, argv);
   if (args.help_requested()) {
@@ -144,7 +151,8 @@ int cmd_estimate(int argc, char** argv) {
     user_error("ltrain estimate: '", args.positionals()[0], "' looks like a config override, but there is no --config");
 
   const bool projecting = args.has("nodes");
-  for (const char* f : {"gpus-per-node", "interconnect", "nvlink-gbs", "dp-overlap", "grad-dtype"})
+  for (const char* f : {"gpus-per-node", "interconnect", "nvlink-gbs", "dp-overlap", "grad-dtype", "gpu-memory-gib",
+                        "search"})
     if (args.has(f) && !projecting) user_error("ltrain estimate: --", f, " belongs to the scaling projection: add --nodes N");
   const int n_throughput = int(args.has("tokens-per-sec-per-gpu")) + int(args.has("bench-json")) + int(args.has("mfu"));
 
@@ -221,6 +229,7 @@ int cmd_estimate(int argc, char** argv) {
 
   // ---- projection --------------------------------------------------------------------------------
   std::optional<ScalingProjection> proj;
+  std::string search_table;
   ClusterSpec cluster;
   ScalingOptions sopt;
   if (projecting) {
@@ -236,7 +245,50 @@ int cmd_estimate(int argc, char** argv) {
     const std::string gd = args.get("grad-dtype", "fp32");
     if (gd != "fp32" && gd != "bf16") user_error("ltrain estimate: --grad-dtype must be fp32 or bf16, got '", gd, "'");
     sopt.grad_bytes = gd == "fp32" ? 4 : 2;
-    proj = project_scaling(*cfg, cluster, sopt);
+    cluster.gpu_memory_gib = number_flag(args, "gpu-memory-gib", 80, false);
+    if (args.has("search")) {
+      // The layout keys the user gave stay as given.
+      std::set<std::string> pinned;
+      for (const std::string& o : args.positionals()) {
+        const std::string key = o.substr(0, o.find('='));
+        for (const char* k : {"parallel.tensor", "parallel.pipeline", "parallel.schedule", "parallel.virtual_stages",
+                              "parallel.pipeline_layers", "parallel.zero", "train.micro_batch_size"})
+          if (key == k) pinned.insert(key);
+      }
+      const LayoutSearch found = search_layouts(*cfg, cluster, sopt, pinned);
+      search_table = strfmt("  search           %d layouts ltrain can run on %d GPUs, %zu fit in %.0f GiB; the fastest:\n",
+                            found.considered, cluster.nodes * cluster.gpus_per_node, found.fitting.size(),
+                            cluster.gpu_memory_gib);
+      nlohmann::json top = nlohmann::json::array();
+      for (size_t i = 0; i < found.fitting.size() && i < 8; ++i) {
+        const LayoutCandidate& c = found.fitting[i];
+        const ScalingProjection& q = c.projection;
+        search_table += strfmt("    %7.1f tokens/s/GPU  %5.1f GiB  bubble %4.1f%%  %s\n", q.tokens_per_sec_per_gpu,
+                               double(q.memory.total()) / double(int64_t(1) << 30), 100.0 * q.bubble,
+                               c.overrides.c_str());
+        top.push_back({{"overrides", c.overrides},
+                       {"tokens_per_sec_per_gpu", q.tokens_per_sec_per_gpu},
+                       {"memory_bytes", q.memory.total()},
+                       {"bubble", q.bubble},
+                       {"tensor_parallel", q.tensor},
+                       {"pipeline_parallel", q.pipeline},
+                       {"schedule", q.schedule},
+                       {"virtual_stages", q.virtual_stages},
+                       {"data_parallel", q.data},
+                       {"zero", c.cfg.parallel.zero},
+                       {"micro_batch_size", c.cfg.train.micro_batch_size}});
+      }
+      out["search"] = {{"considered", found.considered},
+                       {"fitting", found.fitting.size()},
+                       {"chosen", found.fitting.front().overrides},
+                       {"pinned", std::vector<std::string>(pinned.begin(), pinned.end())},
+                       {"top", top}};
+      search_table += "  chosen           " + found.fitting.front().overrides + "\n";
+      *cfg = found.fitting.front().cfg;
+      proj = found.fitting.front().projection;
+    } else {
+      proj = project_scaling(*cfg, cluster, sopt);
+    }
     const double gpus = double(proj->world);
     if (gpus_opt && *gpus_opt != gpus)
       user_error("ltrain estimate: --gpus ", *gpus_opt, " disagrees with --nodes x --gpus-per-node = ", proj->world);
@@ -245,6 +297,7 @@ int cmd_estimate(int argc, char** argv) {
   } else {
     out["projection"] = nullptr;
   }
+  if (!out.contains("search")) out["search"] = nullptr;
   const double run_tok_s = proj ? proj->tokens_per_sec_per_gpu : tp.tokens_per_sec_per_gpu;
 
   std::optional<double> tokens, days;
@@ -281,6 +334,7 @@ int cmd_estimate(int argc, char** argv) {
            {"peak_tflops", tp.peak_flops ? nlohmann::json(*tp.peak_flops / 1e12) : nlohmann::json(nullptr)}};
   }
   out["throughput"] = thr;
+  std::fputs(search_table.c_str(), stdout);
   if (proj) std::fputs(format_projection(*proj, cluster, sopt).c_str(), stdout);
   out["tokens"] = tokens ? nlohmann::json(*tokens) : nlohmann::json(nullptr);
   out["gpus"] = gpus_opt ? nlohmann::json(int64_t(*gpus_opt)) : nlohmann::json(nullptr);
