@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include "ltrain/core/check.h"
+#include "ltrain/model/flops.h"
 #include "ltrain/train/pipeline.h"
 #include "pipeline_test_util.h"
 
@@ -102,6 +103,8 @@ TEST(PipelineSplit, BalancesComputeAndRefusesImpossibleCuts) {
   EXPECT_EQ(llama_pipeline_split(m, 64, 2, 1).layers(0), 4);
   EXPECT_EQ(llama_pipeline_split(m, 64, 2, 2).first_layer, (std::vector<int>{0, 2, 4, 6, 8}));
   EXPECT_EQ(llama_pipeline_split(m, 64, 2, 1, {5, 3}).layers(0), 5);
+  // The cut's costs are flops_per_token's terms.
+  EXPECT_NEAR(flops_per_token(m, 64), 8 * layer_flops_per_token(m, 64) + head_flops_per_token(m), 1e-6 * flops_per_token(m, 64));
   EXPECT_THROW(llama_pipeline_split(m, 64, 9, 1), UserError);
   EXPECT_THROW(llama_pipeline_split(m, 64, 3, 2), UserError);  // 6 chunks do not divide 8 layers
   EXPECT_THROW(llama_pipeline_split(m, 64, 2, 1, {4, 3}), UserError);

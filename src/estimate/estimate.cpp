@@ -115,74 +115,31 @@ std::vector<int> stage_slots(const PipelineSplit& split, int stage, int m, bool 
   return plan_pipeline(split.stages, split.virtual_stages, stage, m, interleaved).slots;
 }
 
-// Forward+backward FLOPs per token of one layer and of the head, from model/flops.h's count
-// (a model of two layers minus one of one layer: the head's terms cancel).
-std::pair<double, double> layer_and_head_flops(const ModelConfig& m, int seq_len) {
-  ModelConfig one = m, two = m;
-  one.num_hidden_layers = 1;
-  two.num_hidden_layers = 2;
-  const double layer = flops_per_token(two, seq_len) - flops_per_token(one, seq_len);
-  return {layer, flops_per_token(one, seq_len) - layer};
-}
 
 }  // namespace
 
 StageMemory stage_memory(const Config& cfg, const PipelineSplit& split, int stage, int data, int micro_batches,
                          const MemoryPlanOptions& o) {
-  const ModelConfig& m = cfg.model;
-  const int tensor = cfg.parallel.tensor, P = split.stages;
-  const bool pipeline = P > 1, zero = cfg.parallel.zero == 1 && data > 1;
-  const DType compute = o.compute, master = o.master;
-  const int64_t cb = int64_t(dtype_size(compute)), mb = int64_t(dtype_size(master));
+  // The memory plan of that stage (train/memory_plan.h counts a stage buffer by buffer, as the
+  // model allocates it), for the config with this cut and m micro-batches per step.
+  Config c = cfg;
+  c.parallel.pipeline = split.stages;
+  c.parallel.virtual_stages = split.virtual_stages;
+  c.parallel.pipeline_layers.clear();
+  for (int g = 0; g < split.chunks(); ++g) c.parallel.pipeline_layers.push_back(split.layers(g));
+  c.train.global_batch_tokens = int64_t(micro_batches) * c.train.micro_batch_size * c.train.seq_len * data;
+  const MemoryPlan plan = memory_plan(c, data, cfg.parallel.tensor, o, stage);
   StageMemory s;
   s.stage = stage;
-  // Parameters and gradients: the stage's flat buffers, padded to 64 * data under ZeRO-1.
-  const ParamLayout layout = pipeline ? llama_stage_param_layout(m, tensor, split, stage) : llama_param_layout(m, tensor);
-  const int64_t multiple = zero ? int64_t(64) * data : 1;
-  s.param_elements = ceil_div(layout.elements, multiple) * multiple;
-  const int64_t shard = zero ? s.param_elements / data : s.param_elements;
-  s.weights = s.param_elements * cb;
-  s.gradients = s.param_elements * mb + (zero ? shard * mb : 0);
-  s.optimizer = (compute != master ? 3 : 2) * shard * mb;  // m, v (and master weights unless they are the weights)
-  s.allocations = 2 + 2 + (compute != master ? 1 : 0) + (zero ? 1 : 0);
-  // Activations, as LlamaModel::alloc_activations: every slot of every chunk keeps its layers'
-  // buffers (members rebuilt by backward share the very first layer's), its layers' inputs and
-  // output, the token ids on the embedding chunk and, in a pipeline, its output's gradient.
-  s.slots = stage_slots(split, stage, micro_batches, cfg.parallel.schedule == "interleaved");
-  const LlamaDims d(m, tensor);
-  const std::vector<ActivationSpec> specs = llama_activations(d, cfg.train.micro_batch_size, cfg.train.seq_len);
-  const Recompute rc = parse_recompute(cfg.train.recompute);
-  auto add = [&](const ActivationSpec& a) {
-    s.activations += a.shape.numel() * int64_t(dtype_size(resolve(a.dtype, compute, master)));
-    ++s.allocations;
-  };
-  bool first_layer = true;
-  for (int v = 0; v < split.virtual_stages; ++v) {
-    const int g = split.chunk(stage, v), layers = split.layers(g);
-    for (int slot = 0; slot < s.slots[size_t(v)]; ++slot) {
-      for (int l = 0; l < layers; ++l) {
-        for (const auto& a : specs)
-          if (a.layer && (first_layer || kept_per_layer(a, rc))) add(a);
-        first_layer = false;
-      }
-      for (const auto& a : specs) {
-        if (a.id == Act::kResid)
-          for (int i = 0; i <= layers; ++i) add(a);
-        if (a.id == Act::kTokens && g == 0) add(a);
-        if (a.id == Act::kDres && pipeline) add(a);
-      }
-    }
-  }
-  for (const auto& a : specs)
-    if (!a.layer && a.id != Act::kResid && a.id != Act::kTokens) add(a);
-  // Workspace: the memory plan's (it depends on the micro-batch and the tensor size only); the
-  // reserve (CUDA only): its formula over this stage's allocations (+ the workspace's).
-  const MemoryPlan plan = memory_plan(cfg, data, tensor, o);
+  s.param_elements = plan.param_elements;
+  s.weights = plan.weights;
+  s.gradients = plan.gradients;
+  s.optimizer = plan.optimizer;
+  s.activations = plan.activations;
   s.workspace = plan.workspace;
-  s.allocations += o.cuda ? 6 : 1;
-  const int64_t world = int64_t(data) * P * tensor;
-  if (o.cuda)
-    s.reserve = kReserveBytes + (world > 1 ? kReserveNcclBytes : 0) + int64_t(s.allocations) * kReservePerAllocationBytes;
+  s.reserve = plan.reserve;
+  s.allocations = plan.allocations;
+  s.slots = stage_slots(split, stage, micro_batches, cfg.parallel.schedule == "interleaved");
   return s;
 }
 
@@ -275,7 +232,7 @@ ScalingProjection project_scaling(const Config& cfg, const ClusterSpec& cluster,
   // the FLOPs (its layers, the head on the last), so each GPU computes at the single-GPU rate:
   // tokens_per_step / world GPUs for a whole model's share of 1/P.
   const double whole_s = double(p.tokens_per_step) / (double(p.world) * opt.single_gpu_tokens_per_sec);
-  const auto [layer_flops, head_flops] = layer_and_head_flops(c.model, t.seq_len);
+  const double layer_flops = layer_flops_per_token(c.model, t.seq_len), head_flops = head_flops_per_token(c.model);
   const double total_flops = c.model.num_hidden_layers * layer_flops + head_flops;
   p.stage_layers.assign(size_t(P), 0);
   for (int g = 0; g < split.chunks(); ++g) p.stage_layers[size_t(split.stage_of(g))] += split.layers(g);

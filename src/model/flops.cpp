@@ -22,6 +22,13 @@ double flops_per_token_palm(const ModelConfig& m, int seq_len) {
   return 6.0 * double(llama_num_matmul_params(m)) + 12.0 * attention_flops_unit(m, seq_len);
 }
 
+double layer_flops_per_token(const ModelConfig& m, int seq_len) {
+  const double C = m.hidden_size, HD = m.head_dim(), H = m.num_attention_heads, KV = m.kv_heads(), FF = m.ffn_dim();
+  return 6.0 * (C * (H + 2 * KV) * HD + H * HD * C + 3 * C * FF) + 6.0 * H * HD * double(seq_len);
+}
+
+double head_flops_per_token(const ModelConfig& m) { return 6.0 * double(m.hidden_size) * double(m.vocab_size); }
+
 double attention_forward_flops(double B, double T, double H, double HD) {
   return 4.0 * B * H * HD * (T * (T + 1) / 2);
 }

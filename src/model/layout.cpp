@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "ltrain/core/check.h"
+#include "ltrain/model/flops.h"
 
 namespace ltrain {
 
@@ -60,13 +61,6 @@ void place(ParamLayout& out) {
   out.elements = off;
 }
 
-// The forward+backward FLOPs of one layer and of the head per token (model/flops.h's terms).
-std::pair<double, double> layer_and_head_flops(const ModelConfig& m, int seq_len) {
-  const double C = m.hidden_size, HD = m.head_dim(), H = m.num_attention_heads, KV = m.kv_heads(),
-               FF = m.ffn_dim(), V = m.vocab_size;
-  const double layer = 6 * (C * (H + 2 * KV) * HD + H * HD * C + 3 * C * FF) + 6 * H * HD * seq_len;
-  return {layer, 6 * C * V};
-}
 }  // namespace
 
 ParamLayout llama_param_layout(const ModelConfig& m, int P) {
@@ -124,10 +118,10 @@ PipelineSplit llama_pipeline_split(const ModelConfig& m, int seq_len, int P, int
   } else {
     // The smallest bottleneck over contiguous cuts, by binary search on the largest stage cost;
     // the last stage also runs the head.
-    const auto [layer, head] = layer_and_head_flops(m, seq_len);
+    const double layer = layer_flops_per_token(m, seq_len), head = head_flops_per_token(m);
     // Greedy for a bound on the largest stage cost: each stage but the last takes as many
     // layers as fit (at least one, leaving one for each later stage); the last takes the rest.
-    auto cut = [&, layer = layer, head = head](double limit, std::vector<int>* out) {
+    auto cut = [&](double limit, std::vector<int>* out) {
       std::vector<int> r;
       int l = 0;
       for (int st = 0; st < n - 1; ++st) {

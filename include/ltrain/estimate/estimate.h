@@ -82,17 +82,11 @@ LinkSpec nvlink_spec(double gb_per_s);
 // ((P-1)/V) / (m + (P-1)/V). The step is the busy time x (1 + (P-1)/(V m)).
 double pipeline_bubble_fraction(int P, int V, int m);
 
-// The device memory of one GPU of pipeline stage `stage` (by default the CUDA backend's dtypes:
-// bf16 weights and activations, fp32 gradients and optimizer state), counted as LlamaModel and
-// AdamW allocate it: the stage's parameters (llama_stage_param_layout) padded for ZeRO-1, the
-// gradient buffer (and ZeRO-1's shard), AdamW's m, v and master weights (when the weights are not
-// in the master dtype) over the optimizer's shard (1/data under ZeRO-1), and the activations of
-// every slot of every chunk of the stage: the micro-batches in flight (plan_pipeline's slots),
-// each with its layers' buffers, the chunk's input and output rows, the token ids on the
-// embedding chunk and the output's gradient; then the per-model buffers once. Workspace (RoPE
-// table, cuBLASLt, kernel scratch) is the memory plan's (train/memory_plan.h), and the reserve
-// its formula over this stage's allocations. With one stage (split.stages == 1) this is the whole
-// model on one tensor rank: memory_plan()'s figures.
+// The device memory of one GPU of pipeline stage `stage` with m micro-batches per step (by
+// default the CUDA backend's dtypes): the memory plan of that stage (train/memory_plan.h, which
+// counts the stage's parameters, its AdamW state and the activations of the micro-batches it keeps
+// in flight, as LlamaModel and AdamW allocate them), plus the slots of each of its chunks. With one
+// stage (split.stages == 1) it is memory_plan()'s whole model on one tensor rank.
 struct StageMemory {
   int stage = 0;
   int64_t param_elements = 0;  // of the flat buffers, padded for ZeRO-1

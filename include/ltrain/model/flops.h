@@ -18,6 +18,10 @@ namespace ltrain {
 // the input embedding is a lookup and does not).
 double flops_per_token(const ModelConfig& m, int seq_len);
 double flops_per_token_palm(const ModelConfig& m, int seq_len);
+// Its terms (flops_per_token = L x layer + head): one layer's matrix products and causal attention,
+// and the output layer's product. Pipeline stages are balanced with them.
+double layer_flops_per_token(const ModelConfig& m, int seq_len);
+double head_flops_per_token(const ModelConfig& m);
 
 // Causal attention's forward FLOPs for (B, T, H, HD): S = QK^T and O = PV over the kept half of
 // the square, 4 B H HD T(T+1)/2. The backward is counted as 2.5 x this (FlashAttention-2's
