@@ -47,6 +47,9 @@ dl = max(abs(la[s] - lb[s]) / abs(la[s]) for s in steps)
 dg = max(abs(ga[s] - gb[s]) / abs(ga[s]) for s in steps)
 dv = max(abs(va[s] - vb[s]) / abs(va[s]) for s in vb)
 ca, cb = f"{a}/checkpoints/step_00000010", f"{b}/checkpoints/step_00000010"
+# The same data windows consumed: the loader's position at the end is the same.
+pa, pb = (json.load(open(f"{c}/meta.json"))["data"] for c in (ca, cb))
+assert pa == pb, (pa, pb)
 wa, wb, ma, mb = flat(ca), flat(cb), flat(ca, "optimizer"), flat(cb, "optimizer")
 dw = np.abs(wa - wb).max() / np.abs(wa).max()
 dm = np.abs(ma - mb).max() / np.abs(ma).max()
@@ -115,7 +118,9 @@ resume() {  # NAME FROM_RUN NP ARGS...
 }
 resume r_pp2_to_1 pp2 1 && compare single r_pp2_to_1
 resume r_1_to_pp2 single 2 parallel.pipeline=2 && compare single r_1_to_pp2
-resume r_pp2tp2_to_tp2pp2 pp2tp2 4 parallel.pipeline=2 parallel.tensor=2 && compare single r_pp2tp2_to_tp2pp2
+resume r_pp2tp2_to_tp2 pp2tp2 2 parallel.tensor=2 && compare single r_pp2tp2_to_tp2
+resume r_1_to_pp2tp2 single 4 parallel.pipeline=2 parallel.tensor=2 && compare single r_1_to_pp2tp2
+resume r_pp4_to_pp2dp2z pp4 4 parallel.pipeline=2 parallel.data=2 parallel.zero=1 && compare single r_pp4_to_pp2dp2z
 resume r_pp2_to_pp2 pp2 2 parallel.pipeline=2
 cmp -s pp2/checkpoints/step_00000010/model_00000.bin r_pp2_to_pp2/checkpoints/step_00000010/model_00000.bin \
   && cmp -s pp2/checkpoints/step_00000010/optim_00001.bin r_pp2_to_pp2/checkpoints/step_00000010/optim_00001.bin \
