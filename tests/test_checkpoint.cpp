@@ -319,17 +319,7 @@ std::string save_layout(const std::string& run_dir, const ModelConfig& m, const 
   return dir;
 }
 
-void expect_user_error(const std::function<void()>& fn, const std::vector<std::string>& needles) {
-  try {
-    fn();
-  } catch (const UserError& e) {
-    const std::string msg = e.what();
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << "not one line: " << msg;
-    for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
-    return;
-  }
-  ADD_FAILURE() << "no UserError (expected one mentioning '" << (needles.empty() ? "" : needles[0]) << "')";
-}
+using test::expect_user_error;
 
 const std::vector<Layout> kLayouts = {{1, 1, false}, {2, 1, false}, {2, 1, true}, {1, 2, false},
                                       {2, 2, false}, {2, 2, true}, {4, 1, true}};

@@ -34,18 +34,7 @@ const char* kPython = "/usr/bin/python3";  // Debian's interpreter, where python
 
 std::string script_path() { return std::string(LTRAIN_SOURCE_DIR) + "/tests/hf_reference.py"; }
 
-// Expects fn() to throw a UserError whose message contains every needle.
-void expect_user_error(const std::function<void()>& fn, const std::vector<std::string>& needles) {
-  try {
-    fn();
-  } catch (const UserError& e) {
-    const std::string msg = e.what();
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << "not one line: " << msg;
-    for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
-    return;
-  }
-  ADD_FAILURE() << "no UserError (expected one mentioning '" << (needles.empty() ? "" : needles[0]) << "')";
-}
+using test::expect_user_error;
 
 uint32_t bits(float x) {
   uint32_t u;

@@ -1,5 +1,9 @@
 #include "test_util.h"
 
+#include "ltrain/core/check.h"
+
+#include <gtest/gtest.h>
+
 #include <unistd.h>
 
 #include <array>
@@ -79,6 +83,18 @@ std::string compare(const double* got, const double* ref, size_t n, double atol,
        << "; max abs err " << max_abs << ", max rel err " << max_rel;
   }
   return os.str();
+}
+
+void expect_user_error(const std::function<void()>& fn, const std::vector<std::string>& needles) {
+  try {
+    fn();
+  } catch (const UserError& e) {
+    const std::string msg = e.what();
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << "not one line: " << msg;
+    for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
+    return;
+  }
+  ADD_FAILURE() << "no UserError (expected one mentioning '" << (needles.empty() ? "" : needles[0]) << "')";
 }
 
 }  // namespace ltrain::test

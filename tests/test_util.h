@@ -2,6 +2,7 @@
 // that report max abs/rel error, fail on NaN, and refuse an all-zero reference.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -36,5 +37,8 @@ std::vector<double> random_vector(size_t n, uint64_t seed, double lo = -1.0, dou
 // description of the worst element and max abs/rel errors. NaN in `got` fails; so does a
 // reference whose norm is zero.
 std::string compare(const double* got, const double* ref, size_t n, double atol, double rtol);
+
+// Expects fn() to throw a UserError whose message is one line containing every needle.
+void expect_user_error(const std::function<void()>& fn, const std::vector<std::string>& needles);
 
 }  // namespace ltrain::test
