@@ -94,7 +94,7 @@ out=$($MPIRUN -np 2 "$LTRAIN" bench --config "$CFG" parallel.data=2 parallel.zer
 
 # Tensor parallelism (with sequence parallelism) runs through the same step.
 out=$($MPIRUN -np 2 "$LTRAIN" bench --config "$CFG" parallel.tensor=2 --warmup 0 --steps 1 2>&1); rc=$?
-[ $rc -eq 0 ] && [[ "$out" == *"data 1 x tensor 2"* ]] && [[ "$out" == *"step time"* ]] \
+[ $rc -eq 0 ] && [[ "$out" == *"data 1 x pipeline 1 x tensor 2"* ]] && [[ "$out" == *"step time"* ]] \
   && echo "ok: mpirun -np 2 bench with parallel.tensor=2" || { fail "bench with parallel.tensor=2 (exit $rc)"; echo "$out" | tail -10 | sed 's/^/    /'; }
 
 # Bad input: one line, exit 2.

@@ -171,7 +171,7 @@ has_shards z22/checkpoints/step_00000006 model_00000.bin model_00001.bin model_0
   optim_00000.bin optim_00001.bin optim_00002.bin optim_00003.bin
 run_ok "verify a 2x2 ZeRO checkpoint" ckpt verify z22/checkpoints/step_00000006
 out=$("$LTRAIN" ckpt info z22/checkpoints/step_00000006 2>&1)
-echo "$out" | grep -q "shards       8 files from 4 writing rank(s)" && echo "$out" | grep -q "model_00003.bin .*rank 3 (data 1, tensor 1)" \
+echo "$out" | grep -q "shards       8 files from 4 writing rank(s)" && echo "$out" | grep -q "model_00003.bin .*rank 3 (data 1, stage 0, tensor 1)" \
   && echo "ok: ckpt info lists the shard files and their ranks" || { fail "ckpt info of a sharded checkpoint"; echo "$out"; }
 cp -r z22 z22_to_tp2
 cp -r z22 z22_to_1
