@@ -17,6 +17,7 @@
 #include "ltrain/model/llama.h"
 #include "ltrain/optim/adamw.h"
 #include "ltrain/parallel/grad_reducer.h"
+#include "ltrain/parallel/launch.h"
 #include "ltrain/train/memory_plan.h"
 #include "ltrain/train/step.h"
 #include "ltrain/train/trainer.h"
@@ -53,6 +54,7 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt, ParallelCon
   const int world = par.world_size();
   const int dp_size = check_bench_layout(cfg, world);
   par.setup_grid(dp_size, 1, cfg.parallel.tensor);
+  check_tensor_groups_on_hosts(par, cfg.parallel.allow_cross_node_tensor);
   const int dp_rank = par.data_rank();
   const int B = tc.micro_batch_size, T = tc.seq_len;
   const int accum = cfg.grad_accum_steps(dp_size);

@@ -9,9 +9,11 @@
 #include "ltrain/backends/factory.h"
 #include "ltrain/core/check.h"
 #include "ltrain/core/io.h"
+#include "ltrain/cuda/cuda_backend.h"
 #include "ltrain/metrics/logger.h"
 #include "ltrain/optim/adamw.h"
 #include "ltrain/parallel/grad_reducer.h"
+#include "ltrain/parallel/launch.h"
 #include "ltrain/train/fault_injection.h"
 #include "ltrain/train/guard.h"
 #include "ltrain/train/memory_plan.h"
@@ -102,6 +104,7 @@ Training::Training(const Config& cfg, ParallelContext& par, const std::string& r
   dp_size_ = resolve_parallel_layout(cfg, par.world_size());
   validate_config(cfg, dp_size_);
   par.setup_grid(dp_size_, 1, cfg.parallel.tensor);
+  check_tensor_groups_on_hosts(par, cfg.parallel.allow_cross_node_tensor);
   tp_size_ = cfg.parallel.tensor;
   main_rank_ = par.is_main();
   zero_ = cfg.parallel.zero == 1 && dp_size_ > 1;
@@ -187,6 +190,8 @@ void Training::describe() {
   log_->info(strfmt("parallel: %d ranks = data %d x tensor %d%s%s", par_.world_size(), dp_size_,
                     cfg_.parallel.tensor, zero_ ? " | ZeRO-1" : "",
                     reducer_ ? strfmt(" | %d gradient buckets", reducer_->num_buckets()).c_str() : ""));
+  for (const auto& line : rank_map_lines(par_, backend_->is_cuda() ? cuda_device_for_rank(par_.local_rank()) : -1))
+    log_->info(line);
   log_->info(strfmt("batch: %lld tokens/step = %d micro-batches x %d seqs x %d tokens x %d data ranks | "
                     "data: %llu train windows, %llu val windows",
                     (long long)tc_.global_batch_tokens, accum_, B_, T_, dp_size_,
