@@ -44,8 +44,9 @@ netns_require() {
 # The root namespace holds no address on the bridge, so the hosts' /24 touches nothing outside.
 netns_setup() {
   local hosts=$1 slots=$2
+  netns_sweep
   NETNS_DIR=$3
-  NETNS_PREFIX=lt$(($$ % 100000))
+  NETNS_PREFIX=lt$$
   NETNS_SUBNET=10.203.0
   NETNS_HOSTS=$hosts
   trap netns_cleanup EXIT
@@ -78,6 +79,23 @@ shift
 exec ip netns exec "\$ns" unshare --uts bash -c "hostname \$name && \$*"
 EOF
   chmod +x "$NETNS_DIR/agent.sh"
+}
+
+# What a killed run of these tests (ctest's timeout sends SIGKILL, which no trap sees) left:
+# namespaces and bridges named after a process that no longer exists.
+netns_sweep() {
+  local ns br pid
+  for ns in $(ip netns list 2>/dev/null | grep -oE '^lt[0-9]+h[0-9]+'); do
+    pid=${ns#lt}
+    pid=${pid%h*}
+    [ -e /proc/$pid ] && continue
+    ip netns pids $ns 2>/dev/null | xargs -r kill -9 2>/dev/null
+    ip netns del $ns 2>/dev/null
+  done
+  for br in $(ip -o link show type bridge 2>/dev/null | grep -oE ' lt[0-9]+br' ); do
+    pid=${br#lt}
+    [ -e /proc/${pid%br} ] || ip link del $br 2>/dev/null
+  done
 }
 
 # Ends every process inside the hosts: orted daemonizes, so it is no child of this script, and
