@@ -9,9 +9,12 @@
 #include "ltrain/core/check.h"
 #include "ltrain/parallel/communicator.h"
 #include "ltrain/parallel/launch.h"
+#include "test_util.h"
 
 namespace ltrain {
 namespace {
+
+using test::user_error_of;
 
 // An environment of the given variables only.
 EnvLookup env_of(const std::map<std::string, std::string>& vars) {
@@ -19,16 +22,6 @@ EnvLookup env_of(const std::map<std::string, std::string>& vars) {
     auto it = vars.find(name);
     return it == vars.end() ? nullptr : it->second.c_str();
   };
-}
-
-template <class F>
-std::string user_error_of(F f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "";
 }
 
 TEST(Launch, LocalRankFromEachLauncher) {
