@@ -27,7 +27,8 @@ EnvLookup env_of(const std::map<std::string, std::string>& vars) {
 TEST(Launch, LocalRankFromEachLauncher) {
   EXPECT_FALSE(local_rank_from_env(env_of({{"PATH", "/bin"}})).has_value());
 
-  auto ompi = local_rank_from_env(env_of({{"OMPI_COMM_WORLD_LOCAL_RANK", "3"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "8"}}));
+  auto ompi = local_rank_from_env(
+      env_of({{"OMPI_COMM_WORLD_LOCAL_RANK", "3"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "8"}}));
   ASSERT_TRUE(ompi.has_value());
   EXPECT_EQ(ompi->local_rank, 3);
   EXPECT_EQ(ompi->local_size, 8);
@@ -39,7 +40,8 @@ TEST(Launch, LocalRankFromEachLauncher) {
   EXPECT_EQ(hydra->local_size, 2);
   EXPECT_EQ(hydra->source, "MPI_LOCALRANKID");
 
-  auto slurm = local_rank_from_env(env_of({{"SLURM_LOCALID", "5"}, {"SLURM_NTASKS_PER_NODE", "6"}}));
+  auto slurm =
+      local_rank_from_env(env_of({{"SLURM_LOCALID", "5"}, {"SLURM_NTASKS_PER_NODE", "6"}}));
   ASSERT_TRUE(slurm.has_value());
   EXPECT_EQ(slurm->local_rank, 5);
   EXPECT_EQ(slurm->local_size, 6);
@@ -54,27 +56,40 @@ TEST(Launch, LocalRankFromEachLauncher) {
 
 TEST(Launch, MpirunInsideASlurmAllocationUsesTheMpirunVariables) {
   // The batch step's SLURM_LOCALID (0 on every rank) is inherited by what mpirun starts.
-  auto e = local_rank_from_env(env_of({{"SLURM_LOCALID", "0"}, {"SLURM_NTASKS_PER_NODE", "1"},
-                                       {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}}));
+  auto e = local_rank_from_env(env_of({{"SLURM_LOCALID", "0"},
+                                       {"SLURM_NTASKS_PER_NODE", "1"},
+                                       {"OMPI_COMM_WORLD_LOCAL_RANK", "1"},
+                                       {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}}));
   ASSERT_TRUE(e.has_value());
   EXPECT_EQ(e->local_rank, 1);
   EXPECT_EQ(e->source, "OMPI_COMM_WORLD_LOCAL_RANK");
 }
 
 TEST(Launch, MalformedVariablesAreOneLineErrorsNamingThem) {
-  const std::string bad = user_error_of(
-      [] { local_rank_from_env(env_of({{"OMPI_COMM_WORLD_LOCAL_RANK", "x1"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}})); });
-  EXPECT_NE(bad.find("OMPI_COMM_WORLD_LOCAL_RANK = 'x1' is not a non-negative integer"), std::string::npos) << bad;
+  const std::string bad = user_error_of([] {
+    local_rank_from_env(
+        env_of({{"OMPI_COMM_WORLD_LOCAL_RANK", "x1"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}}));
+  });
+  EXPECT_NE(bad.find("OMPI_COMM_WORLD_LOCAL_RANK = 'x1' is not a non-negative integer"),
+            std::string::npos)
+      << bad;
   EXPECT_EQ(bad.find('\n'), std::string::npos);
 
-  const std::string missing = user_error_of([] { local_rank_from_env(env_of({{"MPI_LOCALRANKID", "0"}})); });
+  const std::string missing = user_error_of([] {
+    local_rank_from_env(env_of({{"MPI_LOCALRANKID", "0"}}));
+  });
   EXPECT_NE(missing.find("MPI_LOCALNRANKS is not"), std::string::npos) << missing;
 
-  const std::string above = user_error_of(
-      [] { local_rank_from_env(env_of({{"OMPI_COMM_WORLD_LOCAL_RANK", "2"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}})); });
-  EXPECT_NE(above.find("= 2 is not below OMPI_COMM_WORLD_LOCAL_SIZE = 2"), std::string::npos) << above;
+  const std::string above = user_error_of([] {
+    local_rank_from_env(
+        env_of({{"OMPI_COMM_WORLD_LOCAL_RANK", "2"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}}));
+  });
+  EXPECT_NE(above.find("= 2 is not below OMPI_COMM_WORLD_LOCAL_SIZE = 2"), std::string::npos)
+      << above;
 
-  const std::string no_size = user_error_of([] { local_rank_from_env(env_of({{"SLURM_LOCALID", "0"}})); });
+  const std::string no_size = user_error_of([] {
+    local_rank_from_env(env_of({{"SLURM_LOCALID", "0"}}));
+  });
   EXPECT_NE(no_size.find("SLURM_TASKS_PER_NODE"), std::string::npos) << no_size;
 }
 
@@ -84,19 +99,25 @@ TEST(Launch, SlurmTasksPerNode) {
   EXPECT_EQ(slurm_tasks_on_node("4(x2),3", 1), 4);
   EXPECT_EQ(slurm_tasks_on_node("4(x2),3", 2), 3);
   EXPECT_EQ(slurm_tasks_on_node("2,1(x3)", 3), 1);
-  EXPECT_NE(user_error_of([] { slurm_tasks_on_node("4(x2),3", 3); }).find("lists 3 nodes, but SLURM_NODEID is 3"),
+  EXPECT_NE(user_error_of([] {
+              slurm_tasks_on_node("4(x2),3", 3);
+            }).find("lists 3 nodes, but SLURM_NODEID is 3"),
             std::string::npos);
   for (const char* bad : {"", "x", "4(2)", "4(x)", "4(x2", ",", "-1"})
-    EXPECT_NE(user_error_of([&] { slurm_tasks_on_node(bad, 0); }).find("does not read as Slurm's list"),
-              std::string::npos)
+    EXPECT_NE(
+        user_error_of([&] { slurm_tasks_on_node(bad, 0); }).find("does not read as Slurm's list"),
+        std::string::npos)
         << "'" << bad << "'";
 }
 
 TEST(Launch, RanksWithoutLauncherVariablesAreGroupedByHostName) {
-  // Two hosts, ranks dealt round-robin: each rank's local rank counts the earlier ranks of its host.
-  const auto ranks = place_ranks({"a", "b", "a", "b", "a"}, {-1, -1, -1, -1, -1}, {-1, -1, -1, -1, -1});
+  // Two hosts, ranks dealt round-robin: each rank's local rank counts the earlier ranks of its
+  // host.
+  const auto ranks =
+      place_ranks({"a", "b", "a", "b", "a"}, {-1, -1, -1, -1, -1}, {-1, -1, -1, -1, -1});
   ASSERT_EQ(ranks.size(), 5u);
-  const int host_index[] = {0, 1, 0, 1, 0}, local_rank[] = {0, 0, 1, 1, 2}, local_size[] = {3, 2, 3, 2, 3};
+  const int host_index[] = {0, 1, 0, 1, 0}, local_rank[] = {0, 0, 1, 1, 2},
+            local_size[] = {3, 2, 3, 2, 3};
   for (int r = 0; r < 5; ++r) {
     EXPECT_EQ(ranks[r].host_index, host_index[r]) << r;
     EXPECT_EQ(ranks[r].local_rank, local_rank[r]) << r;
@@ -114,12 +135,16 @@ TEST(Launch, TensorGroupsThatSpanHostsAreNamedWithWhatWouldWork) {
   EXPECT_EQ(cross_host_tensor_groups(two_by_three, 1), "");
   EXPECT_EQ(cross_host_tensor_groups(two_by_three, 3), "");
   const std::string why = cross_host_tensor_groups(two_by_three, 2);
-  EXPECT_NE(why.find("the tensor-parallel group of ranks 2-3 spans hosts: n0 (rank 2), n1 (rank 3)"),
-            std::string::npos) << why;
-  EXPECT_NE(why.find("parallel.tensor = 1 or 3 does with this placement"), std::string::npos) << why;
+  EXPECT_NE(
+      why.find("the tensor-parallel group of ranks 2-3 spans hosts: n0 (rank 2), n1 (rank 3)"),
+      std::string::npos)
+      << why;
+  EXPECT_NE(why.find("parallel.tensor = 1 or 3 does with this placement"), std::string::npos)
+      << why;
   EXPECT_NE(why.find("parallel.allow_cross_node_tensor: true"), std::string::npos) << why;
   EXPECT_EQ(why.find("round-robin"), std::string::npos) << why;
-  EXPECT_NE(cross_host_tensor_groups(two_by_three, 6).find("ranks 0-5 spans hosts: n0 (ranks 0-2), n1 (ranks 3-5)"),
+  EXPECT_NE(cross_host_tensor_groups(two_by_three, 6)
+                .find("ranks 0-5 spans hosts: n0 (ranks 0-2), n1 (ranks 3-5)"),
             std::string::npos);
 
   const auto dealt = place_ranks({"n0", "n1", "n0", "n1"}, {-1, -1, -1, -1}, {-1, -1, -1, -1});
@@ -145,9 +170,11 @@ TEST(Launch, SingleProcessPlacementAndRankMap) {
 
 TEST(Launch, AllowCrossNodeTensorIsAConfigKey) {
   EXPECT_FALSE(Config{}.parallel.allow_cross_node_tensor);
-  EXPECT_TRUE(config_from_json({{"parallel", {{"allow_cross_node_tensor", true}}}}, "test").parallel.allow_cross_node_tensor);
-  const std::string bad = user_error_of(
-      [] { config_from_json({{"parallel", {{"allow_cross_node_tensor", "maybe"}}}}, "test"); });
+  EXPECT_TRUE(config_from_json({{"parallel", {{"allow_cross_node_tensor", true}}}}, "test")
+                  .parallel.allow_cross_node_tensor);
+  const std::string bad = user_error_of([] {
+    config_from_json({{"parallel", {{"allow_cross_node_tensor", "maybe"}}}}, "test");
+  });
   EXPECT_NE(bad.find("parallel.allow_cross_node_tensor"), std::string::npos) << bad;
 }
 

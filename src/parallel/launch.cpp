@@ -23,21 +23,25 @@ int env_count(const char* name, const char* value) {
   errno = 0;
   const long x = std::strtol(value, &end, 10);
   if (end == value || *end != '\0' || errno != 0 || x < 0 || x > INT_MAX)
-    user_error("environment variable ", name, " = '", value, "' is not a non-negative integer; the launcher "
+    user_error("environment variable ", name, " = '", value,
+               "' is not a non-negative integer; the launcher "
                "sets it, unset it to let ltrain find the ranks of each host by host name");
   return int(x);
 }
 
 // The pair (rank variable, size variable) of one launcher, when its rank variable is set.
-std::optional<LocalRankEnv> from_pair(const EnvLookup& env, const char* rank_var, const char* size_var) {
+std::optional<LocalRankEnv> from_pair(const EnvLookup& env, const char* rank_var,
+                                      const char* size_var) {
   const char* r = env(rank_var);
   if (!r) return std::nullopt;
   const char* s = env(size_var);
-  if (!s) user_error("environment variable ", rank_var, " is set but ", size_var, " is not; set both or neither");
+  if (!s)
+    user_error("environment variable ", rank_var, " is set but ", size_var,
+               " is not; set both or neither");
   LocalRankEnv e{env_count(rank_var, r), env_count(size_var, s), rank_var};
   if (e.local_rank >= e.local_size)
-    user_error("environment variable ", rank_var, " = ", e.local_rank, " is not below ", size_var, " = ",
-               e.local_size);
+    user_error("environment variable ", rank_var, " = ", e.local_rank, " is not below ", size_var,
+               " = ", e.local_size);
   return e;
 }
 
@@ -48,7 +52,8 @@ constexpr int kRecordInts = kHostChars / 4 + 2;
 
 std::string join_ints(const std::vector<int>& v) {
   std::string s;
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? (i + 1 == v.size() ? " or " : ", ") : "") + std::to_string(v[i]);
+  for (size_t i = 0; i < v.size(); ++i)
+    s += (i ? (i + 1 == v.size() ? " or " : ", ") : "") + std::to_string(v[i]);
   return s;
 }
 
@@ -68,12 +73,13 @@ std::optional<LocalRankEnv> local_rank_from_env(const EnvLookup& env) {
     const char* node = env("SLURM_NODEID");
     e.local_size = slurm_tasks_on_node(t, node ? env_count("SLURM_NODEID", node) : 0);
   } else {
-    user_error("environment variable SLURM_LOCALID is set but neither SLURM_NTASKS_PER_NODE nor "
-               "SLURM_TASKS_PER_NODE is; launch with srun, or unset SLURM_LOCALID");
+    user_error(
+        "environment variable SLURM_LOCALID is set but neither SLURM_NTASKS_PER_NODE nor "
+        "SLURM_TASKS_PER_NODE is; launch with srun, or unset SLURM_LOCALID");
   }
   if (e.local_rank >= e.local_size)
-    user_error("environment variable SLURM_LOCALID = ", e.local_rank, " is not below the ", e.local_size,
-               " tasks Slurm places on this node");
+    user_error("environment variable SLURM_LOCALID = ", e.local_rank, " is not below the ",
+               e.local_size, " tasks Slurm places on this node");
   return e;
 }
 
@@ -91,12 +97,16 @@ int slurm_tasks_on_node(const std::string& tasks_per_node, int node) {
     const std::string count = entry.substr(0, paren);
     int repeat = 1;
     if (paren != std::string::npos) {
-      if (entry.size() < paren + 4 || entry.compare(paren, 2, "(x") != 0 || entry.back() != ')') return bad();
+      if (entry.size() < paren + 4 || entry.compare(paren, 2, "(x") != 0 || entry.back() != ')')
+        return bad();
       const std::string k = entry.substr(paren + 2, entry.size() - paren - 3);
-      if (k.empty() || k.find_first_not_of("0123456789") != std::string::npos || k.size() > 6) return bad();
+      if (k.empty() || k.find_first_not_of("0123456789") != std::string::npos || k.size() > 6)
+        return bad();
       repeat = std::atoi(k.c_str());
     }
-    if (count.empty() || count.find_first_not_of("0123456789") != std::string::npos || count.size() > 6) return bad();
+    if (count.empty() || count.find_first_not_of("0123456789") != std::string::npos ||
+        count.size() > 6)
+      return bad();
     if (node < first + repeat) return std::atoi(count.c_str());
     first += repeat;
   }
@@ -117,7 +127,8 @@ std::string this_host_name() {
   return buf;
 }
 
-std::vector<RankPlace> place_ranks(const std::vector<std::string>& hosts, const std::vector<int>& local_rank,
+std::vector<RankPlace> place_ranks(const std::vector<std::string>& hosts,
+                                   const std::vector<int>& local_rank,
                                    const std::vector<int>& local_size) {
   const int n = int(hosts.size());
   std::vector<RankPlace> ranks(n);
@@ -190,7 +201,8 @@ std::string cross_host_tensor_groups(const std::vector<RankPlace>& ranks, int te
     os << ")";
     r = e + 1;
   }
-  os << "; tensor groups are consecutive ranks and communicate every layer, so keep them inside a host: "
+  os << "; tensor groups are consecutive ranks and communicate every layer, so keep them inside a "
+        "host: "
      << "parallel.tensor = " << join_ints(fits) << " does with this placement";
   // A host whose ranks are not consecutive (mpirun --map-by node deals ranks round-robin).
   std::vector<int> last(n, -2);
@@ -200,7 +212,9 @@ std::string cross_host_tensor_groups(const std::vector<RankPlace>& ranks, int te
     if (last[h] >= 0 && last[h] != r - 1) scattered = true;
     last[h] = r;
   }
-  if (scattered) os << " (ranks are dealt across hosts round-robin; fill each host in turn, e.g. mpirun --map-by slot)";
+  if (scattered)
+    os << " (ranks are dealt across hosts round-robin; fill each host in turn, e.g. mpirun "
+          "--map-by slot)";
   os << ", or set parallel.allow_cross_node_tensor: true";
   return os.str();
 }
@@ -215,7 +229,8 @@ std::vector<std::string> rank_map_lines(ParallelContext& par, int cuda_device) {
   const int n = par.world_size();
   std::vector<int32_t> devices(n, 0);
   int32_t mine = cuda_device;
-  par.world().all_gather(Tensor{devices.data(), DType::kI32, Shape{n}}, Tensor{&mine, DType::kI32, Shape{1}});
+  par.world().all_gather(Tensor{devices.data(), DType::kI32, Shape{n}},
+                         Tensor{&mine, DType::kI32, Shape{1}});
   const Placement& p = par.placement();
   std::vector<std::string> lines;
   lines.push_back(strfmt("rank map: %d ranks on %d host%s (local rank from %s)", n, p.num_hosts(),
@@ -224,9 +239,11 @@ std::vector<std::string> rank_map_lines(ParallelContext& par, int cuda_device) {
   for (int r = 0; r < n; ++r) {
     const RankPlace& q = p.ranks[r];
     const std::string dev = devices[r] < 0 ? "cpu" : "cuda:" + std::to_string(devices[r]);
-    lines.push_back(strfmt("rank map: rank %d | host %s (#%d) | local rank %d of %d | device %s | data %d pipeline %d tensor %d",
-                           r, q.host.c_str(), q.host_index, q.local_rank, q.local_size, dev.c_str(),
-                           r / (tp * pp), r / tp % pp, r % tp));
+    lines.push_back(
+        strfmt("rank map: rank %d | host %s (#%d) | local rank %d of %d | device %s | data %d "
+               "pipeline %d tensor %d",
+               r, q.host.c_str(), q.host_index, q.local_rank, q.local_size, dev.c_str(),
+               r / (tp * pp), r / tp % pp, r % tp));
   }
   return lines;
 }

@@ -190,8 +190,8 @@ void Training::describe() {
   log_->info(strfmt("parallel: %d ranks = data %d x tensor %d%s%s", par_.world_size(), dp_size_,
                     cfg_.parallel.tensor, zero_ ? " | ZeRO-1" : "",
                     reducer_ ? strfmt(" | %d gradient buckets", reducer_->num_buckets()).c_str() : ""));
-  for (const auto& line : rank_map_lines(par_, backend_->is_cuda() ? cuda_device_for_rank(par_.local_rank()) : -1))
-    log_->info(line);
+  const int device = backend_->is_cuda() ? cuda_device_for_rank(par_.local_rank()) : -1;
+  for (const auto& line : rank_map_lines(par_, device)) log_->info(line);
   log_->info(strfmt("batch: %lld tokens/step = %d micro-batches x %d seqs x %d tokens x %d data ranks | "
                     "data: %llu train windows, %llu val windows",
                     (long long)tc_.global_batch_tokens, accum_, B_, T_, dp_size_,

@@ -106,7 +106,7 @@ struct ParallelConfig {
   int zero = 0;           // 1 = ZeRO-1: optimizer state sharded over the data-parallel ranks
   double bucket_mb = 25;  // gradient all-reduce bucket size
   double timeout_s = 600; // a collective running longer ends the job (exit code 4); 0 = never
-  bool allow_cross_node_tensor = false;  // let a tensor-parallel group span hosts (slow: every layer crosses the network)
+  bool allow_cross_node_tensor = false;  // let a tensor-parallel group span hosts
 };
 
 struct Config {

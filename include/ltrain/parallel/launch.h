@@ -52,7 +52,8 @@ std::string this_host_name();
 
 // Every rank's place from every rank's host name and the local rank and size its launcher stated
 // (-1 where it stated none: numbered then among the ranks of the same host name, in rank order).
-std::vector<RankPlace> place_ranks(const std::vector<std::string>& hosts, const std::vector<int>& local_rank,
+std::vector<RankPlace> place_ranks(const std::vector<std::string>& hosts,
+                                   const std::vector<int>& local_rank,
                                    const std::vector<int>& local_size);
 
 // Gathers every rank's host name and launcher-stated local rank over `world` (a collective).
