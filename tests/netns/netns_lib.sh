@@ -17,7 +17,7 @@
 #   netns_kill_processes           ends every process on the hosts
 # Every namespace, bridge and process the fixture made is removed on exit, failed or not.
 
-NETNS_MPIRUN_TIMEOUT=${NETNS_MPIRUN_TIMEOUT:-120}
+NETNS_MPIRUN_TIMEOUT=${NETNS_MPIRUN_TIMEOUT:-45}
 NETNS_SKIP=77
 
 netns_skip() {
