@@ -130,6 +130,13 @@ netns_mpirun() {
     --mca mpi_yield_when_idle 1 -x OMP_NUM_THREADS "$@"
 }
 
+# Bringing a link back up also forgets the hosts' ARP entries: those that failed while it was down
+# refuse new connections until the kernel's timers retry them, so mpirun's daemon on the mended
+# host could not call back and the next job would hang at start. On a cluster the next job comes
+# long after those timers; here it comes at once.
 netns_link() {
   ip link set ${NETNS_PREFIX}v$1 "$2"
+  [ "$2" == up ] || return 0
+  local i
+  for ((i = 0; i < NETNS_HOSTS; i++)); do ip -n ${NETNS_PREFIX}h$i neigh flush all; done
 }
