@@ -51,7 +51,7 @@ netns_setup() {
   NETNS_HOSTS=$hosts
   trap netns_cleanup EXIT
   trap 'exit 130' INT TERM
-  mkdir -p "$NETNS_DIR"
+  mkdir -p "$NETNS_DIR/tmp"
   : > "$NETNS_DIR/hostfile"
   : > "$NETNS_DIR/hosts.map"
   ip link add ${NETNS_PREFIX}br type bridge || netns_skip "cannot create a bridge"
@@ -121,13 +121,14 @@ netns_cleanup() {
 
 # mpirun across the hosts, started on the first (ltrain-h0). Open MPI's runtime (oob) and MPI
 # traffic (btl) both use only the bridge's subnet; mpirun starts every other host's daemon itself
-# (no tree spawn).
+# (no tree spawn). Open MPI's session files go under NETNS_DIR: they are named after the host,
+# and two tests running at once have hosts of the same names.
 netns_mpirun() {
-  timeout -k 5 $NETNS_MPIRUN_TIMEOUT ip netns exec ${NETNS_PREFIX}h0 unshare --uts \
+  TMPDIR="$NETNS_DIR/tmp" timeout -k 5 $NETNS_MPIRUN_TIMEOUT ip netns exec ${NETNS_PREFIX}h0 unshare --uts \
     bash -c 'hostname ltrain-h0 && exec "$@"' - mpirun --hostfile "$NETNS_DIR/hostfile" \
     --mca plm_rsh_agent "$NETNS_DIR/agent.sh" --mca plm_rsh_no_tree_spawn 1 \
     --mca btl tcp,self --mca btl_tcp_if_include $NETNS_SUBNET.0/24 --mca oob_tcp_if_include $NETNS_SUBNET.0/24 \
-    --mca mpi_yield_when_idle 1 -x OMP_NUM_THREADS "$@"
+    --mca orte_tmpdir_base "$NETNS_DIR/tmp" --mca mpi_yield_when_idle 1 -x OMP_NUM_THREADS "$@"
 }
 
 # Bringing a link back up also forgets the hosts' ARP entries: those that failed while it was down
