@@ -18,16 +18,7 @@ std::string write(const test::TempDir& d, const std::string& name, const std::st
   return d.file(name);
 }
 
-// Runs f and returns the UserError message ("" when nothing was thrown).
-template <class F>
-std::string user_error_of(F f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::user_error_of;
 
 TEST(Config, YamlAndJsonGiveTheSameConfig) {
   test::TempDir d("config");

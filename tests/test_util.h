@@ -1,10 +1,13 @@
-// Helpers shared by the tests: scratch directories, running the ltrain binary, and comparisons
-// that report max abs/rel error, fail on NaN, and refuse an all-zero reference.
+// Helpers shared by the tests: scratch directories, running the ltrain binary, catching a
+// UserError's message, and comparisons that report max abs/rel error, fail on NaN, and refuse an
+// all-zero reference.
 #pragma once
 #include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
+
+#include "ltrain/core/check.h"
 
 namespace ltrain::test {
 
@@ -29,6 +32,17 @@ CommandResult run_ltrain(const std::string& args);
 CommandResult run_shell(const std::string& command);
 
 std::string test_data(const std::string& name);  // tests/data/NAME
+
+// Runs f and returns the UserError message ("" when nothing was thrown).
+template <class F>
+std::string user_error_of(F f) {
+  try {
+    f();
+  } catch (const UserError& e) {
+    return e.what();
+  }
+  return "";
+}
 
 // Deterministic random numbers for test inputs (never zeros).
 std::vector<double> random_vector(size_t n, uint64_t seed, double lo = -1.0, double hi = 1.0);

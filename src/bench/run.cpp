@@ -17,6 +17,7 @@
 #include "ltrain/model/llama.h"
 #include "ltrain/optim/adamw.h"
 #include "ltrain/parallel/grad_reducer.h"
+#include "ltrain/parallel/launch.h"
 #include "ltrain/train/memory_plan.h"
 #include "ltrain/train/step.h"
 #include "ltrain/train/trainer.h"
@@ -55,6 +56,7 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt, ParallelCon
   const int pp_size = cfg.parallel.pipeline;
   llama_pipeline_split(cfg.model, tc.seq_len, pp_size, cfg.parallel.virtual_stages, cfg.parallel.pipeline_layers);
   par.setup_grid(dp_size, pp_size, cfg.parallel.tensor);
+  check_tensor_groups_on_hosts(par, cfg.parallel.allow_cross_node_tensor);
   const int dp_rank = par.data_rank();
   const int B = tc.micro_batch_size, T = tc.seq_len;
   const int accum = cfg.grad_accum_steps(dp_size);

@@ -5,6 +5,7 @@
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -145,11 +146,6 @@ bool launched_by_mpi() {
   return false;
 }
 
-int env_int(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  return v ? std::atoi(v) : fallback;
-}
-
 bool g_initialized = false;  // MPI_Init may run once per process
 
 }  // namespace
@@ -166,7 +162,6 @@ std::unique_ptr<ParallelContext> ParallelContext::init(int* argc, char*** argv) 
     c.mpi_ = true;
     MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &c.world_rank_));
     MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &c.world_size_));
-    c.local_rank_ = env_int("OMPI_COMM_WORLD_LOCAL_RANK", env_int("SLURM_LOCALID", env_int("MPI_LOCALRANKID", 0)));
     c.world_ = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD);
   } else {
     c.world_ = make_single_communicator();
@@ -174,6 +169,16 @@ std::unique_ptr<ParallelContext> ParallelContext::init(int* argc, char*** argv) 
   set_error_rank(c.world_rank_);
   // An internal error (LTRAIN_CHECK, CUDA_CHECK, ...) on one rank ends the whole job at once.
   if (c.mpi_ && c.world_size_ > 1) set_fatal_exit([] { MPI_Abort(MPI_COMM_WORLD, 134); });
+  // A malformed launcher variable: reported here, before main()'s handler exists, as it would.
+  std::optional<LocalRankEnv> env;
+  try {
+    if (c.mpi_) env = local_rank_from_env(std::getenv);
+  } catch (const UserError& e) {
+    std::fprintf(stderr, "ltrain: error: [rank %d/%d] %s\n", c.world_rank_, c.world_size_, e.what());
+    c.abort(2);
+  }
+  c.placement_ = gather_placement(*c.world_, this_host_name(), env);
+  c.local_rank_ = c.placement_.ranks[c.world_rank_].local_rank;
   c.setup_grid(c.world_size_, 1, 1);
   return ctx;
 }
@@ -181,6 +186,7 @@ std::unique_ptr<ParallelContext> ParallelContext::init(int* argc, char*** argv) 
 std::unique_ptr<ParallelContext> ParallelContext::single_process() {
   std::unique_ptr<ParallelContext> ctx(new ParallelContext());
   ctx->world_ = make_single_communicator();
+  ctx->placement_ = gather_placement(*ctx->world_, this_host_name(), std::nullopt);
   ctx->setup_grid(1, 1, 1);
   return ctx;
 }

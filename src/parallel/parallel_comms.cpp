@@ -18,12 +18,15 @@ ParallelComms make_parallel_comms(ParallelContext& par, Backend& backend, int dp
   }
   // Every collective of the step goes through a watchdog (parallel.timeout_s).
   const int rank = par.world_rank();
-  c.watched.push_back(with_watchdog(c.dp_nccl ? *c.dp_nccl : par.data(), timeout_s, rank, "data-parallel"));
+  const std::string& host = par.host();
+  c.watched.push_back(
+      with_watchdog(c.dp_nccl ? *c.dp_nccl : par.data(), timeout_s, rank, host, "data-parallel"));
   c.dp = c.watched.back().get();
-  c.watched.push_back(with_watchdog(par.tensor(), timeout_s, rank, "tensor-parallel (host)"));
+  c.watched.push_back(with_watchdog(par.tensor(), timeout_s, rank, host, "tensor-parallel (host)"));
   c.tp_host = c.watched.back().get();
   if (tp_size > 1) {
-    c.watched.push_back(with_watchdog(c.tp_nccl ? *c.tp_nccl : par.tensor(), timeout_s, rank, "tensor-parallel"));
+    c.watched.push_back(
+        with_watchdog(c.tp_nccl ? *c.tp_nccl : par.tensor(), timeout_s, rank, host, "tensor-parallel"));
     c.tp = c.watched.back().get();
   }
   if (par.pipeline_size() > 1) {

@@ -30,8 +30,10 @@ void watch_loop();
 
 class WatchedCommunicator final : public Communicator {
  public:
-  WatchedCommunicator(Communicator& inner, double timeout_s, int world_rank, std::string group)
-      : inner_(inner), timeout_s_(timeout_s), world_rank_(world_rank), group_(std::move(group)) {
+  WatchedCommunicator(Communicator& inner, double timeout_s, int world_rank, std::string host,
+                      std::string group)
+      : inner_(inner), timeout_s_(timeout_s), world_rank_(world_rank), host_(std::move(host)),
+        group_(std::move(group)) {
     if (timeout_s_ <= 0) return;
     Registry& r = registry();
     std::lock_guard<std::mutex> lock(r.mu);
@@ -84,9 +86,10 @@ class WatchedCommunicator final : public Communicator {
     const double start = started_.load();
     if (start <= 0 || now - start < timeout_s_) return;
     std::fprintf(stderr,
-                 "ltrain: error: [rank %d] collective %s on the %s group (%d ranks) did not finish within "
+                 "ltrain: error: [rank %d on host %s] collective %s on the %s group (%d ranks) did not finish within "
                  "parallel.timeout_s = %g s; a peer is dead, stuck or unreachable. Exiting with code %d\n",
-                 world_rank_, op_.load(), group_.c_str(), inner_.size(), timeout_s_, kExitCollectiveTimeout);
+                 world_rank_, host_.c_str(), op_.load(), group_.c_str(), inner_.size(), timeout_s_,
+                 kExitCollectiveTimeout);
     std::fflush(stderr);
     std::_Exit(kExitCollectiveTimeout);  // not exit(): the main thread is blocked inside MPI or NCCL
   }
@@ -103,7 +106,7 @@ class WatchedCommunicator final : public Communicator {
   Communicator& inner_;
   double timeout_s_;
   int world_rank_;
-  std::string group_;
+  std::string host_, group_;
   std::atomic<double> started_{0};
   std::atomic<const char*> op_{""};
 };
@@ -122,8 +125,9 @@ void watch_loop() {
 }  // namespace
 
 std::unique_ptr<Communicator> with_watchdog(Communicator& inner, double timeout_s, int world_rank,
-                                            std::string group) {
-  return std::make_unique<WatchedCommunicator>(inner, timeout_s, world_rank, std::move(group));
+                                            std::string host, std::string group) {
+  return std::make_unique<WatchedCommunicator>(inner, timeout_s, world_rank, std::move(host),
+                                               std::move(group));
 }
 
 }  // namespace ltrain

@@ -10,9 +10,11 @@
 #include "ltrain/backends/factory.h"
 #include "ltrain/core/check.h"
 #include "ltrain/core/io.h"
+#include "ltrain/cuda/cuda_backend.h"
 #include "ltrain/metrics/logger.h"
 #include "ltrain/optim/adamw.h"
 #include "ltrain/parallel/grad_reducer.h"
+#include "ltrain/parallel/launch.h"
 #include "ltrain/train/fault_injection.h"
 #include "ltrain/train/guard.h"
 #include "ltrain/train/memory_plan.h"
@@ -121,6 +123,7 @@ Training::Training(const Config& cfg, ParallelContext& par, const std::string& r
   dp_size_ = resolve_parallel_layout(cfg, par.world_size());
   validate_config(cfg, dp_size_);
   par.setup_grid(dp_size_, cfg.parallel.pipeline, cfg.parallel.tensor);
+  check_tensor_groups_on_hosts(par, cfg.parallel.allow_cross_node_tensor);
   tp_size_ = cfg.parallel.tensor;
   pp_size_ = cfg.parallel.pipeline;
   accum_ = cfg.grad_accum_steps(dp_size_);
@@ -223,6 +226,8 @@ void Training::describe() {
                       cfg_.parallel.schedule.c_str(), pp_size_, split_.virtual_stages, cut.c_str(),
                       100.0 * pipeline_->ideal_bubble(), accum_));
   }
+  const int device = backend_->is_cuda() ? cuda_device_for_rank(par_.local_rank()) : -1;
+  for (const auto& line : rank_map_lines(par_, device)) log_->info(line);
   log_->info(strfmt("batch: %lld tokens/step = %d micro-batches x %d seqs x %d tokens x %d data ranks | "
                     "data: %llu train windows, %llu val windows",
                     (long long)tc_.global_batch_tokens, accum_, B_, T_, dp_size_,

@@ -110,6 +110,7 @@ struct ParallelConfig {
   int zero = 0;           // 1 = ZeRO-1: optimizer state sharded over the data-parallel ranks
   double bucket_mb = 25;  // gradient all-reduce bucket size
   double timeout_s = 600; // a collective running longer ends the job (exit code 4); 0 = never
+  bool allow_cross_node_tensor = false;  // let a tensor-parallel group span hosts
 };
 
 struct Config {
@@ -211,6 +212,8 @@ void visit_config(C& c, V&& v) {
   v("parallel.timeout_s", c.parallel.timeout_s,
     "a collective that has not finished after this many seconds ends the job with exit code 4; 0 = no limit");
   v("parallel.bucket_mb", c.parallel.bucket_mb, "gradient all-reduce bucket size in MiB (buckets overlap backward)");
+  v("parallel.allow_cross_node_tensor", c.parallel.allow_cross_node_tensor,
+    "run even when a tensor-parallel group spans hosts (refused by default: it communicates every layer)");
 }
 
 // Loads a YAML or JSON file, applies `key=value` overrides, checks keys and types.

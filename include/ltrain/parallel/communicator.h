@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "ltrain/core/tensor.h"
+#include "ltrain/parallel/launch.h"
 
 namespace ltrain {
 
@@ -59,8 +60,8 @@ std::unique_ptr<Communicator> make_single_communicator();
 // The process grid: world = data x pipeline x tensor. Tensor-parallel groups are consecutive
 // ranks (so they stay inside a node), pipeline stages come next, data replicas outermost:
 //   world rank = (data_rank * pipeline + pipeline_rank) * tensor + tensor_rank.
-// The local rank selects the GPU. Created once in main() and passed down to what
-// needs it; there is no global to reach it through.
+// The local rank (from the launcher, or from the host names: launch.h) selects the GPU. Created
+// once in main() and passed down to what needs it; there is no global to reach it through.
 class ParallelContext {
  public:
   // The process's context. Initializes MPI when the process was started by a launcher (mpirun,
@@ -72,6 +73,9 @@ class ParallelContext {
   int world_rank() const { return world_rank_; }
   int world_size() const { return world_size_; }
   int local_rank() const { return local_rank_; }
+  // Every rank's host, host index and local rank, gathered at init.
+  const Placement& placement() const { return placement_; }
+  const std::string& host() const { return placement_.ranks[world_rank_].host; }
   bool is_main() const { return world_rank_ == 0; }
   bool uses_mpi() const { return mpi_; }
 
@@ -99,6 +103,7 @@ class ParallelContext {
   int world_rank_ = 0, world_size_ = 1, local_rank_ = 0;
   int data_size_ = 1, pipeline_size_ = 1, tensor_size_ = 1;
   bool mpi_ = false;
+  Placement placement_;
   std::unique_ptr<Communicator> world_, data_, pipeline_, tensor_;
 };
 
