@@ -30,10 +30,11 @@ ParallelComms make_parallel_comms(ParallelContext& par, Backend& backend, int dp
     c.tp = c.watched.back().get();
   }
   if (par.pipeline_size() > 1) {
-    const std::string stage = "pipeline (stage " + std::to_string(par.pipeline_rank()) + " of " + std::to_string(par.pipeline_size()) + ")";
-    c.watched.push_back(with_watchdog(c.pp_nccl ? *c.pp_nccl : par.pipeline(), timeout_s, rank, stage));
+    const std::string stage =
+        "pipeline (stage " + std::to_string(par.pipeline_rank()) + " of " + std::to_string(par.pipeline_size()) + ")";
+    c.watched.push_back(with_watchdog(c.pp_nccl ? *c.pp_nccl : par.pipeline(), timeout_s, rank, host, stage));
     c.pp = c.watched.back().get();
-    c.watched.push_back(with_watchdog(par.pipeline(), timeout_s, rank, stage + ", host"));
+    c.watched.push_back(with_watchdog(par.pipeline(), timeout_s, rank, host, stage + " (host)"));
     c.pp_host = c.watched.back().get();
   }
   return c;

@@ -163,7 +163,7 @@ start=$(date +%s)
 out=$(LTRAIN_TEST_HANG_RANK=1@3 $MPIRUN -np 2 "$LTRAIN" train --config tiny.yaml train.run_dir=hang parallel.pipeline=2 \
       parallel.timeout_s=2 2>&1); rc=$?
 took=$(( $(date +%s) - start ))
-[ $rc -eq 4 ] && [ $took -lt 30 ] && [[ "$out" == *"[rank 0]"*"pipeline (stage 0 of 2)"*"did not finish within parallel.timeout_s = 2 s"* ]] \
+[ $rc -eq 4 ] && [ $took -lt 30 ] && [[ "$out" == *"[rank 0 on host "*"pipeline (stage 0 of 2)"*"did not finish within parallel.timeout_s = 2 s"* ]] \
   && echo "ok: a stalled stage ends the job with exit 4 after ${took} s" || { fail "stalled stage (exit $rc, ${took} s)"; echo "$out" | grep error | head -3; }
 
 finish
