@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Two hosts on one machine (network namespaces, netns_lib.sh), mpirun --hostfile across them over
-# TCP: data=2 across the hosts, and tensor=2 inside each host x data=2 across them, each matching
+# TCP: data=2 across the hosts, tensor=2 inside each host x data=2 across them, and pipeline=2
+# across them (tensor=2 inside each), each matching
 # one process with the same global batch (losses and final weights) and printing the rank map each
 # rank derived (its host, local rank and coordinates); the same local ranks from the host names
 # alone when the launcher's variables are removed; a tensor group across the hosts refused in one
@@ -72,6 +73,14 @@ expect_map "$out" "4 ranks on 2 hosts (local rank from OMPI_COMM_WORLD_LOCAL_RAN
   "rank 1 | host ltrain-h0 (#0) | local rank 1 of 2 | device cpu | data 0 pipeline 0 tensor 1" \
   "rank 2 | host ltrain-h1 (#1) | local rank 0 of 2 | device cpu | data 1 pipeline 0 tensor 0" \
   "rank 3 | host ltrain-h1 (#1) | local rank 1 of 2 | device cpu | data 1 pipeline 0 tensor 1"
+
+# Pipeline stages across the hosts, tensor=2 inside each: stage 0 on ltrain-h0, stage 1 on
+# ltrain-h1, so only the activations at the stage boundary cross the link.
+layout pp2tp2 4 "" "parallel.pipeline=2 parallel.tensor=2"
+expect_map "$out" "rank 0 | host ltrain-h0 (#0) | local rank 0 of 2 | device cpu | data 0 pipeline 0 tensor 0" \
+  "rank 1 | host ltrain-h0 (#0) | local rank 1 of 2 | device cpu | data 0 pipeline 0 tensor 1" \
+  "rank 2 | host ltrain-h1 (#1) | local rank 0 of 2 | device cpu | data 0 pipeline 1 tensor 0" \
+  "rank 3 | host ltrain-h1 (#1) | local rank 1 of 2 | device cpu | data 0 pipeline 1 tensor 1"
 
 # Without the launcher's local-rank variables the ranks find their hosts by name.
 layout dp2tp2_names 4 "" "parallel.tensor=2" "env -u OMPI_COMM_WORLD_LOCAL_RANK -u OMPI_COMM_WORLD_LOCAL_SIZE"
