@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Pipeline parallelism on the CPU under mpirun: 10 optimizer steps of a tiny 4-layer model give
-# the same losses and final weights as one process with the same global batch, for pipeline=2,
-# pipeline=4, pipeline=2 x tensor=2, pipeline=2 x data=2 with ZeRO-1, the interleaved schedule
-# (pipeline=2, virtual_stages=2) and tied embeddings; checkpoints resume across layouts; bad
-# layouts are refused before anything is written; a stalled stage ends the job.
+# the same losses and final weights as one process with the same global batch, for pipeline=2, 3
+# and 4, pipeline=2 x tensor=2, pipeline=2 x data=2 (with and without ZeRO-1), the interleaved
+# schedule (pipeline=2, virtual_stages=2; alone and with data=2) and tied embeddings; checkpoints
+# resume across layouts; bench reports the bubble; bad layouts are refused before anything is
+# written; a stalled stage ends the job.
 # Usage: bash test_pipeline_cli.sh /path/to/ltrain WORKDIR
 set -uo pipefail
 
@@ -82,6 +83,9 @@ run pp2 2 parallel.pipeline=2 && compare single pp2
 run pp4 4 parallel.pipeline=4 && compare single pp4
 run pp2tp2 4 parallel.pipeline=2 parallel.tensor=2 train.recompute=selective && compare single pp2tp2
 run pp2dp2z 4 parallel.pipeline=2 parallel.data=2 parallel.zero=1 && compare single pp2dp2z
+run pp2dp2 4 parallel.pipeline=2 parallel.data=2 && compare single pp2dp2  # buckets armed on the last backward
+run pp2v2dp2 4 parallel.pipeline=2 parallel.data=2 parallel.schedule=interleaved parallel.virtual_stages=2 \
+  && compare single pp2v2dp2
 run pp2v2 2 parallel.pipeline=2 parallel.schedule=interleaved parallel.virtual_stages=2 && compare single pp2v2
 run pp2tied 2 parallel.pipeline=2 model.tie_word_embeddings=true && compare single_tied pp2tied
 run pp3cut 3 parallel.pipeline=3 "parallel.pipeline_layers=[2,1,1]" train.recompute=full && compare single pp3cut
