@@ -198,6 +198,16 @@ int64_t llama_num_matmul_params(const ModelConfig& m) {
 
 // ---- activations --------------------------------------------------------------------------------
 
+bool head_only(Act id) {
+  switch (id) {
+    case Act::kTargets: case Act::kRstdF: case Act::kLnF: case Act::kLnFLocal: case Act::kLogits:
+    case Act::kLosses: case Act::kLossSum: case Act::kHeadLse:
+      return true;
+    default:
+      return false;
+  }
+}
+
 bool kept_per_layer(const ActivationSpec& a, Recompute rc) {
   return a.layer && int(rc) < int(a.shared_from);
 }

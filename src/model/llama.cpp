@@ -220,9 +220,11 @@ void LlamaModel::alloc_activations(bool pipeline) {
         if (a.id == Act::kDres && pipeline) sl.dout = alloc(a);
       }
     }
+  bool head = false;
+  for (const auto& c : chunks_) head = head || c.head;
   for (const auto& a : specs)
-    if (!a.layer && a.id != Act::kResid && a.id != Act::kTokens) model_buffer(a.id) = alloc(a);
-  head_chunk_ = logits_.shape.dims[0];
+    if (!a.layer && a.id != Act::kResid && a.id != Act::kTokens && (head || !head_only(a.id))) model_buffer(a.id) = alloc(a);
+  head_chunk_ = head ? logits_.shape.dims[0] : 0;
   // Without tensor parallelism the sequence-parallel halves of each pair are one buffer.
   if (P_ == 1) {
     lnf_local_ = lnf_;

@@ -33,10 +33,11 @@ struct Count {
   }
 };
 
-// A chunk of layers as LlamaModel allocates it: its layers, its slots, the embedding or not.
+// A chunk of layers as LlamaModel allocates it: its layers, its slots, whether it has the embedding
+// and whether the head.
 struct ChunkShape {
   int layers, slots;
-  bool embed;
+  bool embed, head;
 };
 
 // LlamaModel::alloc_activations: the same loops over model/layout.h's table.
@@ -59,8 +60,10 @@ Count activation_count(const ModelConfig& m, int B, int T, Recompute rc, int P, 
         if (a.id == Act::kDres && pipeline) add(a);  // the slot's output gradient
       }
     }
+  bool head = false;  // the last chunk of the model: LlamaModel's ChunkShape.head
+  for (const ChunkShape& ch : chunks) head = head || ch.head;
   for (const auto& a : specs)
-    if (!a.layer && a.id != Act::kResid && a.id != Act::kTokens) add(a);
+    if (!a.layer && a.id != Act::kResid && a.id != Act::kTokens && (head || !head_only(a.id))) add(a);
   return c;
 }
 
@@ -212,7 +215,7 @@ MemoryPlan memory_plan(const Config& cfg, int dp, int tp, const MemoryPlanOption
 
   // The chunks of layers this rank runs (LlamaModel's constructor): the whole model, or a
   // pipeline stage's chunks with the slots its schedule needs.
-  std::vector<ChunkShape> chunks{{m.num_hidden_layers, 1, true}};
+  std::vector<ChunkShape> chunks{{m.num_hidden_layers, 1, true, true}};
   ParamLayout layout;
   if (pp > 1) {
     const PipelineSplit split = llama_pipeline_split(m, T, pp, cfg.parallel.virtual_stages, cfg.parallel.pipeline_layers);
@@ -221,7 +224,7 @@ MemoryPlan memory_plan(const Config& cfg, int dp, int tp, const MemoryPlanOption
     chunks.clear();
     for (int v = 0; v < split.virtual_stages; ++v) {
       const int g = split.chunk(stage, v);
-      chunks.push_back({split.layers(g), prog.slots[size_t(v)], g == 0});
+      chunks.push_back({split.layers(g), prog.slots[size_t(v)], g == 0, g == split.chunks() - 1});
     }
     layout = llama_stage_param_layout(m, tp, split, stage);
   } else {

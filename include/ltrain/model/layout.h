@@ -142,6 +142,9 @@ struct ActivationSpec {
 // Whether every layer has its own buffer of this member under `rc` (else layers 1.. use layer
 // 0's). False for per-model buffers.
 bool kept_per_layer(const ActivationSpec& a, Recompute rc);
+// The per-model buffers only the output head uses (the final norm, the logits, the losses and the
+// targets): a pipeline stage without the head has none of them.
+bool head_only(Act id);
 
 // The layer members for a micro-batch of B x T, in LayerActs order.
 std::vector<ActivationSpec> llama_layer_activations(const LlamaDims& d, int64_t B, int64_t T);
