@@ -12,7 +12,6 @@
 #include "ltrain/model/flops.h"
 #include "ltrain/model/layout.h"
 #include "ltrain/train/memory_plan.h"
-#include "ltrain/train/pipeline.h"
 
 namespace ltrain {
 
@@ -109,13 +108,6 @@ namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The activation slots each chunk of `stage` needs: the micro-batches in flight in it.
-std::vector<int> stage_slots(const PipelineSplit& split, int stage, int m, bool interleaved) {
-  if (split.stages == 1) return {1};
-  return plan_pipeline(split.stages, split.virtual_stages, stage, m, interleaved).slots;
-}
-
-
 }  // namespace
 
 StageMemory stage_memory(const Config& cfg, const PipelineSplit& split, int stage, int data, int micro_batches,
@@ -139,7 +131,7 @@ StageMemory stage_memory(const Config& cfg, const PipelineSplit& split, int stag
   s.workspace = plan.workspace;
   s.reserve = plan.reserve;
   s.allocations = plan.allocations;
-  s.slots = stage_slots(split, stage, micro_batches, cfg.parallel.schedule == "interleaved");
+  s.slots = plan.slots;
   return s;
 }
 

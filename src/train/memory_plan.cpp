@@ -222,6 +222,7 @@ MemoryPlan memory_plan(const Config& cfg, int dp, int tp, const MemoryPlanOption
     const PipelineProgram prog = plan_pipeline(pp, split.virtual_stages, stage, cfg.grad_accum_steps(dp),
                                                cfg.parallel.schedule == "interleaved");
     chunks.clear();
+    p.slots = prog.slots;
     for (int v = 0; v < split.virtual_stages; ++v) {
       const int g = split.chunk(stage, v);
       chunks.push_back({split.layers(g), prog.slots[size_t(v)], g == 0, g == split.chunks() - 1});

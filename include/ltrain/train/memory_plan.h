@@ -12,6 +12,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "ltrain/config/config.h"
 #include "ltrain/core/backend.h"
@@ -38,6 +39,7 @@ struct MemoryPlan {
   int64_t shard_elements = 0;  // the optimizer's part of them (param_elements / dp under ZeRO-1)
   int64_t rope_bytes = 0, matmul_workspace_bytes = 0, scratch_bytes = 0;
   int allocations = 0;         // device allocations of the model, optimizer and backend
+  std::vector<int> slots{1};   // micro-batches in flight per chunk of the stage (train/pipeline.h)
 
   // The inputs, for the hint of a refusal.
   Config config;
