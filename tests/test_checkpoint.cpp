@@ -111,8 +111,9 @@ class ThreadComm final : public Communicator {
     g_.exchange(rank_, buf.data, [&](const std::vector<const void*>& all) { std::memcpy(tmp.data(), all[size_t(root)], tmp.size()); });
     std::memcpy(buf.data, tmp.data(), tmp.size());
   }
-  void send_recv(const std::vector<P2p>&) override {
+  int send_recv_start(const std::vector<P2p>&) override {
     LTRAIN_CHECK(false, "ThreadComm has no point-to-point messages");
+    return 0;
   }
   int all_reduce_sum_start(Tensor buf) override {
     all_reduce_sum(buf);

@@ -84,7 +84,10 @@ class SizeOnlyCommunicator final : public Communicator {
   void reduce_scatter_sum(Tensor, const Tensor&) override { fail(); }
   void all_gather(Tensor, const Tensor&) override { fail(); }
   void broadcast(Tensor, int) override { fail(); }
-  void send_recv(const std::vector<P2p>&) override { fail(); }
+  int send_recv_start(const std::vector<P2p>&) override {
+    fail();
+    return 0;
+  }
   int all_reduce_sum_start(Tensor) override {
     fail();
     return 0;

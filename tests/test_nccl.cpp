@@ -65,6 +65,30 @@ TEST(NcclSingleGpu, SendRecvToItselfInOneGroup) {
   }
 }
 
+// The pipeline's form: started, then completed for the backend's stream only
+// (wait_on_stream: the stream waits on the device, the host does not), then consumed by an op
+// queued on that stream. Two exchanges are in flight at once, completed in the other order.
+TEST(NcclSingleGpu, SendRecvStartedThenCompletedOnTheStream) {
+  LTRAIN_SKIP_WITHOUT_GPU();
+  Communicator& boot = single_process().pipeline();
+  std::unique_ptr<Communicator> nccl = make_nccl_communicator(boot, 0, &gpu());
+  ASSERT_TRUE(nccl->orders_after_device_work());
+  const int64_t n = 1 << 20;  // large enough that the transfers take a while
+  std::vector<double> x(static_cast<size_t>(n)), y(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) x[size_t(i)] = double(i % 509) - 200, y[size_t(i)] = double(i % 97) + 1;
+  Tensor a = upload(x, DType::kF32), b = upload(y, DType::kF32);
+  Tensor ra = poisoned(n, DType::kF32), rb = poisoned(n, DType::kF32), sum = poisoned(n, DType::kF32);
+  gpu().add(a, a, a);  // queued before the first exchange: it sends 2x
+  const int first = nccl->send_recv_start({{a, 0, true}, {ra, 0, false}});
+  const int second = nccl->send_recv_start({{b, 0, true}, {rb, 0, false}});
+  nccl->wait_on_stream(second);
+  nccl->wait_on_stream(first);
+  gpu().add(sum, ra, rb);  // on the stream, after both waits
+  const auto got = download(sum);
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(got[size_t(i)], 2 * x[size_t(i)] + y[size_t(i)]) << i;
+  for (Tensor* t : {&a, &b, &ra, &rb, &sum}) gpu().free(*t);
+}
+
 TEST(NcclSingleGpu, CollectivesAgainstClosedForms) {
   LTRAIN_SKIP_WITHOUT_GPU();
   Communicator& boot = single_process().data();

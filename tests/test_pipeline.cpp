@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <random>
 #include <set>
 #include <tuple>
@@ -84,6 +85,54 @@ TEST(PipelineSchedule, MessagesMatchBetweenStages) {
     EXPECT_EQ(sent, received);
     EXPECT_EQ(activations, (P * V - 1) * m);
     EXPECT_EQ(gradients, (P * V - 1) * m);
+  }
+}
+
+// Overlap: each exchange is started at its tick and completed (Tick::settle) right before the
+// first later op of the stage on one of its buffers, never earlier; no op runs on a buffer whose
+// exchange is still in flight; what is left completes at the end of the step. Under 1F1B only
+// the warm-up forwards overlap their exchanges (in the steady state each one carries what the
+// next op needs; Megatron-LM too overlaps only under the interleaved schedule); interleaving
+// overlaps more.
+TEST(PipelineSchedule, ExchangesCompleteRightBeforeTheirBuffersAreUsed) {
+  for (const auto& [P, m] : std::vector<std::pair<int, int>>{{2, 4}, {2, 8}, {3, 6}, {4, 8}}) {
+    int overlapped[2] = {0, 0};  // 1F1B, interleaved (V = 2), over all stages
+    for (const bool inter : {false, true})
+      for (int p = 0; p < P; ++p) {
+        SCOPED_TRACE(::testing::Message() << "P " << P << " m " << m << (inter ? " interleaved" : " 1f1b") << " stage " << p);
+        const PipelineProgram prog = plan_pipeline(P, inter ? 2 : 1, p, m, inter);
+        std::map<int, std::set<std::pair<int, int>>> pending;  // started exchange -> its (chunk, slot)s
+        std::map<int, bool> ran_since;                        // an op ran while it was in flight
+        int exchanges = 0, overlaps = 0;
+        for (size_t i = 0; i < prog.ticks.size(); ++i) {
+          const auto& t = prog.ticks[i];
+          if (t.has_op) {
+            const std::pair<int, int> mine{t.op.chunk, t.slot};
+            for (int j : t.settle) {
+              ASSERT_TRUE(pending.count(j)) << "tick " << t.tick << " completes exchange " << j << " not in flight";
+              EXPECT_TRUE(pending[j].count(mine)) << "exchange " << j << " completed before it is needed";
+              overlaps += ran_since[j];
+              pending.erase(j);
+            }
+            for (auto& [j, bufs] : pending) {
+              EXPECT_FALSE(bufs.count(mine)) << "tick " << t.tick << " runs on a buffer of exchange " << j << " in flight";
+              ran_since[j] = true;
+            }
+          } else {
+            EXPECT_TRUE(t.settle.empty());
+          }
+          if (t.messages.empty()) continue;
+          ++exchanges;
+          for (const auto& msg : t.messages) pending[int(i)].insert({msg.chunk, msg.slot});
+          ran_since[int(i)] = false;
+        }
+        for (const auto& [j, bufs] : pending) overlaps += ran_since[j];  // completed at the end
+        EXPECT_EQ(prog.exchanges, exchanges);
+        EXPECT_EQ(prog.overlapped_exchanges, overlaps);
+        if (!inter) EXPECT_EQ(overlaps, std::min(m, P - p - 1));  // one per warm-up forward
+        overlapped[inter] += overlaps;
+      }
+    EXPECT_GT(overlapped[1], overlapped[0]) << "P " << P << " m " << m;
   }
 }
 

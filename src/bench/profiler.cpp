@@ -124,11 +124,14 @@ void TimingCommunicator::reduce_scatter_sum(Tensor out, const Tensor& in) {
 }
 void TimingCommunicator::all_gather(Tensor out, const Tensor& in) { timed([&] { inner_.all_gather(out, in); }); }
 void TimingCommunicator::broadcast(Tensor buf, int root) { timed([&] { inner_.broadcast(buf, root); }); }
-void TimingCommunicator::send_recv(const std::vector<P2p>& ops) { timed([&] { inner_.send_recv(ops); }); }
+int TimingCommunicator::send_recv_start(const std::vector<P2p>& ops) {
+  return timed([&] { return inner_.send_recv_start(ops); });
+}
 int TimingCommunicator::all_reduce_sum_start(Tensor buf) {
   return timed([&] { return inner_.all_reduce_sum_start(buf); });
 }
 void TimingCommunicator::wait(int ticket) { timed([&] { inner_.wait(ticket); }); }
+void TimingCommunicator::wait_on_stream(int ticket) { timed([&] { inner_.wait_on_stream(ticket); }); }
 double TimingCommunicator::sum(double x) { return timed([&] { return inner_.sum(x); }); }
 double TimingCommunicator::max(double x) { return timed([&] { return inner_.max(x); }); }
 void TimingCommunicator::barrier() { timed([&] { inner_.barrier(); }); }

@@ -116,10 +116,11 @@ std::string format_bench_report(const nlohmann::json& r) {
                             100 * num(r, "comm_fraction"), step - comm));
   }
   if (pipe.is_object()) {
-    row("pipeline", strfmt("%s, %d stages x %d chunks, %d micro-batches | bubble %.1f%% measured (send/recv "
-                           "time over the step, mean over ranks) | ideal %.1f%%",
+    row("pipeline", strfmt("%s, %d stages x %d chunks, %d micro-batches | bubble %.1f%% measured (waits for "
+                           "other stages over the step, mean over ranks) | ideal %.1f%% | %lld of %lld exchanges overlap an op",
                            pipe["schedule"].get<std::string>().c_str(), pp, pipe["virtual_stages"].get<int>(),
-                           pipe["micro_batches"].get<int>(), 100 * num(pipe, "bubble"), 100 * num(pipe, "ideal_bubble")));
+                           pipe["micro_batches"].get<int>(), 100 * num(pipe, "bubble"), 100 * num(pipe, "ideal_bubble"),
+                           (long long)pipe["overlapped_exchanges"].get<int64_t>(), (long long)pipe["exchanges"].get<int64_t>()));
   }
   if (r["scaling_efficiency"].is_number()) {
     row("scaling", strfmt("%.1f%% of %s tokens/s per rank in %s", 100 * num(r, "scaling_efficiency"),

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <numeric>
 
 #include "bench/bench_util.h"
 #include "ltrain/backends/factory.h"
@@ -76,16 +77,17 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt, ParallelCon
   const size_t copy_bytes = size_t(raw->is_cuda() ? 256 : 32) << 20;
   const double copy_gbps = opt.profile ? measure_copy_bandwidth(*raw, copy_bytes) : NAN;
   // Every collective of the step goes through a timing wrapper: communication vs compute. The
-  // pipeline's send_recv time is the time a stage waits for its neighbours: the bubble.
+  // pipeline measures its own waits for the neighbouring stages (Pipeline::measure_waits): its
+  // messages overlap the compute, so their time inside the calls says nothing on the GPU.
   TimingCommunicator dp(*comms.dp);
-  std::unique_ptr<TimingCommunicator> tp, pp;
+  std::unique_ptr<TimingCommunicator> tp;
   if (comms.tp) tp = std::make_unique<TimingCommunicator>(*comms.tp);
-  if (comms.pp) pp = std::make_unique<TimingCommunicator>(*comms.pp);
   const bool zero = cfg.parallel.zero == 1 && dp_size > 1;
-  StepParts parts = build_step_parts(cfg, *raw, {&dp, tp.get(), comms.tp_host, pp.get(), comms.pp_host});
+  StepParts parts = build_step_parts(cfg, *raw, {&dp, tp.get(), comms.tp_host, comms.pp, comms.pp_host});
   LlamaModel& model = *parts.model;
   auto comm_seconds = [&] { return dp.seconds() + (tp ? tp->seconds() : 0.0); };
-  auto p2p_seconds = [&] { return pp ? pp->seconds() : 0.0; };
+  if (parts.pipeline) parts.pipeline->measure_waits(true);
+  auto p2p_seconds = [&] { return parts.pipeline ? parts.pipeline->take_wait_seconds() : 0.0; };
 
   // Synthetic tokens: seeded uniform ids < vocab, different on each data-parallel rank; targets
   // are the next ids of the same stream. A few distinct micro-batches are cycled through, built
@@ -131,14 +133,17 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt, ParallelCon
 
   std::vector<double> step_ms, comm_ms, p2p_ms, losses;
   for (int i = 0; i < opt.steps; ++i) {
-    const double c0 = comm_seconds(), q0 = p2p_seconds();
+    const double c0 = comm_seconds();
+    p2p_seconds();  // drop the waits of earlier steps
     const double t0 = wall_time_seconds();
     losses.push_back(bench_step());
     const double dt = wall_time_seconds() - t0;
     step_ms.push_back(dt * 1e3);
     comm_ms.push_back((comm_seconds() - c0) * 1e3);
-    p2p_ms.push_back((p2p_seconds() - q0) * 1e3);
+    p2p_ms.push_back(p2p_seconds() * 1e3);  // bench_step synchronized the backend
   }
+
+  if (parts.pipeline) parts.pipeline->measure_waits(false);
 
   // --profile: as many extra steps with every op timed by the backend's event timer.
   nlohmann::json profile = nullptr;
@@ -288,12 +293,19 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt, ParallelCon
   r["compute_ms_per_step"] = step_mean - comm_mean;
   r["comm_fraction"] = step_mean > 0 ? comm_mean / step_mean : 0.0;
   r["per_rank_comm_ms_per_step"] = rank_comm;
-  // Pipeline: the measured bubble is each rank's time in send_recv (waiting for its neighbours,
-  // and the transfers) over its step; the ideal one counts idle ticks of the schedule, one tick
-  // per forward or backward: (P - 1) / (m + P - 1) under 1F1B, (P - 1) / (V m + P - 1) interleaved.
+  // Pipeline: the measured bubble is the share of each rank's step it waits for its neighbours:
+  // its stream's waits for messages (their transfers included) and its wait for the other stages
+  // in the step's loss sum; the ideal one counts idle ticks of the schedule, one tick per forward
+  // or backward: (P - 1) / (m + P - 1) under 1F1B, (P - 1) / (V m + P - 1) interleaved.
   r["pipeline"] = nullptr;
   if (parts.pipeline) {
     const std::vector<double> rank_bubble = gather_scalar(w, mean(p2p_ms) / my_mean);
+    // Exchanges (each a stage's batch of messages in one tick) with an op of the stage between
+    // their start and their completion, over every rank.
+    const PipelineProgram& prog = parts.pipeline->program();
+    const std::vector<double> overlapped = gather_scalar(w, prog.overlapped_exchanges);
+    const std::vector<double> exchanges = gather_scalar(w, prog.exchanges);
+    auto total = [](const std::vector<double>& v) { return int64_t(std::llround(std::accumulate(v.begin(), v.end(), 0.0))); };
     r["pipeline"] = {{"stages", pp_size},
                      {"schedule", cfg.parallel.schedule},
                      {"virtual_stages", cfg.parallel.virtual_stages},
@@ -301,7 +313,9 @@ nlohmann::json run_bench(const Config& cfg, const BenchOptions& opt, ParallelCon
                      {"ideal_bubble", parts.pipeline->ideal_bubble()},
                      {"bubble", mean(rank_bubble)},
                      {"per_rank_bubble", rank_bubble},
-                     {"p2p_ms_per_step", mean(p2p_ms)}};
+                     {"wait_ms_per_step", mean(p2p_ms)},
+                     {"overlapped_exchanges", total(overlapped)},
+                     {"exchanges", total(exchanges)}};
   }
   r["loss_first"] = num_or_null(losses.front());
   r["loss_last"] = num_or_null(losses.back());

@@ -110,7 +110,7 @@ class NcclCommunicator final : public Communicator {
     NCCL_CHECK(ncclBroadcast(buf.data, buf.data, size_t(buf.numel()), nccl_type(buf.dtype), root, comm_, stream_));
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
-  void send_recv(const std::vector<P2p>& ops) override {
+  int send_recv_start(const std::vector<P2p>& ops) override {
     after_producer();
     // One group: ranks that send to each other do not deadlock.
     NCCL_CHECK(ncclGroupStart());
@@ -119,34 +119,24 @@ class NcclCommunicator final : public Communicator {
       else NCCL_CHECK(ncclRecv(op.buf.data, size_t(op.buf.numel()), nccl_type(op.buf.dtype), op.peer, comm_, stream_));
     }
     NCCL_CHECK(ncclGroupEnd());
-    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return record_ticket();
   }
   int all_reduce_sum_start(Tensor buf) override {
     after_producer();
     NCCL_CHECK(ncclAllReduce(buf.data, buf.data, size_t(buf.numel()), nccl_type(buf.dtype), ncclSum, comm_, stream_));
-    cudaEvent_t e;
-    CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-    CUDA_CHECK(cudaEventRecord(e, stream_));
-    events_.push_back(e);
-    done_.push_back(false);
-    return int(events_.size()) - 1;
+    return record_ticket();
   }
   void wait(int ticket) override {
     LTRAIN_CHECK(ticket >= 0 && ticket < int(events_.size()), "unknown ticket " << ticket);
     CUDA_CHECK(cudaEventSynchronize(events_[ticket]));
-    // NCCL reports errors of asynchronous operations here rather than at launch.
-    ncclResult_t async_err;
-    NCCL_CHECK(ncclCommGetAsyncError(comm_, &async_err));
-    NCCL_CHECK(async_err);
-    done_[ticket] = true;
-    // Tickets are reused once every outstanding operation has completed.
-    bool all_done = true;
-    for (bool d : done_) all_done = all_done && d;
-    if (all_done) {
-      for (auto e : events_) cudaEventDestroy(e);
-      events_.clear();
-      done_.clear();
-    }
+    finish(ticket);
+  }
+  void wait_on_stream(int ticket) override {
+    if (!producer_) return wait(ticket);
+    LTRAIN_CHECK(ticket >= 0 && ticket < int(events_.size()), "unknown ticket " << ticket);
+    // The producer's stream waits on the device; the host goes on queueing.
+    CUDA_CHECK(cudaStreamWaitEvent(producer_, events_[ticket], 0));
+    finish(ticket);
   }
   double sum(double x) override { return boot_.sum(x); }
   double max(double x) override { return boot_.max(x); }
@@ -156,6 +146,31 @@ class NcclCommunicator final : public Communicator {
   }
 
  private:
+  // An event after the work just queued on the communicator's stream: the ticket.
+  int record_ticket() {
+    cudaEvent_t e;
+    CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventRecord(e, stream_));
+    events_.push_back(e);
+    done_.push_back(false);
+    return int(events_.size()) - 1;
+  }
+  void finish(int ticket) {
+    // NCCL reports errors of asynchronous operations here rather than at launch.
+    ncclResult_t async_err;
+    NCCL_CHECK(ncclCommGetAsyncError(comm_, &async_err));
+    NCCL_CHECK(async_err);
+    done_[size_t(ticket)] = true;
+    // Tickets are reused once every outstanding operation has completed (destroying an event a
+    // stream still waits on is allowed: it is released when it completes).
+    bool all_done = true;
+    for (bool d : done_) all_done = all_done && d;
+    if (all_done) {
+      for (auto e : events_) cudaEventDestroy(e);
+      events_.clear();
+      done_.clear();
+    }
+  }
   // The communicator's stream waits for the work queued so far on the producer's stream.
   void after_producer() {
     if (!producer_) return;

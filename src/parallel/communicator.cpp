@@ -26,8 +26,8 @@ class SingleCommunicator final : public Communicator {
   void reduce_scatter_sum(Tensor out, const Tensor& in) override { copy(out, in); }
   void all_gather(Tensor out, const Tensor& in) override { copy(out, in); }
   void broadcast(Tensor, int) override {}
-  void send_recv(const std::vector<P2p>& ops) override {
-    // To itself: the i-th send lands in the i-th receive.
+  int send_recv_start(const std::vector<P2p>& ops) override {
+    // To itself: the i-th send lands in the i-th receive, at once.
     std::vector<const P2p*> sends, recvs;
     for (const auto& op : ops) {
       LTRAIN_CHECK(op.peer == 0, "point-to-point with rank " << op.peer << " of 1");
@@ -35,6 +35,7 @@ class SingleCommunicator final : public Communicator {
     }
     LTRAIN_CHECK(sends.size() == recvs.size(), "unmatched point-to-point messages");
     for (size_t i = 0; i < sends.size(); ++i) copy(recvs[i]->buf, sends[i]->buf);
+    return 0;
   }
   int all_reduce_sum_start(Tensor) override { return 0; }
   void wait(int) override {}
@@ -96,7 +97,7 @@ class MpiCommunicator final : public Communicator {
   void broadcast(Tensor buf, int root) override {
     MPI_CHECK(MPI_Bcast(buf.data, int(buf.numel()), mpi_type(buf.dtype), root, comm_));
   }
-  void send_recv(const std::vector<P2p>& ops) override {
+  int send_recv_start(const std::vector<P2p>& ops) override {
     std::vector<MPI_Request> reqs(ops.size(), MPI_REQUEST_NULL);
     for (size_t i = 0; i < ops.size(); ++i) {
       const P2p& op = ops[i];
@@ -105,22 +106,23 @@ class MpiCommunicator final : public Communicator {
       else
         MPI_CHECK(MPI_Irecv(op.buf.data, int(op.buf.numel()), mpi_type(op.buf.dtype), op.peer, kP2pTag, comm_, &reqs[i]));
     }
-    MPI_CHECK(MPI_Waitall(int(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE));
+    return add_ticket(std::move(reqs));
   }
   int all_reduce_sum_start(Tensor buf) override {
     MPI_Request req = MPI_REQUEST_NULL;
     if (size_ > 1)
       MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf.data, int(buf.numel()), mpi_type(buf.dtype), MPI_SUM, comm_, &req));
-    requests_.push_back(req);
-    return int(requests_.size()) - 1;
+    return add_ticket({req});
   }
   void wait(int ticket) override {
-    LTRAIN_CHECK(ticket >= 0 && ticket < int(requests_.size()), "unknown ticket " << ticket);
-    MPI_CHECK(MPI_Wait(&requests_[ticket], MPI_STATUS_IGNORE));
-    // Tickets are reused once every outstanding request has completed.
+    LTRAIN_CHECK(ticket >= 0 && ticket < int(tickets_.size()), "unknown ticket " << ticket);
+    auto& reqs = tickets_[size_t(ticket)];
+    MPI_CHECK(MPI_Waitall(int(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE));
+    reqs.clear();
+    // Tickets are reused once every outstanding operation has completed.
     bool all_done = true;
-    for (auto& r : requests_) all_done = all_done && r == MPI_REQUEST_NULL;
-    if (all_done) requests_.clear();
+    for (const auto& r : tickets_) all_done = all_done && r.empty();
+    if (all_done) tickets_.clear();
   }
   double sum(double x) override {
     double y = x;
@@ -137,7 +139,11 @@ class MpiCommunicator final : public Communicator {
  private:
   MPI_Comm comm_;
   int rank_ = 0, size_ = 1;
-  std::vector<MPI_Request> requests_;
+  int add_ticket(std::vector<MPI_Request> reqs) {
+    tickets_.push_back(std::move(reqs));
+    return int(tickets_.size()) - 1;
+  }
+  std::vector<std::vector<MPI_Request>> tickets_;  // each started operation's requests
 };
 
 bool launched_by_mpi() {

@@ -62,13 +62,18 @@ class WatchedCommunicator final : public Communicator {
   }
   void all_gather(Tensor out, const Tensor& in) override { timed("all_gather", [&] { inner_.all_gather(out, in); }); }
   void broadcast(Tensor buf, int root) override { timed("broadcast", [&] { inner_.broadcast(buf, root); }); }
-  void send_recv(const std::vector<P2p>& ops) override { timed("send_recv", [&] { inner_.send_recv(ops); }); }
+  int send_recv_start(const std::vector<P2p>& ops) override {
+    int t = 0;
+    timed("send_recv (start)", [&] { t = inner_.send_recv_start(ops); });
+    return started(t, "send_recv (wait)");
+  }
   int all_reduce_sum_start(Tensor buf) override {
     int t = 0;
     timed("all_reduce_sum (start)", [&] { t = inner_.all_reduce_sum_start(buf); });
-    return t;
+    return started(t, "all_reduce_sum (wait)");
   }
-  void wait(int ticket) override { timed("all_reduce_sum (wait)", [&] { inner_.wait(ticket); }); }
+  void wait(int ticket) override { timed(waited(ticket), [&] { inner_.wait(ticket); }); }
+  void wait_on_stream(int ticket) override { timed(waited(ticket), [&] { inner_.wait_on_stream(ticket); }); }
   double sum(double x) override {
     double y = 0;
     timed("sum", [&] { y = inner_.sum(x); });
@@ -103,7 +108,17 @@ class WatchedCommunicator final : public Communicator {
     f();
     started_.store(0);
   }
+  // The name of each started operation, by ticket, for the message of a wait that times out.
+  int started(int ticket, const char* wait_name) {
+    if (size_t(ticket) >= wait_names_.size()) wait_names_.resize(size_t(ticket) + 1, "wait");
+    wait_names_[size_t(ticket)] = wait_name;
+    return ticket;
+  }
+  const char* waited(int ticket) const {
+    return ticket >= 0 && size_t(ticket) < wait_names_.size() ? wait_names_[size_t(ticket)] : "wait";
+  }
   Communicator& inner_;
+  std::vector<const char*> wait_names_;
   double timeout_s_;
   int world_rank_;
   std::string host_, group_;

@@ -5,6 +5,7 @@
 #include <tuple>
 
 #include "ltrain/core/check.h"
+#include "ltrain/core/io.h"
 
 namespace ltrain {
 
@@ -140,6 +141,38 @@ PipelineProgram plan_pipeline(int P, int V, int stage, int m, bool interleaved) 
   }
   PipelineProgram prog;
   for (auto& [t, tick] : by_tick) prog.ticks.push_back(std::move(tick));
+  // 4. When each exchange completes: before the first later op on one of its (chunk, slot)
+  // buffers. Messages touch only the input, output and output-gradient buffers of their slot,
+  // and an op only its own slot's (and buffers no message uses), so this is the first op that
+  // reads what was received or overwrites what was sent.
+  struct Pending {
+    int tick;
+    std::vector<std::pair<int, int>> bufs;  // (chunk, slot)
+    bool overlapped = false;
+  };
+  std::vector<Pending> pending;
+  for (size_t i = 0; i < prog.ticks.size(); ++i) {
+    PipelineProgram::Tick& tick = prog.ticks[i];
+    if (tick.has_op) {
+      const std::pair<int, int> mine{tick.op.chunk, tick.slot};
+      for (auto it = pending.begin(); it != pending.end();) {
+        if (std::find(it->bufs.begin(), it->bufs.end(), mine) != it->bufs.end()) {
+          tick.settle.push_back(it->tick);
+          prog.overlapped_exchanges += it->overlapped;
+          it = pending.erase(it);
+        } else {
+          it->overlapped = true;  // this op runs while the exchange is in flight
+          ++it;
+        }
+      }
+    }
+    if (tick.messages.empty()) continue;
+    Pending p{int(i), {}, false};
+    for (const auto& msg : tick.messages) p.bufs.push_back({msg.chunk, msg.slot});
+    pending.push_back(std::move(p));
+    ++prog.exchanges;
+  }
+  for (const Pending& p : pending) prog.overlapped_exchanges += p.overlapped;
   prog.total_ticks = ticks;
   prog.busy_ticks = int(order[size_t(stage)].size());
   for (int v = 0; v < V; ++v) prog.slots.push_back(std::max(1, used[size_t(v * P + stage)]));
@@ -169,10 +202,19 @@ void Pipeline::run(const int32_t* inputs, const int32_t* targets, int B, int T, 
   size_t last_backward = 0;
   for (size_t i = 0; i < program_.ticks.size(); ++i)
     if (program_.ticks[i].has_op && !program_.ticks[i].op.forward) last_backward = i;
+  std::vector<int> ticket(program_.ticks.size(), -1);  // each started exchange's, until completed
   std::vector<Communicator::P2p> ops;
   for (size_t i = 0; i < program_.ticks.size(); ++i) {
     const PipelineProgram::Tick& tick = program_.ticks[i];
     if (tick.has_op) {
+      // The exchanges this op depends on complete first: on the GPU the stream waits for them,
+      // the host does not.
+      for (int j : tick.settle) {
+        const int mark = wait_timer_ ? wait_timer_->record() : -1;
+        comm_.wait_on_stream(ticket[size_t(j)]);
+        if (wait_timer_) wait_marks_.push_back({mark, wait_timer_->record()});
+        ticket[size_t(j)] = -1;
+      }
       const PipeOp& op = tick.op;
       if (op.forward) {
         model_.chunk_forward(op.chunk, tick.slot, inputs + per * size_t(op.micro), targets + per * size_t(op.micro),
@@ -192,8 +234,43 @@ void Pipeline::run(const int32_t* inputs, const int32_t* targets, int B, int T, 
       ops.push_back({buf, m.peer, m.send});
     }
     if (!comm_.orders_after_device_work()) model_.backend().synchronize();
-    comm_.send_recv(ops);
+    ticket[i] = comm_.send_recv_start(ops);
   }
+  // The step ends with every message delivered, on the host: a stage that stalls is caught here
+  // by the watchdog at the latest.
+  for (int t : ticket) {
+    if (t < 0) continue;
+    const int mark = wait_timer_ ? wait_timer_->record() : -1;
+    comm_.wait(t);
+    if (wait_timer_) wait_marks_.push_back({mark, wait_timer_->record()});
+  }
+  // On the GPU the exchanges completed on the stream were not waited for by the host, and the
+  // stage's last ops may wait on them: an empty exchange, ordered after all of that, is.
+  if (comm_.orders_after_device_work()) comm_.wait(comm_.send_recv_start({}));
+}
+
+double Pipeline::loss_sum(double local) {
+  const double t0 = wait_timer_ ? wall_time_seconds() : 0;
+  const double sum = host_.sum(local);
+  if (wait_timer_) host_wait_seconds_ += wall_time_seconds() - t0;
+  return sum;
+}
+
+void Pipeline::measure_waits(bool on) {
+  take_wait_seconds();
+  if (on && !wait_timer_) wait_timer_ = model_.backend().make_event_timer();
+  if (!on) wait_timer_.reset();
+}
+
+double Pipeline::take_wait_seconds() {
+  double s = host_wait_seconds_;
+  if (wait_timer_) {
+    for (const auto& [a, b] : wait_marks_) s += wait_timer_->seconds_between(a, b);
+    wait_timer_->clear();
+  }
+  wait_marks_.clear();
+  host_wait_seconds_ = 0;
+  return s;
 }
 
 void Pipeline::sum_tied_grads() {

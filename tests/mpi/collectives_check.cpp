@@ -110,6 +110,27 @@ int main(int argc, char** argv) {
     if (r == 0 && P > 1) w.send_recv({{view(one), P - 1, true}});
     if (r == P - 1 && P > 1) w.send_recv({{view(one), 0, false}});
     expect(one[6] == (r == 0 || r == P - 1 ? 42.0f : 0.0f), "one-sided send / recv", r);
+    // started, not waited (the pipeline's form): three exchanges around the ring in flight at
+    // once, with an all-reduce in between, completed in another order than started. Each lands
+    // in its own buffer: messages between two ranks match in the order they were posted.
+    std::vector<std::vector<float>> outs, ins;
+    for (int k = 0; k < 3; ++k) {
+      outs.emplace_back(5000, float(100 * k + r));  // above the eager limits: rendezvous
+      ins.emplace_back(5000, -1.0f);
+    }
+    std::vector<int> tickets;
+    for (int k = 0; k < 3; ++k)
+      tickets.push_back(w.send_recv_start({{view(outs[size_t(k)]), (r + 1) % P, true},
+                                           {view(ins[size_t(k)]), (r + P - 1) % P, false}}));
+    std::vector<float> red(3, 1.0f);
+    w.all_reduce_sum(view(red));
+    w.wait_on_stream(tickets[2]);
+    w.wait(tickets[0]);
+    w.wait(tickets[1]);
+    ok = red[0] == float(P);
+    for (int k = 0; k < 3; ++k)
+      for (float x : ins[size_t(k)]) ok = ok && x == float(100 * k + (r + P - 1) % P);
+    expect(ok, "started send_recv, completed out of order", r);
   }
 
   // grid: with P divisible by 4, data = P/4 x pipeline = 2 x tensor = 2: tensor groups are

@@ -139,6 +139,9 @@ p = r["pipeline"]
 assert r["pipeline_parallel"] == 2 and p["stages"] == 2 and p["micro_batches"] == 8, p
 assert abs(p["ideal_bubble"] - 1 / 9) < 1e-12, p  # (P - 1) / (m + P - 1)
 assert 0 < p["bubble"] < 1 and len(p["per_rank_bubble"]) == 2, p
+assert p["wait_ms_per_step"] > 0, p
+# 1F1B over 2 stages: stage 0's one warm-up forward overlaps its exchange; 9 exchanges a stage
+assert p["overlapped_exchanges"] == 1 and p["exchanges"] == 18, p
 assert r["tokens_per_sec_per_rank"] > 0
 PYEOF
 then echo "ok: bench reports the pipeline's bubble"; else fail "bench under pipeline (exit $rc)"; echo "$out" | tail -5; fi

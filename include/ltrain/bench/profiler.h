@@ -100,9 +100,10 @@ class TimingCommunicator final : public Communicator {
   void reduce_scatter_sum(Tensor out, const Tensor& in) override;
   void all_gather(Tensor out, const Tensor& in) override;
   void broadcast(Tensor buf, int root) override;
-  void send_recv(const std::vector<P2p>& ops) override;
+  int send_recv_start(const std::vector<P2p>& ops) override;
   int all_reduce_sum_start(Tensor buf) override;
   void wait(int ticket) override;
+  void wait_on_stream(int ticket) override;
   double sum(double x) override;
   double max(double x) override;
   void barrier() override;

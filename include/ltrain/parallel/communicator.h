@@ -29,19 +29,28 @@ class Communicator {
   virtual void all_gather(Tensor out, const Tensor& in) = 0;
   virtual void broadcast(Tensor buf, int root) = 0;
   // Point to point (pipeline stages): every send and receive of `ops` as one operation (NCCL:
-  // one group), so ranks that send to each other cannot deadlock. Returns when all are complete,
-  // like the blocking collectives; NCCL orders them after the producer's queued work. Between
-  // two ranks, messages match in the order they are posted.
+  // one group), so ranks that send to each other cannot deadlock. Between two ranks, messages
+  // match in the order they are posted. send_recv_start returns at once with a ticket, like
+  // all_reduce_sum_start; NCCL orders the messages after the producer's queued work. Until the
+  // ticket is waited for, the caller must not write a sent buffer nor read a received one.
+  // send_recv is the blocking form.
   struct P2p {
     Tensor buf;
     int peer;
     bool send;  // else receive into buf
   };
-  virtual void send_recv(const std::vector<P2p>& ops) = 0;
+  virtual int send_recv_start(const std::vector<P2p>& ops) = 0;
+  void send_recv(const std::vector<P2p>& ops) { wait(send_recv_start(ops)); }
   // Starts an in-place all-reduce and returns at once; wait() completes it. The caller must not
   // touch buf in between. Used to overlap gradient reduction with the rest of backward.
   virtual int all_reduce_sum_start(Tensor buf) = 0;
+  // Completes a started operation; afterwards its buffers hold their final values, for the host
+  // too.
   virtual void wait(int ticket) = 0;
+  // Completes a started operation for the work queued from now on the backend's stream: NCCL
+  // given that stream makes the stream wait for it on the device, so the host keeps queueing
+  // (the pipeline's messages overlap the next op). The others wait() on the host.
+  virtual void wait_on_stream(int ticket) { wait(ticket); }
 
   // True when a collective started now waits, on the device, for the work already queued on the
   // backend's stream (NCCL given that stream: an event, no host wait). Otherwise the caller

@@ -15,8 +15,18 @@
 // made it. Both ends of every message know its tick and its place in the batch, so messages match
 // in order, and no rank waits on a message that is not being sent. The simulation also counts the
 // activation slots each chunk needs (the micro-batches in flight): P - p on stage p under 1F1B.
+//
+// Overlap: an exchange is started, not waited for. It is completed right before the first later
+// op of the stage that touches one of its buffers (a received input or gradient it reads, a sent
+// output or gradient it overwrites), or at the end of the step. On the GPU that completion is a
+// wait of the compute stream on the device (Communicator::wait_on_stream), so the host never
+// blocks inside the step, and an exchange proceeds while the next op, on another micro-batch or
+// chunk, computes. Under 1F1B that is each stage's warm-up forwards; in the steady state every
+// exchange carries what the next op needs (Megatron-LM also overlaps only under the interleaved
+// schedule). Interleaving overlaps more: 16 of the 58 exchanges of P = 2, V = 2, m = 8.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "ltrain/model/llama.h"
@@ -50,11 +60,15 @@ struct PipelineProgram {
     PipeOp op{};
     int slot = -1;  // the op's slot
     std::vector<Message> messages;
+    // Earlier ticks (indices into ticks) whose exchanges complete before this tick's op.
+    std::vector<int> settle;
   };
   std::vector<Tick> ticks;
   std::vector<int> slots;  // per chunk
   int total_ticks = 0;     // of the whole schedule
   int busy_ticks = 0;      // this stage's ops: busy / total is its share of the step
+  // Exchanges with at least one of the stage's ops between their start and their completion.
+  int overlapped_exchanges = 0, exchanges = 0;
 };
 PipelineProgram plan_pipeline(int P, int V, int stage, int m, bool interleaved);
 
@@ -73,9 +87,17 @@ class Pipeline {
   // on both (after the data-parallel reduction), so both update alike. No-op otherwise.
   void sum_tied_grads();
   // The step's loss sum over the stages (only the last has one).
-  double loss_sum(double local) { return host_.sum(local); }
+  double loss_sum(double local);
   // The ideal bubble of this schedule: the share of the step's ticks this stage is idle.
   double ideal_bubble() const;
+  const PipelineProgram& program() const { return program_; }
+
+  // bench: while on, the time this stage waits for its neighbours is measured: its stream's
+  // waits for messages (marks of the backend's EventTimer around each one: CUDA events on the
+  // GPU), plus the host's wait in loss_sum for the stages still running. take_wait_seconds()
+  // returns the total since the last call; the backend must have synchronized.
+  void measure_waits(bool on);
+  double take_wait_seconds();
 
  private:
   LlamaModel& model_;
@@ -84,6 +106,9 @@ class Pipeline {
   Communicator& host_;
   Tensor tied_tmp_;  // the other stage's tied gradient
   int tied_peer_ = -1;
+  std::unique_ptr<EventTimer> wait_timer_;  // measure_waits(); null otherwise
+  std::vector<std::pair<int, int>> wait_marks_;
+  double host_wait_seconds_ = 0;
 };
 
 }  // namespace ltrain
