@@ -2,10 +2,15 @@
 // each other, tied embeddings, and the layout table's gradient units and tensor slices.
 #include <gtest/gtest.h>
 
+#include <omp.h>
+
 #include <cmath>
+#include <map>
 #include <random>
 
+#include "ltrain/core/hash.h"
 #include "ltrain/model/llama.h"
+#include "size_only_comm.h"
 #include "test_util.h"
 
 namespace ltrain {
@@ -191,6 +196,84 @@ TEST(ModelGradient, AccumulationOverMicroBatchesEqualsOneBigBatch) {
     model.forward_backward(batch.tokens.data() + b * T, batch.targets.data() + b * T, 1, T, 1.0 / (2 * T));
   auto acc = get(*be, model.grad_buffer());
   EXPECT_EQ(test::compare(acc.data(), big.data(), big.size(), 1e-14, 1e-11), "");
+}
+
+// init_weights: each element's draw depends only on the seed, the tensor's name and the element's
+// place in the whole tensor. So a tensor-parallel rank's or a pipeline stage's parts are exactly
+// the slices of the whole model's tensors (each drawn alone), whatever the thread count, and the
+// draws are Normal(0, initializer_range) (output projections / sqrt(2 L)), the norms 1.
+TEST(ModelInit, PartsAreSlicesOfTheWholeDrawAndTheDrawIsNormal) {
+  ModelConfig cfg = tiny_config();
+  cfg.hidden_size = 64;
+  cfg.num_attention_heads = 8;
+  cfg.num_key_value_heads = 4;
+  cfg.intermediate_size = 128;
+  cfg.num_hidden_layers = 4;
+  cfg.vocab_size = 96;
+  cfg.initializer_range = 0.05;
+  auto be = make_cpu_backend(DType::kF64);
+  omp_set_num_threads(1);
+  LlamaModel whole(cfg, *be, 1, 4);
+  whole.init_weights(42);
+  omp_set_num_threads(3);
+  std::map<std::string, std::vector<double>> all;
+  for (const auto& p : whole.params()) all[p.name] = get(*be, p.tensor);
+
+  // The statistics of the whole draw.
+  const double out_std = cfg.initializer_range / std::sqrt(2.0 * cfg.num_hidden_layers);
+  for (const auto& p : whole.params()) {
+    const auto& v = all[p.name];
+    if (!p.decay) {
+      for (double x : v) ASSERT_EQ(x, 1.0) << p.name;
+      continue;
+    }
+    const bool out = contains(p.name, "o_proj") || contains(p.name, "down_proj");
+    const double sd = out ? out_std : cfg.initializer_range, n = double(v.size());
+    double mean = 0, sq = 0;
+    for (double x : v) mean += x / n;
+    for (double x : v) sq += (x - mean) * (x - mean) / (n - 1);
+    EXPECT_NEAR(mean, 0.0, 5 * sd / std::sqrt(n)) << p.name;
+    EXPECT_NEAR(std::sqrt(sq), sd, 5 * sd / std::sqrt(2 * n)) << p.name;
+  }
+  // Distinct tensors draw distinct values; another seed draws others.
+  EXPECT_NE(all["model.layers.0.mlp.up_proj.weight"][0], all["model.layers.1.mlp.up_proj.weight"][0]);
+  {
+    LlamaModel other(cfg, *be, 1, 4);
+    other.init_weights(43);
+    EXPECT_NE(get(*be, other.params()[0].tensor)[0], all[other.params()[0].name][0]);
+  }
+
+  // Tensor-parallel ranks and pipeline stages: their parts are the whole draw's slices.
+  auto check_parts = [&](LlamaModel& m, int tp, const char* what) {
+    m.init_weights(42);
+    for (const auto& p : m.params()) {
+      ASSERT_TRUE(all.count(p.name)) << p.name;
+      std::vector<double> want(size_t(p.tensor.numel()));
+      const TensorSlice sl = m.parameters().local_slice(p);
+      extract_slice(all[p.name].data(), p.global_shape, sl, want.data(), sizeof(double));
+      EXPECT_EQ(get(*be, p.tensor), want) << what << " tp " << tp << ": " << p.name;
+    }
+  };
+  for (int tp : {2, 4})
+    for (int r = 0; r < tp; ++r) {
+      test::SizeOnlyCommunicator comm(tp, r);
+      LlamaModel part(cfg, *be, 1, 4, Recompute::kNone, 1, &comm, &comm);
+      check_parts(part, tp, "tensor rank");
+    }
+  for (const bool tied : {false, true}) {
+    cfg.tie_word_embeddings = tied;
+    LlamaModel tied_whole(cfg, *be, 1, 4);
+    tied_whole.init_weights(42);
+    for (const auto& p : tied_whole.params()) all[p.name] = get(*be, p.tensor);
+    const PipelineSplit split = llama_pipeline_split(cfg, 4, 2, 1);
+    for (int stage = 0; stage < 2; ++stage) {
+      test::SizeOnlyCommunicator pp(2, stage);
+      const PipelineStage st{split, stage, {1}, &pp, &pp};
+      LlamaModel part(cfg, *be, 1, 4, Recompute::kNone, 1, nullptr, nullptr, &st);
+      check_parts(part, 1, tied ? "tied stage" : "stage");
+    }
+  }
+  omp_set_num_threads(std::max(1, omp_get_num_procs()));
 }
 
 TEST(ModelForward, LossAtInitIsNearLogV) {

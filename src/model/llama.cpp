@@ -6,9 +6,9 @@
 #include "ltrain/model/llama.h"
 
 #include <cmath>
-#include <random>
 
 #include "ltrain/core/check.h"
+#include "ltrain/core/hash.h"
 
 namespace ltrain {
 
@@ -239,27 +239,56 @@ size_t LlamaModel::activation_bytes() const {
   return b;
 }
 
+namespace {
+
+// The initial draw of element i of a tensor whose key is `key`: a standard normal from two words
+// of the splitmix64 sequence seeded by the key (positions 2i and 2i + 1), by Box-Muller. A
+// function of (key, i) alone, so a rank draws only the elements it holds, on any number of
+// threads, and gets what the whole tensor's draw would give.
+double init_normal(uint64_t key, uint64_t i) {
+  constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
+  const uint64_t w1 = splitmix64(key + 2 * i * kGolden), w2 = splitmix64(key + (2 * i + 1) * kGolden);
+  const double u1 = double((w1 >> 11) + 1) * 0x1.0p-53;  // (0, 1]
+  const double u2 = double(w2 >> 11) * 0x1.0p-53;        // [0, 1)
+  return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
+}
+
+}  // namespace
+
 void LlamaModel::init_weights(uint64_t seed) {
-  std::mt19937_64 rng(seed);
   const double std = cfg_.initializer_range;
   const double out_std = std / std::sqrt(2.0 * L_);  // residual-branch outputs, GPT-2 style
-  std::vector<double> whole;
-  // Every tensor of the whole model is drawn on every rank, in the whole model's order, so the
-  // weights depend on neither the tensor-parallel nor the pipeline layout; each rank keeps what
-  // it holds (a pipeline stage's tied copy of the embedding takes the embedding's draw).
-  for (const ParamSpec& spec : llama_param_layout(cfg_, P_).params) {
-    whole.assign(size_t(spec.shape.numel()), 1.0);
-    if (spec.decay) {  // a weight matrix
-      const bool out_proj = spec.role == ParamRole::kO || spec.role == ParamRole::kDown;
-      std::normal_distribution<double> dist(0.0, out_proj ? out_std : std);
-      for (auto& x : whole) x = dist(rng);
+  // Each tensor's draw is keyed by the seed and the tensor's name, each element by its index in
+  // the whole tensor: the weights depend on neither the tensor-parallel nor the pipeline layout,
+  // and each rank draws only its part (a pipeline stage's tied copy of the embedding gets the
+  // embedding's draw: same name).
+  for (const NamedTensor& p : pset_.params()) {
+    const ParamSpec* spec = nullptr;
+    for (const ParamSpec& s : layout_.params)
+      if (s.name == p.name) spec = &s;
+    LTRAIN_CHECK(spec, "init_weights: no layout entry for " << p.name);
+    std::vector<double> part(size_t(p.tensor.numel()), 1.0);  // norms at 1
+    if (spec->decay) {  // a weight matrix
+      const bool out_proj = spec->role == ParamRole::kO || spec->role == ParamRole::kDown;
+      const double sd = out_proj ? out_std : std;
+      uint64_t key = splitmix64(seed);
+      for (char c : p.name) key = splitmix64(key ^ uint64_t(uint8_t(c)));
+      // The part is [start, start + length) of dimension `dim`: outer x length x inner elements.
+      const TensorSlice sl = pset_.local_slice(p);
+      const Shape& g = p.global_shape;
+      int64_t outer = 1, inner = 1;
+      for (int d = 0; d < sl.dim; ++d) outer *= g.dims[d];
+      for (int d = sl.dim + 1; d < g.ndim; ++d) inner *= g.dims[d];
+      const int64_t len = sl.length, whole_dim = g.dims[sl.dim];
+#pragma omp parallel for collapse(2) schedule(static) if (outer * len * inner > (1 << 16))
+      for (int64_t o = 0; o < outer; ++o)
+        for (int64_t j = 0; j < len; ++j) {
+          const int64_t first = (o * whole_dim + sl.start + j) * inner;  // in the whole tensor
+          double* out = part.data() + (o * len + j) * inner;
+          for (int64_t r = 0; r < inner; ++r) out[r] = sd * init_normal(key, uint64_t(first + r));
+        }
     }
-    for (const NamedTensor& p : pset_.params()) {
-      if (p.name != spec.name) continue;
-      std::vector<double> part(size_t(p.tensor.numel()));
-      extract_slice(whole.data(), p.global_shape, pset_.local_slice(p), part.data(), sizeof(double));
-      backend_.from_host(p.tensor, part.data(), DType::kF64);
-    }
+    backend_.from_host(p.tensor, part.data(), DType::kF64);
   }
 }
 

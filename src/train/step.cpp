@@ -20,7 +20,7 @@ StepParts build_step_parts(const Config& cfg, Backend& backend, const StepComms&
   parts.model = std::make_unique<LlamaModel>(cfg.model, backend, tc.micro_batch_size, tc.seq_len,
                                              parse_recompute(tc.recompute), zero ? 64 * dp_size : 1, c.tp, c.tp_host,
                                              pp_size > 1 ? &stage : nullptr);
-  parts.model->init_weights(tc.seed);  // every rank draws the same whole tensors and keeps its part
+  parts.model->init_weights(tc.seed);  // each rank draws its part of the same whole tensors
   parts.opt = std::make_unique<AdamW>(cfg.optim, parts.model->parameters(), c.dp, zero, c.tp_host, c.pp_host);
   if (dp_size > 1 && !zero)
     parts.reducer = std::make_unique<GradReducer>(parts.model->parameters(), *c.dp, cfg.parallel.bucket_mb);

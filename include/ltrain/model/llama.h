@@ -67,8 +67,9 @@ class LlamaModel {
   int tensor_parallel_size() const { return P_; }
 
   // Normal(0, initializer_range) weight matrices (output projections scaled by 1/sqrt(2L)),
-  // norms at 1. Deterministic from the seed, whatever the backend and the tensor-parallel size
-  // (each rank draws the whole tensor and keeps its part).
+  // norms at 1. Deterministic from the seed, whatever the backend, the layout and the thread
+  // count: each element's draw is a function of the seed, its tensor's name and its index in the
+  // whole tensor, so each rank draws only the elements it holds.
   void init_weights(uint64_t seed);
 
   // The trainable tensors (flat weight and gradient buffers, named views, gradient units), as
