@@ -16,14 +16,23 @@ endforeach()
 # results). The random run of the op tests also checks global memory for races, between blocks
 # and between the threads of a block.
 set(LTRAIN_EMU_ENV "ASAN_OPTIONS=detect_leaks=0" "OMP_NUM_THREADS=1")
+# The environment of discovered tests: gtest_discover_tests passes PROPERTIES on as separate
+# words, so an ENVIRONMENT list given there keeps its first entry only. Instead, a file that ctest
+# reads after the discovered tests sets each one's ENVIRONMENT as one list.
+function(ltrain_emu_test_environment list_var env)
+  set(file ${CMAKE_CURRENT_BINARY_DIR}/${list_var}_env.cmake)
+  file(WRITE ${file} "foreach(t IN LISTS ${list_var})\n  set_tests_properties(\"\${t}\" PROPERTIES ENVIRONMENT \"${env}\")\nendforeach()\n")
+  set_property(DIRECTORY APPEND PROPERTY TEST_INCLUDE_FILES ${file})
+endfunction()
 function(ltrain_emu_discover name schedule_prefix schedule env)
   set(filter "-*.ProductionSizes")
   if(name IN_LIST LTRAIN_OP_TESTS)
     set(filter "Cuda*${filter}")
   endif()
   gtest_discover_tests(${name} TEST_PREFIX "emu.${schedule_prefix}." TEST_FILTER "${filter}" DISCOVERY_TIMEOUT 120
-    PROPERTIES TIMEOUT 900 LABELS emu ENVIRONMENT "${LTRAIN_EMU_ENV};LTRAIN_EMU_SCHEDULE=${schedule}${env}"
+    TEST_LIST ${name}_${schedule_prefix}_TESTS PROPERTIES TIMEOUT 900 LABELS emu
     WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
+  ltrain_emu_test_environment(${name}_${schedule_prefix}_TESTS "${LTRAIN_EMU_ENV};LTRAIN_EMU_SCHEDULE=${schedule}${env}")
 endfunction()
 foreach(name ${LTRAIN_OP_TESTS} ${LTRAIN_EMU_GPU_TESTS})
   ltrain_emu_discover(${name} rr round-robin "")
@@ -48,8 +57,9 @@ function(ltrain_emu_own_test name source kernel_source)
     target_compile_options(${name} PRIVATE ${LTRAIN_SANITIZE_FLAGS})
   endif()
   target_link_libraries(${name} PRIVATE ltrain_cuda_emu GTest::gtest_main)
-  gtest_discover_tests(${name} TEST_PREFIX "emu." DISCOVERY_TIMEOUT 120
-    PROPERTIES TIMEOUT 300 LABELS emu ENVIRONMENT "${LTRAIN_EMU_ENV}")
+  gtest_discover_tests(${name} TEST_PREFIX "emu." DISCOVERY_TIMEOUT 120 TEST_LIST ${name}_TESTS
+    PROPERTIES TIMEOUT 300 LABELS emu)
+  ltrain_emu_test_environment(${name}_TESTS "${LTRAIN_EMU_ENV}")
 endfunction()
 ltrain_emu_own_test(test_emu test_emu.cpp ON)
 ltrain_emu_own_test(test_mma_selftest test_mma_selftest.cu ON)
@@ -74,7 +84,7 @@ foreach(src ${LTRAIN_EMU_WORK_SOURCES})
     ${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu)
   target_compile_definitions(${name} PRIVATE LTRAIN_TEST_DATA="${CMAKE_CURRENT_SOURCE_DIR}/data"
     LTRAIN_BINARY="$<TARGET_FILE:ltrain>")
-  gtest_discover_tests(${name} TEST_PREFIX "emu.work." DISCOVERY_TIMEOUT 120
-    PROPERTIES TIMEOUT 600 LABELS emu ENVIRONMENT "${LTRAIN_EMU_ENV}"
-    WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
+  gtest_discover_tests(${name} TEST_PREFIX "emu.work." DISCOVERY_TIMEOUT 120 TEST_LIST ${name}_TESTS
+    PROPERTIES TIMEOUT 600 LABELS emu WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
+  ltrain_emu_test_environment(${name}_TESTS "${LTRAIN_EMU_ENV}")
 endforeach()
