@@ -245,8 +245,10 @@ ScalingProjection project_scaling(const Config& cfg, const ClusterSpec& cluster,
 
   // Pipeline: every forward sends its output rows to the next chunk's stage and every backward
   // its input gradient to the previous one, this GPU's sequence-parallel share (N/tensor, C) in
-  // bf16, on its own link (each tensor rank has its NIC), inside send_recv batches that compute
-  // does not overlap. Stage boundaries cross nodes once a pipeline spans nodes; the slowest
+  // bf16, on its own link (each tensor rank has its NIC). All are counted as exposed: in the
+  // steady state each exchange carries what the stage's next op needs (train/pipeline.h), so
+  // only the warm-up's and part of the interleaved schedule's overlap compute, which this leaves
+  // out (an upper bound). Stage boundaries cross nodes once a pipeline spans nodes; the slowest
   // boundary paces every tick.
   p.pp_crosses_nodes = cluster.nodes > 1 && tp_pp > G;
   const LinkSpec& pp_link = p.pp_crosses_nodes ? fabric : nvl;
