@@ -199,9 +199,10 @@ double Pipeline::ideal_bubble() const {
 
 void Pipeline::run(const int32_t* inputs, const int32_t* targets, int B, int T, double dloss, GradReducer* reducer) {
   const size_t per = size_t(B) * T;
-  size_t last_backward = 0;
+  // Each chunk's last backward: its gradients are final after it.
+  std::vector<size_t> last_backward(size_t(model_.num_chunks()), 0);
   for (size_t i = 0; i < program_.ticks.size(); ++i)
-    if (program_.ticks[i].has_op && !program_.ticks[i].op.forward) last_backward = i;
+    if (program_.ticks[i].has_op && !program_.ticks[i].op.forward) last_backward[size_t(program_.ticks[i].op.chunk)] = i;
   std::vector<int> ticket(program_.ticks.size(), -1);  // each started exchange's, until completed
   std::vector<Communicator::P2p> ops;
   for (size_t i = 0; i < program_.ticks.size(); ++i) {
@@ -220,8 +221,10 @@ void Pipeline::run(const int32_t* inputs, const int32_t* targets, int B, int T, 
         model_.chunk_forward(op.chunk, tick.slot, inputs + per * size_t(op.micro), targets + per * size_t(op.micro),
                              B, T, dloss, /*train=*/true);
       } else {
-        // Data parallelism: the buckets start during the stage's last backward.
-        if (reducer) reducer->arm(i == last_backward);
+        // Data parallelism: a bucket starts during the last backward of the chunk that finishes
+        // it (under the interleaved schedule the later chunks' buckets start before the last
+        // backward of chunk 0).
+        if (reducer) reducer->arm(i == last_backward[size_t(op.chunk)]);
         model_.chunk_backward(op.chunk, tick.slot, B, T);
       }
     }

@@ -32,7 +32,7 @@ export PYTHONPATH="$ROOT/tests/scripts"  # ckpt_tensors.py: whole tensors from s
 # Compares run $2 with run $1: losses, gradient norms and validation losses of every step, and the
 # final weights and moments.
 compare() {
-  $PY - "$1" "$2" <<'PYEOF'
+  $PY - "$1" "$2" <<'PYEOF' || fail "$2 differs from $1 (above)"
 import json, sys
 import numpy as np
 from ckpt_tensors import flat

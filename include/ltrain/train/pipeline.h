@@ -81,7 +81,7 @@ class Pipeline {
   ~Pipeline();
 
   // Forward and backward of the step's micro-batches (consecutive (B, T) arrays). reducer (data
-  // parallelism) is armed for the stage's last backward, so its buckets overlap it.
+  // parallelism) is armed for each chunk's last backward, so its buckets overlap the backwards.
   void run(const int32_t* inputs, const int32_t* targets, int B, int T, double dloss, GradReducer* reducer);
   // Tied embeddings: the first stage's embedding gradient and the last stage's copy's are summed
   // on both (after the data-parallel reduction), so both update alike. No-op otherwise.
