@@ -53,11 +53,17 @@ TEST(PipelineSchedule, SlotsAndBubbleOf1F1BAndInterleaved) {
         EXPECT_NEAR(1.0 - double(prog.busy_ticks) / prog.total_ticks, double(P - 1) / (m + P - 1), 1e-12);
       }
       if (m % P) continue;
-      // Interleaving V chunks: the bubble shrinks to (P - 1) / (V m + P - 1).
+      // Interleaving V chunks: the bubble shrinks to (P - 1) / (V m + P - 1). The first stage keeps
+      // the most micro-batches of every chunk (the others' early arrivals do not pass it).
       for (int V : {2, 4}) {
         const PipelineProgram prog = plan_pipeline(P, V, 0, m, true);
         EXPECT_NEAR(1.0 - double(prog.busy_ticks) / prog.total_ticks, double(P - 1) / (V * m + P - 1), 1e-12)
             << "P " << P << " V " << V << " m " << m;
+        for (int p = 1; p < P; ++p) {
+          const PipelineProgram other = plan_pipeline(P, V, p, m, true);
+          for (int v = 0; v < V; ++v)
+            EXPECT_LE(other.slots[size_t(v)], prog.slots[size_t(v)]) << "P " << P << " V " << V << " m " << m << " stage " << p;
+        }
       }
     }
 }

@@ -63,8 +63,10 @@ PipelineProgram plan_pipeline(int P, int V, int stage, int m, bool interleaved) 
     }
   }
   // 2. Messages: an activation arrives in the exchange right before the forward that needs it
-  // (so it takes a slot no earlier than needed: P - p slots on stage p under 1F1B), a gradient in
-  // the exchange of the backward that made it (its slot exists since the forward). Slots, per
+  // (so it takes a slot no earlier than needed: P - p slots on stage p under 1F1B); under the
+  // interleaved schedule one tick earlier when it was made by then, so that its transfer overlaps
+  // the op in between (Megatron-LM receives ahead too). A gradient arrives in the exchange of the
+  // backward that made it (its slot exists since the forward). Slots, per
   // tick: an embedding forward takes one, a backward frees its own, then arriving activations take
   // one (a freed slot's input buffer is not the buffer its gradient leaves from).
   struct Event {
@@ -81,8 +83,10 @@ PipelineProgram plan_pipeline(int P, int V, int stage, int m, bool interleaved) 
     for (int mi = 0; mi < m; ++mi) {
       if (g == 0) events.push_back({fdone[0][size_t(mi)], 0, g, mi});
       else {
-        events.push_back({fdone[size_t(g)][size_t(mi)] - 1, 2, g, mi});
-        msgs.push_back({fdone[size_t(g)][size_t(mi)] - 1, (g - 1) % P, g % P, g, mi, true});
+        const int need = fdone[size_t(g)][size_t(mi)], made = fdone[size_t(g) - 1][size_t(mi)];
+        const int arrive = interleaved ? std::max(made, need - 2) : need - 1;
+        events.push_back({arrive, 2, g, mi});
+        msgs.push_back({arrive, (g - 1) % P, g % P, g, mi, true});
       }
       events.push_back({bdone[size_t(g)][size_t(mi)], 1, g, mi});
       if (g + 1 < G) msgs.push_back({bdone[size_t(g) + 1][size_t(mi)], (g + 1) % P, g % P, g, mi, false});
