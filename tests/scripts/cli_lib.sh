@@ -1,6 +1,21 @@
-# Shared by the command-line tests: run_ok, run_bad, expect_file and a failure count.
-# Source it after setting LTRAIN; end the script with `finish`.
+# Shared by the command-line tests: cli_init, run_ok, run_bad, expect_file and a failure count.
+# Source it, then call `cli_init "$@"` (or set LTRAIN yourself); end the script with `finish`.
 failures=0
+
+# cli_init /path/to/ltrain WORKDIR: the scripts' common start. Sets LTRAIN, WORK, ROOT (the
+# repository), CORPUS (tests/data/tinyshakespeare.txt), PY, MPIRUN (oversubscribed, allowed to run
+# as root), and starts in an empty WORK.
+cli_init() {
+  local usage="usage: $(basename "$0") /path/to/ltrain WORKDIR"
+  LTRAIN=${1:?$usage}
+  WORK=${2:?$usage}
+  ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+  CORPUS="$ROOT/tests/data/tinyshakespeare.txt"
+  PY=/usr/bin/python3
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  MPIRUN="mpirun --oversubscribe"
+  rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK" || exit 1
+}
 
 fail() {
   echo "FAIL: $*"

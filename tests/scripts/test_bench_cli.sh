@@ -5,16 +5,9 @@
 # Usage: bash test_bench_cli.sh /path/to/ltrain WORKDIR
 set -uo pipefail
 
-LTRAIN=${1:?usage: test_bench_cli.sh /path/to/ltrain WORKDIR}
-WORK=${2:?usage: test_bench_cli.sh /path/to/ltrain WORKDIR}
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+export OMP_NUM_THREADS=1
+source "$(dirname "$0")/cli_lib.sh" && cli_init "$@"
 CFG="$ROOT/configs/bench/cpu-small.yaml"
-PY=/usr/bin/python3
-source "$(dirname "$0")/cli_lib.sh"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-MPIRUN="mpirun --oversubscribe"
-
-rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK" || exit 1
 
 run_ok "bench with profile" bench --config "$CFG" --warmup 1 --steps 3 --json one.json --profile
 expect_file one.json

@@ -6,16 +6,8 @@
 # Usage: bash test_blend_cli.sh /path/to/ltrain WORKDIR
 set -uo pipefail
 
-LTRAIN=${1:?usage: test_blend_cli.sh /path/to/ltrain WORKDIR}
-WORK=${2:?usage: test_blend_cli.sh /path/to/ltrain WORKDIR}
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-CORPUS="$ROOT/tests/data/tinyshakespeare.txt"
-PY=/usr/bin/python3
-source "$(dirname "$0")/cli_lib.sh"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-MPIRUN="mpirun --oversubscribe"
-
-rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK" || exit 1
+export OMP_NUM_THREADS=1
+source "$(dirname "$0")/cli_lib.sh" && cli_init "$@"
 head -c 600000 "$CORPUS" > early.txt
 tail -c +600001 "$CORPUS" > late.txt
 cat > blend.yaml <<'YAML'

@@ -5,15 +5,7 @@
 # Usage: bash test_guard_cli.sh /path/to/ltrain WORKDIR
 set -uo pipefail
 
-LTRAIN=${1:?usage: test_guard_cli.sh /path/to/ltrain WORKDIR}
-WORK=${2:?usage: test_guard_cli.sh /path/to/ltrain WORKDIR}
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-CORPUS="$ROOT/tests/data/tinyshakespeare.txt"
-PY=/usr/bin/python3
-source "$(dirname "$0")/cli_lib.sh"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-
-rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK" || exit 1
+source "$(dirname "$0")/cli_lib.sh" && cli_init "$@"
 cat > tiny.yaml <<'YAML'
 model: {hidden_size: 64, intermediate_size: 160, num_hidden_layers: 2, num_attention_heads: 4,
         num_key_value_heads: 2, vocab_size: 512, max_position_embeddings: 32}

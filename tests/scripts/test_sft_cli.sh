@@ -5,15 +5,8 @@
 # Usage: bash test_sft_cli.sh /path/to/ltrain WORKDIR
 set -uo pipefail
 
-LTRAIN=${1:?usage: test_sft_cli.sh /path/to/ltrain WORKDIR}
-WORK=${2:?usage: test_sft_cli.sh /path/to/ltrain WORKDIR}
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-CORPUS="$ROOT/tests/data/tinyshakespeare.txt"
+source "$(dirname "$0")/cli_lib.sh" && cli_init "$@"
 SFT="$ROOT/tests/data/sft_example.jsonl"
-PY=/usr/bin/python3
-source "$(dirname "$0")/cli_lib.sh"
-
-rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK" || exit 1
 # The example file is small (30 examples, ~800 tokens): seq_len 16, 2 sequences per step.
 cat > tiny.yaml <<'YAML'
 model: {hidden_size: 64, intermediate_size: 160, num_hidden_layers: 2, num_attention_heads: 4,

@@ -4,14 +4,7 @@
 # Usage: bash test_train_cli.sh /path/to/ltrain WORKDIR
 set -uo pipefail  # no -e: failing commands are the point here; every check is explicit
 
-LTRAIN=${1:?usage: test_train_cli.sh /path/to/ltrain WORKDIR}
-WORK=${2:?usage: test_train_cli.sh /path/to/ltrain WORKDIR}
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-CORPUS="$ROOT/tests/data/tinyshakespeare.txt"
-PY=/usr/bin/python3
-source "$(dirname "$0")/cli_lib.sh"
-
-rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK" || exit 1
+source "$(dirname "$0")/cli_lib.sh" && cli_init "$@"
 
 # A model small enough to learn something in about a minute on 2 cores.
 cat > small.yaml <<'YAML'
