@@ -209,15 +209,20 @@ void Pipeline::run(const int32_t* inputs, const int32_t* targets, int B, int T, 
     if (program_.ticks[i].has_op && !program_.ticks[i].op.forward) last_backward[size_t(program_.ticks[i].op.chunk)] = i;
   std::vector<int> ticket(program_.ticks.size(), -1);  // each started exchange's, until completed
   std::vector<Communicator::P2p> ops;
+  // Completes an exchange, on the stream or on the host; bench's marks time the wait.
+  auto complete = [&](int t, bool on_stream) {
+    const int mark = wait_timer_ ? wait_timer_->record() : -1;
+    if (on_stream) comm_.wait_on_stream(t);
+    else comm_.wait(t);
+    if (wait_timer_) wait_marks_.push_back({mark, wait_timer_->record()});
+  };
   for (size_t i = 0; i < program_.ticks.size(); ++i) {
     const PipelineProgram::Tick& tick = program_.ticks[i];
     if (tick.has_op) {
       // The exchanges this op depends on complete first: on the GPU the stream waits for them,
       // the host does not.
       for (int j : tick.settle) {
-        const int mark = wait_timer_ ? wait_timer_->record() : -1;
-        comm_.wait_on_stream(ticket[size_t(j)]);
-        if (wait_timer_) wait_marks_.push_back({mark, wait_timer_->record()});
+        complete(ticket[size_t(j)], /*on_stream=*/true);
         ticket[size_t(j)] = -1;
       }
       const PipeOp& op = tick.op;
@@ -245,12 +250,8 @@ void Pipeline::run(const int32_t* inputs, const int32_t* targets, int B, int T, 
   }
   // The step ends with every message delivered, on the host: a stage that stalls is caught here
   // by the watchdog at the latest.
-  for (int t : ticket) {
-    if (t < 0) continue;
-    const int mark = wait_timer_ ? wait_timer_->record() : -1;
-    comm_.wait(t);
-    if (wait_timer_) wait_marks_.push_back({mark, wait_timer_->record()});
-  }
+  for (int t : ticket)
+    if (t >= 0) complete(t, /*on_stream=*/false);
   // On the GPU the exchanges completed on the stream were not waited for by the host, and the
   // stage's last ops may wait on them: an empty exchange, ordered after all of that, is.
   if (comm_.orders_after_device_work()) comm_.wait(comm_.send_recv_start({}));
